@@ -2,8 +2,31 @@
 
 One trained model serves every compute budget: a per-layer length configuration picks how many tokens each
 layer keeps; the least-attended tokens are dropped and, for span QA, restored at the end.
-"""
-from dtb_ext.ops import has_kernels
 
-__all__ = ["has_kernels"]
+The public names are imported lazily, so `import dtb_ext` stays cheap and a command that needs only one
+part (for example `dtb score`) does not load the others.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "has_kernels": "dtb_ext.ops",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dtb_ext' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
