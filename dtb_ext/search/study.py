@@ -1,0 +1,213 @@
+"""The Optuna study behind a search: opening its storage safely, checking it belongs to this search, and the
+trial objective that evaluates a configuration once and reuses the result for every later trial with it."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any, Callable
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from dtb_ext.search.evaluation import Evaluator
+from dtb_ext.search.space import Config, LengthSpace
+
+IDENTITY_ATTR = "dtb_search_identity"
+DIRECTIONS = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]  # F1 up, cost down
+# A worker that dies without marking its trial failed stops beating; after the grace period any process
+# touching the study marks that trial FAIL and re-enqueues its parameters once.
+HEARTBEAT_INTERVAL_S = 20
+HEARTBEAT_GRACE_S = 60
+OPTUNA_TABLES = {"studies", "trials", "version_info"}
+
+
+def storage_url(storage: str) -> str:
+    """A plain file path means a SQLite file; anything with '://' is passed to Optuna as a storage URL."""
+    if "://" in storage:
+        return storage
+    return "sqlite:///" + os.path.abspath(storage)
+
+
+def _check_sqlite_file(url: str) -> None:
+    """Refuse a SQLite file that is unreadable or is some other program's database, before Optuna writes to it."""
+    path = url[len("sqlite:///"):]
+    if not path or path == ":memory:" or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"study storage {path} is not a readable SQLite database ({error}); nothing was changed") from error
+    if not OPTUNA_TABLES <= tables:
+        raise ValueError(
+            f"study storage {path} is a SQLite database without Optuna's tables (found {sorted(tables)}); "
+            "refusing to write into it; pick a new file"
+        )
+
+
+def open_storage(storage: str | BaseStorage | None) -> BaseStorage:
+    """None -> in-memory; a BaseStorage -> as is; a path or URL -> RDBStorage with heartbeats."""
+    if storage is None:
+        return optuna.storages.InMemoryStorage()
+    if isinstance(storage, BaseStorage):
+        return storage
+    url = storage_url(storage)
+    if url.startswith("sqlite:///"):
+        _check_sqlite_file(url)
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=HEARTBEAT_GRACE_S,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
+    except Exception as error:  # sqlalchemy/Optuna raise many kinds; the user needs one clear message
+        raise ValueError(f"cannot open study storage {url!r}: {error}") from error
+
+
+def _canonical(identity: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(identity, sort_keys=True))
+
+
+def open_study(
+    storage: BaseStorage,
+    study_name: str,
+    identity: dict[str, Any],
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
+    """Load the study named `study_name` or create it. An existing study must have been made by a search with
+    the same identity (model, data, cost model, space); otherwise ValueError and nothing is written."""
+    identity = _canonical(identity)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    except KeyError:
+        study = optuna.create_study(
+            storage=storage, sampler=sampler, study_name=study_name, directions=DIRECTIONS, load_if_exists=True
+        )
+    except Exception as error:
+        raise ValueError(f"cannot read study {study_name!r} from its storage: {error}") from error
+    if list(study.directions) != DIRECTIONS:
+        raise ValueError(
+            f"study {study_name!r} optimises {[d.name for d in study.directions]}, "
+            f"not {[d.name for d in DIRECTIONS]} (F1, cost); use another study name or storage"
+        )
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise ValueError(
+                f"study {study_name!r} has trials but no {IDENTITY_ATTR!r}: it was not made by this search; "
+                "use another study name or storage"
+            )
+        study.set_user_attr(IDENTITY_ATTR, identity)
+    elif stored != identity:
+        differences = {
+            key: {"study": stored.get(key), "this search": identity.get(key)}
+            for key in sorted(set(stored) | set(identity))
+            if stored.get(key) != identity.get(key)
+        }
+        raise ValueError(
+            f"study {study_name!r} was made by a different search; differing fields: {json.dumps(differences)}. "
+            "Use another study name or storage (nothing was changed)"
+        )
+    return study
+
+
+def trial_config(trial: FrozenTrial, space: LengthSpace | None = None) -> Config | None:
+    """The length config of a trial: recorded once it ran; for a trial still waiting in the queue, read from its
+    enqueued parameters when `space` is given; None when unknown."""
+    recorded = trial.user_attrs.get("length_config")
+    if recorded is not None:
+        return tuple(recorded)
+    fixed = trial.system_attrs.get("fixed_params")
+    if space is not None and fixed is not None and set(space.param_names()) <= set(fixed):
+        return space.config_from_params(fixed)
+    return None
+
+
+RECORD_KEYS = ("f1", "exact_match", "macs", "latency_ms", "n", "seconds")
+
+
+def completed_results(study: optuna.Study) -> list[tuple[Config, dict[str, Any]]]:
+    """(config, record) of every completed trial, in trial order (a config may appear more than once)."""
+    results = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        config = trial_config(trial)
+        if config is not None:
+            results.append((config, {key: trial.user_attrs.get(key) for key in RECORD_KEYS}))
+    return results
+
+
+def count_evaluations(study: optuna.Study) -> int:
+    """Distinct configs that were actually evaluated (cache hits do not count)."""
+    return len({
+        trial_config(t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("evaluated")
+    })
+
+
+def make_objective(
+    space: LengthSpace,
+    evaluator: Evaluator,
+    cost_model: str,
+    poll_seconds: float = 0.2,
+) -> Callable[[optuna.Trial], tuple[float, float]]:
+    """The Optuna objective: (F1, cost) of the trial's config, evaluated at most once per study.
+
+    A trial first records its config (its claim). If a completed trial already has that config, its result is
+    copied (no evaluation). If a running trial with a lower number claims the same config (another worker),
+    this trial waits for it and copies its result. Remaining race, documented: two workers whose claims are
+    written and read in the order A-claim, A-check, B-claim, B-check with B numbered below A both evaluate; it
+    needs both to draw the same config within milliseconds and costs one duplicate evaluation, not a wrong result.
+    """
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        params = {name: trial.suggest_float(name, 0.0, 1.0) for name in space.param_names()}
+        config = space.config_from_params(params)
+        trial.set_user_attr("length_config", list(config))
+        source = _completed_or_wait(trial.study, config, trial.number, poll_seconds)
+        if source is not None:
+            record = {key: source.user_attrs.get(key) for key in RECORD_KEYS}
+            record.update(evaluated=False, cached_from=source.number)
+            values = (float(source.values[0]), float(source.values[1]))
+        else:
+            evaluation = evaluator(config)
+            record = {
+                "f1": float(evaluation.f1),
+                "exact_match": float(evaluation.exact_match),
+                "macs": evaluation.macs,
+                "latency_ms": evaluation.latency_ms,
+                "n": int(evaluation.n),
+                "seconds": float(evaluation.seconds),
+                "evaluated": True,
+            }
+            values = (float(evaluation.f1), evaluation.cost(cost_model))
+        for key, value in record.items():
+            trial.set_user_attr(key, value)
+        return values
+
+    return objective
+
+
+def _completed_or_wait(study: optuna.Study, config: Config, number: int, poll_seconds: float) -> FrozenTrial | None:
+    config_list = list(config)
+    while True:
+        claimed_below = False
+        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if other.number == number or other.user_attrs.get("length_config") != config_list:
+                continue
+            if other.state == TrialState.COMPLETE and other.user_attrs.get("evaluated") is not None:
+                return other
+            if other.state == TrialState.RUNNING and other.number < number:
+                claimed_below = True
+        if not claimed_below:
+            return None
+        # a dead worker's trial stays RUNNING until its heartbeat goes stale; this marks it failed
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_seconds)
