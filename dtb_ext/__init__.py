@@ -16,6 +16,13 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "has_kernels": "dtb_ext.ops",
+    "LengthConfig": "dtb_ext.config",
+    "patch": "dtb_ext.models.patching",
+    "set_length_config": "dtb_ext.models.patching",
+    "get_length_config": "dtb_ext.models.patching",
+    "length_config": "dtb_ext.models.patching",
+    "is_patched": "dtb_ext.models.patching",
+    "count_macs": "dtb_ext.macs",
 }
 
 __all__ = sorted(_EXPORTS)

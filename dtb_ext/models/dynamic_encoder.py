@@ -1,0 +1,191 @@
+"""The length-adaptive encoder: runs a Hugging Face BERT-family layer stack, dropping tokens layer by layer.
+
+Per layer i (LAT, DESIGN.md §1-2): self-attention and its output block run on every token entering the layer;
+each token's significance is the attention it receives from valid queries; the top keep-count tokens of the
+attention output are gathered (ascending positions); the feed-forward block runs on them alone and only they
+enter layer i+1. A dropped token's final vector is the layer input it had when dropped (drop-and-restore), so the
+sequence output is always full length.
+
+Shapes: B batch, L0 input length, n tokens entering a layer (padded width), K kept width, D hidden size,
+H heads, d head size.
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+
+from dtb_ext import ops
+from dtb_ext.config import LengthConfig
+from dtb_ext.models.padding_mask import padding_mask_from_hf
+
+# Per-call overrides, {encoder: LengthConfig or None}. A ContextVar gives each thread (and asyncio task) its own
+# value, so concurrent calls on one model with different configurations do not see each other's.
+_OVERRIDES: ContextVar[dict[nn.Module, LengthConfig | None]] = ContextVar("dtb_length_overrides", default={})
+
+
+class DynamicEncoder(nn.Module):
+    """Drop-in replacement for `BertEncoder` / `RobertaEncoder` that shares the very same `layer` ModuleList.
+
+    It owns no parameters of its own, so a patched model's `state_dict()` is unchanged.
+    """
+
+    def __init__(self, layer: nn.ModuleList, config: Any, keep_first: bool) -> None:
+        super().__init__()
+        self.layer = layer
+        self.config = config
+        self.keep_first = keep_first
+        self.length_config: LengthConfig | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer)
+
+    def active_length_config(self) -> LengthConfig | None:
+        """The per-call override of the current context if one is set, else the model's configuration."""
+        overrides = _OVERRIDES.get()
+        if self in overrides:
+            return overrides[self]
+        return self.length_config
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """[B, L0, D] embeddings and HF's attention mask -> full-length [B, L0, D] last hidden state.
+
+        Hidden states requested with `output_hidden_states` are full length: layer i's output for the tokens it
+        kept, the restored vector for the tokens dropped so far. Attention maps are not available (their width
+        changes from layer to layer): `output_attentions` raises ValueError.
+        """
+        if encoder_hidden_states is not None or cache is not None or use_cache:
+            raise ValueError("the dynamic encoder runs encoder-only models: cross-attention and caches are not supported")
+        if kwargs.get("output_attentions") or getattr(self.config, "output_attentions", False):
+            raise ValueError(
+                "output_attentions is not supported by the dynamic encoder (attention maps shrink with the kept "
+                "tokens); call dtb_ext's model without it, or use output_hidden_states"
+            )
+        mask = padding_mask_from_hf(attention_mask, hidden_states)
+        output = self.encode(hidden_states, mask, self.active_length_config())
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=output)
+
+    def encode(self, hidden: Tensor, mask: Tensor, length_config: LengthConfig | None) -> Tensor:
+        """Run the layer stack under `length_config`.
+
+        Args:
+            hidden: [B, L0, D] embeddings.
+            mask: [B, L0] bool, True for real tokens.
+            length_config: per-layer keep rule, or None for full length.
+
+        Returns:
+            [B, L0, D] sequence output, dropped tokens restored.
+        """
+        entering = mask.sum(dim=1).tolist()
+        keep_counts = None if length_config is None else length_config.keep_counts(entering)
+        width = hidden.shape[1]
+        # `restored` holds, at original positions, each dropped token's last full output; `positions` [B, n]
+        # maps the current slots to original positions (None while no token has been dropped).
+        restored: Tensor | None = None
+        positions: Tensor | None = None
+        # Forward hooks on the layers (HF's output_hidden_states capture among them) get full-length tensors.
+        observed = any(layer._forward_hooks for layer in self.layer)
+        full_input = hidden
+        for index, layer in enumerate(self.layer):
+            kept = entering if keep_counts is None else keep_counts[index]
+            layer_input = hidden
+            if kept == entering:
+                padded = any(count < width for count in entering)
+                hidden = self._feed_forward(layer, self._attention_all_kept(layer, hidden, mask if padded else None))
+            else:
+                attention_output, significance = self._attention_with_significance(layer, hidden, mask)
+                keep = torch.tensor(kept, dtype=torch.int64, device=hidden.device)
+                width = max(kept)
+                kept_hidden, mask, kept_positions = ops.select_and_gather(
+                    attention_output, significance, mask, keep, width, self.keep_first
+                )
+                hidden = self._feed_forward(layer, kept_hidden)
+                # Every token entering this layer gets its input written; the kept ones are overwritten later.
+                restored = layer_input if positions is None else ops.restore(restored, layer_input, positions)
+                positions = kept_positions if positions is None else _compose_positions(positions, kept_positions)
+            if observed:
+                full_output = hidden if positions is None else ops.restore(restored, hidden, positions)
+                _call_forward_hooks(layer, full_input, full_output)
+                full_input = full_output
+            entering = kept
+        if positions is None:
+            return hidden
+        return ops.restore(restored, hidden, positions)
+
+    def _project_heads(self, layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, n, D] -> query, key, value, each [B, H, n, d]."""
+        attention = layer.attention.self
+        shape = (*hidden.shape[:2], -1, attention.attention_head_size)
+        query = attention.query(hidden).view(shape).transpose(1, 2)
+        key = attention.key(hidden).view(shape).transpose(1, 2)
+        value = attention.value(hidden).view(shape).transpose(1, 2)
+        return query, key, value
+
+    def _attention_all_kept(self, layer: nn.Module, hidden: Tensor, mask: Tensor | None) -> Tensor:
+        """Self-attention block with torch SDPA, no significance: [B, n, D] -> [B, n, D].
+
+        `mask` is the [B, n] key mask, or None when no example is padded (lets SDPA pick its fastest kernel).
+        """
+        attention = layer.attention.self
+        query, key, value = self._project_heads(layer, hidden)
+        context = nn.functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=None if mask is None else mask[:, None, None, :],
+            dropout_p=attention.dropout.p if attention.training else 0.0,
+            scale=attention.scaling,
+        )
+        context = context.transpose(1, 2).reshape(hidden.shape)
+        return layer.attention.output(context, hidden)
+
+    def _attention_with_significance(self, layer: nn.Module, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Explicit self-attention block: [B, n, D], [B, n] mask -> ([B, n, D] output, [B, n] significance)."""
+        attention = layer.attention.self
+        query, key, value = self._project_heads(layer, hidden)
+        scores = torch.matmul(query, key.transpose(-1, -2)) * attention.scaling
+        probs, significance = ops.softmax_with_significance(scores, mask)
+        probs = attention.dropout(probs)
+        context = torch.matmul(probs, value).transpose(1, 2).reshape(hidden.shape)
+        return layer.attention.output(context, hidden), significance
+
+    @staticmethod
+    def _feed_forward(layer: nn.Module, hidden: Tensor) -> Tensor:
+        """The layer's intermediate + output blocks: [B, K, D] -> [B, K, D]."""
+        return layer.output(layer.intermediate(hidden), hidden)
+
+
+def _compose_positions(positions: Tensor, kept_positions: Tensor) -> Tensor:
+    """Original positions of the kept slots: [B, n] original positions, [B, K] slots into n -> [B, K].
+
+    Padded slots (PAD_POSITION in `kept_positions`) stay PAD_POSITION.
+    """
+    original = torch.gather(positions, 1, kept_positions.clamp(min=0))
+    return torch.where(kept_positions >= 0, original, torch.full_like(original, ops.PAD_POSITION))
+
+
+def _call_forward_hooks(layer: nn.Module, full_input: Tensor, full_output: Tensor) -> None:
+    """Run `layer`'s forward hooks as if it had mapped `full_input` to `full_output` (both [B, L0, D]).
+
+    The dynamic encoder calls the layer's submodules, never the layer itself, so its hooks would not fire.
+    """
+    for hook_id, hook in list(layer._forward_hooks.items()):
+        if hook_id in layer._forward_hooks_with_kwargs:
+            result = hook(layer, (full_input,), {}, full_output)
+        else:
+            result = hook(layer, (full_input,), full_output)
+        if result is not None:
+            raise ValueError("a forward hook on a layer of a patched encoder may observe its output but not replace it")

@@ -1,0 +1,128 @@
+"""Switch a Hugging Face BERT-family model to the dynamic encoder, and choose its length configuration.
+
+The patch is in place and shares weights: the base model's `encoder` becomes a `DynamicEncoder` that holds the
+very same `layer` ModuleList, so `state_dict()` keys (`bert.encoder.layer.N...`) and values are unchanged and
+`save_pretrained` / `from_pretrained` keep working. The model's length configuration is stored, JSON-serialisable,
+as `model.config.dtb_length_config`, so `save_pretrained` saves it and `patch()` applies it on load.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+from transformers import (
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertModel,
+    PreTrainedModel,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaModel,
+)
+
+from dtb_ext.config import LengthConfig, LengthSpec, as_length_config
+from dtb_ext.models.dynamic_encoder import _OVERRIDES, DynamicEncoder
+
+# Model class -> whether its head reads the first token (so that token must never be dropped).
+_CLASSIFICATION_HEADS = (BertForSequenceClassification, RobertaForSequenceClassification)
+_SPAN_HEADS = (BertForQuestionAnswering, RobertaForQuestionAnswering)
+_BASE_MODELS = (BertModel, RobertaModel)
+SUPPORTED_ARCHITECTURES = tuple(cls.__name__ for cls in _BASE_MODELS + _SPAN_HEADS + _CLASSIFICATION_HEADS)
+
+CONFIG_ATTRIBUTE = "dtb_length_config"
+
+
+def patch(model: PreTrainedModel, keep_first: bool | None = None) -> PreTrainedModel:
+    """Switch `model`'s encoder to the dynamic one, in place; returns `model`.
+
+    Args:
+        model: a BertModel, BertForQuestionAnswering or BertForSequenceClassification (or the RoBERTa
+            equivalents; TinyBERT and MiniLM checkpoints load as BERT).
+        keep_first: always keep the first (CLS) token. Default: True for sequence classification and for a base
+            model with a pooler (their heads read CLS), False for question answering.
+
+    A length configuration saved in `model.config.dtb_length_config` is applied. Patching twice is a no-op
+    (apart from an explicit `keep_first`).
+    """
+    base = _base_model(model)
+    if base.config.is_decoder or base.config.add_cross_attention:
+        raise ValueError(
+            "the dynamic encoder supports encoder-only models; got a config with is_decoder="
+            f"{base.config.is_decoder}, add_cross_attention={base.config.add_cross_attention}"
+        )
+    if keep_first is None:
+        keep_first = _head_reads_first_token(model, base)
+    if isinstance(base.encoder, DynamicEncoder):
+        base.encoder.keep_first = keep_first
+        return model
+    base.encoder = DynamicEncoder(base.encoder.layer, base.config, keep_first)
+    set_length_config(model, getattr(model.config, CONFIG_ATTRIBUTE, None))
+    return model
+
+
+def is_patched(model: nn.Module) -> bool:
+    """True when `model` is a supported architecture whose encoder is the dynamic one."""
+    return isinstance(getattr(_base_model(model), "encoder", None), DynamicEncoder)
+
+
+def set_length_config(model: PreTrainedModel, config: LengthSpec | dict) -> None:
+    """Set the length configuration every later call of `model` uses (unless overridden by `length_config`).
+
+    Args:
+        model: a patched model (see `patch`).
+        config: None (full length); a sequence of per-layer ints (absolute, non-increasing, >= 1); a
+            `LengthConfig.ratios([...])` (fractions in (0, 1], non-increasing); or the saved JSON form.
+    """
+    encoder = dynamic_encoder(model)
+    if isinstance(config, dict):
+        config = LengthConfig.from_json(config)
+    resolved = as_length_config(config, encoder.num_layers)
+    encoder.length_config = resolved
+    setattr(model.config, CONFIG_ATTRIBUTE, None if resolved is None else resolved.to_json())
+
+
+def get_length_config(model: PreTrainedModel) -> LengthConfig | None:
+    """The configuration the next call of `model` will use in this context (override included)."""
+    return dynamic_encoder(model).active_length_config()
+
+
+@contextmanager
+def length_config(model: PreTrainedModel, config: LengthSpec) -> Iterator[None]:
+    """Within the block, calls of `model` in this thread (or asyncio task) use `config`; others are unaffected.
+
+    Example: `with dtb_ext.length_config(model, [256, 224, 192, 160, 128, 96]): out = model(**batch)`.
+    """
+    encoder = dynamic_encoder(model)
+    resolved = as_length_config(config, encoder.num_layers)
+    token = _OVERRIDES.set({**_OVERRIDES.get(), encoder: resolved})
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
+def dynamic_encoder(model: nn.Module) -> DynamicEncoder:
+    """The DynamicEncoder of a patched model; ValueError for an unsupported or unpatched one."""
+    encoder = getattr(_base_model(model), "encoder", None)
+    if not isinstance(encoder, DynamicEncoder):
+        raise ValueError(f"{type(model).__name__} is not patched: call dtb_ext.patch(model) first")
+    return encoder
+
+
+def _base_model(model: nn.Module) -> PreTrainedModel:
+    if isinstance(model, _BASE_MODELS):
+        return model
+    if isinstance(model, _SPAN_HEADS + _CLASSIFICATION_HEADS):
+        return getattr(model, model.base_model_prefix)
+    raise ValueError(
+        f"unsupported architecture {type(model).__name__}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
+
+
+def _head_reads_first_token(model: nn.Module, base: PreTrainedModel) -> bool:
+    if isinstance(model, _CLASSIFICATION_HEADS):
+        return True
+    if isinstance(model, _SPAN_HEADS):
+        return False
+    return getattr(base, "pooler", None) is not None
