@@ -1,6 +1,16 @@
 """The dtb ops as Python functions: the compiled kernels (`torch.ops.dtb.*`) when `dtb_ext._C` is built,
 the pure-PyTorch reference (`dtb_ext.reference`) otherwise. Same signatures and semantics either way;
-see `dtb_ext.reference` for the tensor shapes."""
+see `dtb_ext.reference` for the tensor shapes.
+
+With the kernels, this module also registers, for each op, a fake implementation (output shapes and dtypes, for
+`torch.compile`; `max_keep` is a plain int, so every output shape is static) and an autograd formula:
+
+- softmax_with_significance: gradients w.r.t. `scores` from both outputs (the significance is a sum of
+  probabilities, so its gradient folds into the softmax backward);
+- select_and_gather: gradient w.r.t. `hidden` (rows scattered back to their positions); the selection itself is
+  a discrete choice, so `significance`, `mask` and `keep` get no gradient;
+- restore: gradients w.r.t. `base` (zero at the restored rows) and `src` (the rows at their positions).
+"""
 from __future__ import annotations
 
 import warnings
@@ -47,3 +57,75 @@ def restore(base: Tensor, src: Tensor, positions: Tensor) -> Tensor:
     if _HAS_KERNELS:
         return torch.ops.dtb.restore(base, src, positions)
     return reference.restore(base, src, positions)
+
+
+def _gather_rows(values: Tensor, positions: Tensor) -> Tensor:
+    """Rows of `values` [B, L, D] at `positions` [B, K] -> [B, K, D], zero where the position is PAD_POSITION."""
+    valid = positions >= 0
+    index = positions.clamp(min=0)[:, :, None].expand(-1, -1, values.shape[2])
+    return torch.gather(values, 1, index) * valid[:, :, None].to(values.dtype)
+
+
+def _register_fake_and_autograd() -> None:
+    @torch.library.register_fake("dtb::softmax_with_significance")
+    def _(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.empty_like(scores), scores.new_empty((scores.shape[0], scores.shape[3]), dtype=torch.float32)
+
+    @torch.library.register_fake("dtb::select_and_gather")
+    def _(hidden, significance, mask, keep, max_keep, keep_first):
+        batch, _, width = hidden.shape
+        return (
+            hidden.new_empty((batch, max_keep, width)),
+            mask.new_empty((batch, max_keep)),
+            keep.new_empty((batch, max_keep), dtype=torch.int64),
+        )
+
+    @torch.library.register_fake("dtb::restore")
+    def _(base, src, positions):
+        return torch.empty_like(base)
+
+    def softmax_setup(ctx, inputs, output):
+        _, mask = inputs
+        ctx.save_for_backward(output[0], mask)
+
+    def softmax_backward(ctx, grad_probs, grad_significance):
+        probs, mask = ctx.saved_tensors
+        # float32 at least, like the forward; float64 stays float64 for gradcheck.
+        compute_dtype = torch.promote_types(probs.dtype, torch.float32)
+        valid_query = mask.bool()[:, None, :, None]
+        grad = grad_probs.to(compute_dtype) + grad_significance.to(compute_dtype)[:, None, None, :] * valid_query
+        p = probs.to(compute_dtype)
+        grad_scores = p * (grad - (grad * p).sum(dim=-1, keepdim=True))
+        return grad_scores.to(probs.dtype), None
+
+    torch.library.register_autograd("dtb::softmax_with_significance", softmax_backward, setup_context=softmax_setup)
+
+    def select_setup(ctx, inputs, output):
+        hidden = inputs[0]
+        ctx.hidden_shape = hidden.shape
+        ctx.save_for_backward(output[2])
+
+    def select_backward(ctx, grad_kept_hidden, grad_kept_mask, grad_positions):
+        (positions,) = ctx.saved_tensors
+        zeros = grad_kept_hidden.new_zeros(ctx.hidden_shape)
+        return torch.ops.dtb.restore(zeros, grad_kept_hidden, positions), None, None, None, None, None
+
+    torch.library.register_autograd("dtb::select_and_gather", select_backward, setup_context=select_setup)
+
+    def restore_setup(ctx, inputs, output):
+        _, src, positions = inputs
+        ctx.src_dtype = src.dtype
+        ctx.src_shape = src.shape
+        ctx.save_for_backward(positions)
+
+    def restore_backward(ctx, grad_out):
+        (positions,) = ctx.saved_tensors
+        grad_base = torch.ops.dtb.restore(grad_out, grad_out.new_zeros(ctx.src_shape), positions)
+        grad_src = _gather_rows(grad_out, positions).to(ctx.src_dtype)
+        return grad_base, grad_src, None
+
+    torch.library.register_autograd("dtb::restore", restore_backward, setup_context=restore_setup)
+
+
+if _HAS_KERNELS:
+    _register_fake_and_autograd()

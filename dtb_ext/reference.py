@@ -25,12 +25,14 @@ def softmax_with_significance(scores: Tensor, mask: Tensor) -> tuple[Tensor, Ten
     """
     valid = mask.bool()
     key_valid = valid[:, None, None, :]
+    # float32 at least (float64 stays float64, so that gradcheck sees float64 precision).
+    compute_dtype = torch.promote_types(scores.dtype, torch.float32)
     # finfo.min instead of -inf: a fully masked row then softmaxes to a uniform row that the final
     # multiplication zeroes, instead of NaN.
-    logits = scores.float().masked_fill(~key_valid, torch.finfo(torch.float32).min)
-    probs32 = torch.softmax(logits, dim=-1) * key_valid
-    significance = (probs32 * valid[:, None, :, None]).sum(dim=(1, 2))
-    return probs32.to(scores.dtype), significance
+    logits = scores.to(compute_dtype).masked_fill(~key_valid, torch.finfo(compute_dtype).min)
+    probs_wide = torch.softmax(logits, dim=-1) * key_valid
+    significance = (probs_wide * valid[:, None, :, None]).sum(dim=(1, 2))
+    return probs_wide.to(scores.dtype), significance.float()
 
 
 def selection_order(significance: Tensor, mask: Tensor, keep_first: bool) -> Tensor:

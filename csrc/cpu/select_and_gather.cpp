@@ -1,0 +1,106 @@
+// CPU kernel of dtb::select_and_gather: per example, the top keep[b] tokens by selection key (selection_key.h),
+// put back in ascending position order, and their hidden rows gathered, in one op.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "../op_checks.h"
+#include "../selection_key.h"
+
+namespace dtb {
+namespace {
+
+// Fills positions[b, :] (ascending kept positions, -1 past keep[b]) and kept_mask[b, :] for examples [begin, end).
+template <typename mask_t>
+void select_positions(const float* significance, const mask_t* mask, const int64_t* keep, bool keep_first,
+                      int64_t length, int64_t max_keep, int64_t begin, int64_t end, int64_t* positions,
+                      mask_t* kept_mask) {
+  std::vector<uint64_t> keys(length);
+  for (int64_t b = begin; b < end; ++b) {
+    const float* sig_row = significance + b * length;
+    const mask_t* mask_row = mask + b * length;
+    for (int64_t k = 0; k < length; ++k) {
+      keys[k] = selection_key(sig_row[k], mask_row[k] != mask_t(0), keep_first && k == 0, k, length);
+    }
+    const int64_t count = keep[b];
+    // Keys are distinct (they embed the position), so the top `count` set is unique.
+    std::nth_element(keys.begin(), keys.begin() + (count - 1), keys.end(), std::greater<uint64_t>());
+    int64_t* position_row = positions + b * max_keep;
+    for (int64_t j = 0; j < count; ++j) {
+      position_row[j] = position_of_key(keys[j], length);
+    }
+    std::sort(position_row, position_row + count);
+    mask_t* kept_mask_row = kept_mask + b * max_keep;
+    for (int64_t j = 0; j < count; ++j) {
+      kept_mask_row[j] = mask_row[position_row[j]] != mask_t(0) ? mask_t(1) : mask_t(0);
+    }
+    std::fill(position_row + count, position_row + max_keep, int64_t(-1));
+    std::fill(kept_mask_row + count, kept_mask_row + max_keep, mask_t(0));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_gather_cpu(const at::Tensor& hidden_in,
+                                                                     const at::Tensor& significance_in,
+                                                                     const at::Tensor& mask_in,
+                                                                     const at::Tensor& keep_in, int64_t max_keep,
+                                                                     bool keep_first) {
+  check_select_inputs(hidden_in, significance_in, mask_in, keep_in, max_keep);
+  const at::Tensor hidden = hidden_in.contiguous();
+  const at::Tensor significance = significance_in.to(at::kFloat).contiguous();
+  const at::Tensor mask = mask_in.contiguous();
+  const at::Tensor keep = keep_in.contiguous();
+  const int64_t batch = hidden.size(0);
+  const int64_t length = hidden.size(1);
+  const int64_t width = hidden.size(2);
+
+  at::Tensor kept_hidden = at::empty({batch, max_keep, width}, hidden.options());
+  at::Tensor kept_mask = at::empty({batch, max_keep}, mask.options());
+  at::Tensor positions = at::empty({batch, max_keep}, keep.options());
+  if (batch == 0 || max_keep == 0) {
+    kept_hidden.zero_();
+    return {kept_hidden, kept_mask, positions};
+  }
+
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, mask.scalar_type(), "select_and_gather_cpu", [&] {
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      select_positions<scalar_t>(significance.const_data_ptr<float>(), mask.const_data_ptr<scalar_t>(),
+                                 keep.const_data_ptr<int64_t>(), keep_first, length, max_keep, begin, end,
+                                 positions.mutable_data_ptr<int64_t>(), kept_mask.mutable_data_ptr<scalar_t>());
+    });
+  });
+
+  // Row copies, parallel over all B * K output rows so that batch 1 uses every thread too.
+  const int64_t row_bytes = width * static_cast<int64_t>(hidden.element_size());
+  const char* hidden_data = static_cast<const char*>(hidden.const_data_ptr());
+  char* kept_data = static_cast<char*>(kept_hidden.mutable_data_ptr());
+  const int64_t* position_data = positions.const_data_ptr<int64_t>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes));
+  at::parallel_for(0, batch * max_keep, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t position = position_data[row];
+      char* destination = kept_data + row * row_bytes;
+      if (position < 0) {
+        std::memset(destination, 0, row_bytes);
+      } else {
+        const int64_t b = row / max_keep;
+        std::memcpy(destination, hidden_data + (b * length + position) * row_bytes, row_bytes);
+      }
+    }
+  });
+  return {kept_hidden, kept_mask, positions};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dtb, CPU, m) {
+  m.impl("select_and_gather", &select_and_gather_cpu);
+}
+
+}  // namespace dtb

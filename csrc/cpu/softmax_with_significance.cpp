@@ -1,0 +1,205 @@
+// CPU kernel of dtb::softmax_with_significance: the masked softmax over keys and, in the same pass, the attention
+// each key receives (summed over heads and valid queries). Probabilities are never re-read from memory to
+// compute the significance: each row's probabilities are added to a per-task partial while still in cache.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../op_checks.h"
+
+namespace dtb {
+namespace {
+
+using at::vec::Vectorized;
+
+// Query rows per parallel task: B * H * ceil(L / kQueryChunk) tasks keep every thread busy even at batch 1,
+// and the per-task significance partial (one L-row) stays a small fraction of the scores.
+constexpr int64_t kQueryChunk = 64;
+
+template <typename acc_t>
+Vectorized<acc_t> fast_exp(const Vectorized<acc_t>& x) {
+  return x.exp();
+}
+
+// The float exp with at most 20 ulp error that ATen's own softmax uses.
+template <>
+Vectorized<float> fast_exp(const Vectorized<float>& x) {
+  return x.exp_u20();
+}
+
+// Loads `count` (<= vector width) keys starting at `k`; lanes past `count` and masked keys read as -inf so that
+// they neither win the max nor contribute to the sum.
+template <typename acc_t>
+Vectorized<acc_t> load_keys(const acc_t* row, const acc_t* masked_bits, int64_t k, int64_t count) {
+  using Vec = Vectorized<acc_t>;
+  const Vec neg_inf(-std::numeric_limits<acc_t>::infinity());
+  Vec x = count == Vec::size() ? Vec::loadu(row + k) : Vec::set(neg_inf, Vec::loadu(row + k, count), count);
+  if (masked_bits != nullptr) {
+    x = Vec::blendv(x, neg_inf, Vec::loadu(masked_bits + k, count));
+  }
+  return x;
+}
+
+// Softmax of one row over its first `n` keys (the rest are padding, handled by the caller). `masked_bits` is null
+// when every key in [0, n) is valid, else all-ones bits at masked keys. When `significance` is not null (the
+// query is valid), the probabilities are added to it. `in` and `out` may alias.
+template <typename acc_t>
+void softmax_row(const acc_t* in, acc_t* out, int64_t n, const acc_t* masked_bits, acc_t* significance) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t width = Vec::size();
+  Vec running_max(-std::numeric_limits<acc_t>::infinity());
+  for (int64_t k = 0; k < n; k += width) {
+    running_max = at::vec::maximum(running_max, load_keys(in, masked_bits, k, std::min(width, n - k)));
+  }
+  const acc_t row_max =
+      at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running_max);
+  if (row_max == -std::numeric_limits<acc_t>::infinity()) {
+    // No valid key with a finite score: the row is all zeros rather than 0/0.
+    std::memset(out, 0, sizeof(acc_t) * n);
+    return;
+  }
+  const Vec shift(row_max);
+  Vec running_sum(0);
+  for (int64_t k = 0; k < n; k += width) {
+    const int64_t count = std::min(width, n - k);
+    const Vec e = fast_exp(load_keys(in, masked_bits, k, count) - shift);
+    e.store(out + k, count);
+    running_sum = running_sum + e;
+  }
+  const acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, running_sum);
+  const Vec inverse(acc_t(1) / sum);
+  for (int64_t k = 0; k < n; k += width) {
+    const int64_t count = std::min(width, n - k);
+    const Vec p = Vec::loadu(out + k, count) * inverse;
+    p.store(out + k, count);
+    if (significance != nullptr) {
+      (Vec::loadu(significance + k, count) + p).store(significance + k, count);
+    }
+  }
+}
+
+template <typename scalar_t>
+void widen_row(const scalar_t* src, float* dst, int64_t n) {
+  using Vec = Vectorized<float>;
+  int64_t k = 0;
+  for (; k + Vec::size() <= n; k += Vec::size()) {
+    Vec v;
+    at::vec::load_to_float(src + k, v);
+    v.store(dst + k);
+  }
+  for (; k < n; ++k) {
+    dst[k] = static_cast<float>(src[k]);
+  }
+}
+
+template <typename scalar_t>
+void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor& valid, at::Tensor& probs,
+                                      at::Tensor& significance) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool computes_in_place = std::is_same_v<acc_t, scalar_t>;
+  const int64_t batch = scores.size(0);
+  const int64_t heads = scores.size(1);
+  const int64_t length = scores.size(2);
+  const int64_t chunks = (length + kQueryChunk - 1) / kQueryChunk;
+  const bool* valid_data = valid.const_data_ptr<bool>();
+
+  // Keys past the last valid one are skipped (written as zeros); masked keys before it are blended to -inf.
+  std::vector<int64_t> key_end(batch, 0);
+  std::vector<bool> has_holes(batch, false);
+  at::Tensor masked_bits = at::zeros({batch, length}, scores.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* masked_bits_data = masked_bits.mutable_data_ptr<acc_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const bool* row = valid_data + b * length;
+    for (int64_t k = 0; k < length; ++k) {
+      if (row[k]) {
+        key_end[b] = k + 1;
+      }
+    }
+    for (int64_t k = 0; k < key_end[b]; ++k) {
+      if (!row[k]) {
+        has_holes[b] = true;
+        std::memset(masked_bits_data + b * length + k, 0xFF, sizeof(acc_t));
+      }
+    }
+  }
+
+  // One significance partial per task, summed in a fixed order afterwards: deterministic for any thread count.
+  at::Tensor partial = at::zeros({batch * heads * chunks, length}, masked_bits.options());
+  acc_t* partial_data = partial.mutable_data_ptr<acc_t>();
+  const scalar_t* scores_data = scores.const_data_ptr<scalar_t>();
+  scalar_t* probs_data = probs.mutable_data_ptr<scalar_t>();
+
+  at::parallel_for(0, batch * heads * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row_buffer(computes_in_place ? 0 : length);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (heads * chunks);
+      const int64_t h = (task / chunks) % heads;
+      const int64_t q_begin = (task % chunks) * kQueryChunk;
+      const int64_t q_end = std::min(length, q_begin + kQueryChunk);
+      const int64_t n = key_end[b];
+      const acc_t* bits = has_holes[b] ? masked_bits_data + b * length : nullptr;
+      for (int64_t q = q_begin; q < q_end; ++q) {
+        const int64_t offset = ((b * heads + h) * length + q) * length;
+        acc_t* significance_row = valid_data[b * length + q] ? partial_data + task * length : nullptr;
+        if constexpr (computes_in_place) {
+          softmax_row<acc_t>(scores_data + offset, probs_data + offset, n, bits, significance_row);
+        } else {
+          widen_row(scores_data + offset, row_buffer.data(), n);
+          softmax_row<acc_t>(row_buffer.data(), row_buffer.data(), n, bits, significance_row);
+          at::vec::convert(row_buffer.data(), probs_data + offset, n);
+        }
+        std::memset(probs_data + offset + n, 0, sizeof(scalar_t) * (length - n));
+      }
+    }
+  });
+
+  float* significance_data = significance.mutable_data_ptr<float>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(length);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(total.begin(), total.end(), acc_t(0));
+      for (int64_t task = b * heads * chunks; task < (b + 1) * heads * chunks; ++task) {
+        const acc_t* row = partial_data + task * length;
+        for (int64_t k = 0; k < length; ++k) {
+          total[k] += row[k];
+        }
+      }
+      for (int64_t k = 0; k < length; ++k) {
+        significance_data[b * length + k] = static_cast<float>(total[k]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> softmax_with_significance_cpu(const at::Tensor& scores_in, const at::Tensor& mask) {
+  check_softmax_inputs(scores_in, mask);
+  const at::Tensor scores = scores_in.contiguous();
+  const at::Tensor valid = (mask.scalar_type() == at::kBool ? mask : mask.ne(0)).contiguous();
+  at::Tensor probs = at::empty_like(scores, at::MemoryFormat::Contiguous);
+  at::Tensor significance = at::zeros({scores.size(0), scores.size(3)}, scores.options().dtype(at::kFloat));
+  if (scores.numel() == 0) {
+    return {probs, significance};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "softmax_with_significance_cpu",
+                                  [&] { softmax_with_significance_kernel<scalar_t>(scores, valid, probs, significance); });
+  return {probs, significance};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dtb, CPU, m) {
+  m.impl("softmax_with_significance", &softmax_with_significance_cpu);
+}
+
+}  // namespace dtb

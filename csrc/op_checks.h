@@ -1,0 +1,96 @@
+// Argument checks shared by the CPU and CUDA implementations of the dtb ops. Every failure is a TORCH_CHECK
+// (a RuntimeError in Python) whose message names the argument, what was expected and what was given.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace dtb {
+
+inline void check_same_device(const char* op, const at::Tensor& first, const char* first_name, const at::Tensor& other,
+                              const char* other_name) {
+  TORCH_CHECK(other.device() == first.device(), op, ": ", other_name, " must be on the device of ", first_name, " (",
+              first.device(), "), got ", other.device());
+}
+
+inline void check_floating(const char* op, const at::Tensor& tensor, const char* name) {
+  TORCH_CHECK(at::isFloatingType(tensor.scalar_type()), op, ": ", name,
+              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+              tensor.scalar_type());
+}
+
+// Smallest and largest value of an integer tensor with at least one element. On CUDA this costs one small
+// device-to-host copy (a synchronisation); it is what lets bad counts and positions fail with a message
+// instead of reading or writing out of bounds.
+inline std::pair<int64_t, int64_t> min_max_values(const at::Tensor& values) {
+  auto extremes = at::aminmax(values);
+  auto on_host = at::stack({std::get<0>(extremes), std::get<1>(extremes)}).to(at::kCPU, at::kLong);
+  return {on_host[0].item<int64_t>(), on_host[1].item<int64_t>()};
+}
+
+inline void check_softmax_inputs(const at::Tensor& scores, const at::Tensor& mask) {
+  constexpr const char* op = "dtb::softmax_with_significance";
+  TORCH_CHECK(scores.dim() == 4 && scores.size(2) == scores.size(3), op,
+              ": scores must be [B, H, L, L] (4-D, square in the last two dims), got shape ", scores.sizes());
+  check_floating(op, scores, "scores");
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == scores.size(0) && mask.size(1) == scores.size(3), op,
+              ": mask must be [B, L] = [", scores.size(0), ", ", scores.size(3), "] to match scores of shape ",
+              scores.sizes(), ", got shape ", mask.sizes());
+  check_same_device(op, scores, "scores", mask, "mask");
+}
+
+inline void check_select_inputs(const at::Tensor& hidden, const at::Tensor& significance, const at::Tensor& mask,
+                                const at::Tensor& keep, int64_t max_keep) {
+  constexpr const char* op = "dtb::select_and_gather";
+  TORCH_CHECK(hidden.dim() == 3, op, ": hidden must be [B, L, D], got shape ", hidden.sizes());
+  const int64_t batch = hidden.size(0);
+  const int64_t length = hidden.size(1);
+  TORCH_CHECK(significance.dim() == 2 && significance.size(0) == batch && significance.size(1) == length, op,
+              ": significance must be [B, L] = [", batch, ", ", length, "] to match hidden of shape ", hidden.sizes(),
+              ", got shape ", significance.sizes());
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == length, op, ": mask must be [B, L] = [",
+              batch, ", ", length, "] to match hidden of shape ", hidden.sizes(), ", got shape ", mask.sizes());
+  TORCH_CHECK(keep.dim() == 1 && keep.size(0) == batch, op, ": keep must be [B] = [", batch,
+              "] to match hidden of shape ", hidden.sizes(), ", got shape ", keep.sizes());
+  TORCH_CHECK(keep.scalar_type() == at::kLong, op, ": keep must be int64, got ", keep.scalar_type());
+  check_floating(op, significance, "significance");
+  check_same_device(op, hidden, "hidden", significance, "significance");
+  check_same_device(op, hidden, "hidden", mask, "mask");
+  check_same_device(op, hidden, "hidden", keep, "keep");
+  TORCH_CHECK(max_keep >= 0 && max_keep <= length, op, ": max_keep must be in [0, L] = [0, ", length, "], got ",
+              max_keep);
+  if (batch == 0) {
+    return;
+  }
+  const auto [fewest, most] = min_max_values(keep);
+  TORCH_CHECK(fewest >= 1 && most <= length, op, ": every keep count must be in [1, L] = [1, ", length,
+              "], got counts from ", fewest, " to ", most);
+  TORCH_CHECK(most <= max_keep, op, ": max_keep must be at least max(keep) = ", most, ", got ", max_keep);
+}
+
+inline void check_restore_inputs(const at::Tensor& base, const at::Tensor& src, const at::Tensor& positions) {
+  constexpr const char* op = "dtb::restore";
+  TORCH_CHECK(base.dim() == 3, op, ": base must be [B, L0, D], got shape ", base.sizes());
+  TORCH_CHECK(src.dim() == 3 && src.size(0) == base.size(0) && src.size(2) == base.size(2), op,
+              ": src must be [B, K, D] with B = ", base.size(0), " and D = ", base.size(2),
+              " to match base of shape ", base.sizes(), ", got shape ", src.sizes());
+  TORCH_CHECK(positions.dim() == 2 && positions.size(0) == src.size(0) && positions.size(1) == src.size(1), op,
+              ": positions must be [B, K] = [", src.size(0), ", ", src.size(1), "] to match src of shape ",
+              src.sizes(), ", got shape ", positions.sizes());
+  TORCH_CHECK(positions.scalar_type() == at::kLong, op, ": positions must be int64, got ", positions.scalar_type());
+  check_floating(op, base, "base");
+  check_floating(op, src, "src");
+  check_same_device(op, base, "base", src, "src");
+  check_same_device(op, base, "base", positions, "positions");
+  if (positions.numel() == 0) {
+    return;
+  }
+  const auto [lowest, highest] = min_max_values(positions);
+  TORCH_CHECK(lowest >= -1 && highest < base.size(1), op, ": positions must be -1 (skip) or in [0, L0) = [0, ",
+              base.size(1), "), got values from ", lowest, " to ", highest);
+}
+
+}  // namespace dtb

@@ -1,0 +1,15 @@
+// The dtb operator library: every schema, once. Kernels register per backend in cpu/*.cpp and cuda/*_binding.cpp;
+// dtb_ext/ops.py adds the fake (meta) implementations and the autograd formulas.
+#include <torch/library.h>
+
+TORCH_LIBRARY(dtb, m) {
+  // scores [B, H, L, L], mask [B, L] -> probs [B, H, L, L] (dtype of scores), significance [B, L] float32.
+  m.def("softmax_with_significance(Tensor scores, Tensor mask) -> (Tensor probs, Tensor significance)");
+  // hidden [B, L, D], significance [B, L], mask [B, L], keep [B] int64 ->
+  // kept_hidden [B, K, D], kept_mask [B, K] (dtype of mask), kept_positions [B, K] int64 with K = max_keep.
+  m.def(
+      "select_and_gather(Tensor hidden, Tensor significance, Tensor mask, Tensor keep, int max_keep, "
+      "bool keep_first) -> (Tensor kept_hidden, Tensor kept_mask, Tensor kept_positions)");
+  // base [B, L0, D], src [B, K, D], positions [B, K] int64 -> a new [B, L0, D] tensor.
+  m.def("restore(Tensor base, Tensor src, Tensor positions) -> Tensor");
+}
