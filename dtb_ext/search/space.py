@@ -89,17 +89,18 @@ class LengthSpace:
 
     def constant_ratio_configs(self, count: int) -> list[Config]:
         """LAT's initial population: `count` configs, each dropping a constant fraction r of the tokens per layer
-        (l_i = ceil((1 - r) * l_{i-1}), floored at min_length), r spread evenly from 0 (the full-length config)
-        to the ratio that reaches min_length at the last layer."""
+        (l_i = ceil(max_length * (1 - r) ** (i + 1)), floored at min_length), r spread evenly from 0 (the
+        full-length config) to the ratio that reaches min_length exactly at the last layer."""
         if count < 1:
             raise ValueError(f"initial population size must be >= 1, got {count}")
         last_ratio = 1.0 - (self.min_length / self.max_length) ** (1.0 / self.num_layers)
         configs: list[Config] = []
         for ratio in np.linspace(0.0, last_ratio, count) if count > 1 else [0.0]:
-            length, config = self.max_length, []
-            for _ in range(self.num_layers):
-                length = max(self.min_length, math.ceil((1.0 - ratio) * length - 1e-9))
-                config.append(length)
+            # the closed form (not compounding ceil per layer) lets the last ratio land on min_length exactly
+            config = [
+                max(self.min_length, math.ceil(self.max_length * (1.0 - ratio) ** (i + 1) - 1e-9))
+                for i in range(self.num_layers)
+            ]
             if tuple(config) not in configs:
                 configs.append(tuple(config))
         return configs

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
+import warnings
 from typing import Any, Callable
 
 import optuna
@@ -22,6 +24,8 @@ DIRECTIONS = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.
 HEARTBEAT_INTERVAL_S = 20
 HEARTBEAT_GRACE_S = 60
 OPTUNA_TABLES = {"studies", "trials", "version_info"}
+STORAGE_OPEN_ATTEMPTS = 4
+SQLITE_BUSY_TIMEOUT_S = 60  # how long a SQLite writer waits for another process's lock
 
 
 def storage_url(storage: str) -> str:
@@ -51,6 +55,26 @@ def _check_sqlite_file(url: str) -> None:
         )
 
 
+def _serialise_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna hands a queued (WAITING) trial to a worker by reading its state and then marking it RUNNING, relying
+    on SELECT ... FOR UPDATE, which SQLite ignores; with Python's default deferred transactions two processes can
+    both take the same queued trial and one then crashes with "Cannot tell a COMPLETE trial". Immediate
+    transactions make that read-then-write atomic. This is SQLAlchemy's documented recipe for SQLite."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # pooled connections predate the listeners
+
+
 def open_storage(storage: str | BaseStorage | None) -> BaseStorage:
     """None -> in-memory; a BaseStorage -> as is; a path or URL -> RDBStorage with heartbeats."""
     if storage is None:
@@ -58,17 +82,31 @@ def open_storage(storage: str | BaseStorage | None) -> BaseStorage:
     if isinstance(storage, BaseStorage):
         return storage
     url = storage_url(storage)
-    if url.startswith("sqlite:///"):
+    is_sqlite = url.startswith("sqlite:///")
+    if is_sqlite:
         _check_sqlite_file(url)
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=HEARTBEAT_GRACE_S,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-        )
-    except Exception as error:  # sqlalchemy/Optuna raise many kinds; the user needs one clear message
-        raise ValueError(f"cannot open study storage {url!r}: {error}") from error
+    # Workers started together on a fresh database race to create Optuna's tables and one of them fails; by
+    # the retry the tables exist, so a short back-off resolves it.
+    for attempt in range(STORAGE_OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # heartbeats are marked experimental; they are how Optuna recovers trials of dead workers
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if is_sqlite else None,
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=HEARTBEAT_GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            if is_sqlite:
+                _serialise_sqlite_transactions(rdb.engine)
+            return rdb
+        except Exception as error:  # sqlalchemy/Optuna raise many kinds; the user needs one clear message
+            if attempt + 1 == STORAGE_OPEN_ATTEMPTS:
+                raise ValueError(f"cannot open study storage {url!r}: {error}") from error
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _canonical(identity: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +209,7 @@ def make_objective(
         params = {name: trial.suggest_float(name, 0.0, 1.0) for name in space.param_names()}
         config = space.config_from_params(params)
         trial.set_user_attr("length_config", list(config))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         source = _completed_or_wait(trial.study, config, trial.number, poll_seconds)
         if source is not None:
             record = {key: source.user_attrs.get(key) for key in RECORD_KEYS}
