@@ -8,6 +8,7 @@ import sys
 
 # Modules whose `register(subparsers)` adds subcommands, in the order `dtb --help` lists them.
 COMMAND_MODULES: list[str] = [
+    "dtb_ext.qa.cli",
     "dtb_ext.train.cli",
 ]
 

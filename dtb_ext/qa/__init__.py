@@ -1,17 +1,26 @@
 """SQuAD 1.1 question answering: reading data, sliding-window features, span post-processing, the official
-metric and evaluation under a length configuration."""
-from dtb_ext.qa.data import SquadExample, load_squad, search_split_articles
-from dtb_ext.qa.evaluate import evaluate_qa
-from dtb_ext.qa.features import EvalFeatures, prepare_eval_features, prepare_train_features
-from dtb_ext.qa.metric import squad_metrics
+metric and evaluation under a length configuration.
 
-__all__ = [
-    "EvalFeatures",
-    "SquadExample",
-    "evaluate_qa",
-    "load_squad",
-    "prepare_eval_features",
-    "prepare_train_features",
-    "search_split_articles",
-    "squad_metrics",
-]
+Names are imported on first use, so `dtb --help` and `dtb score` do not load torch."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SquadExample": "dtb_ext.qa.data",
+    "load_squad": "dtb_ext.qa.data",
+    "search_split_articles": "dtb_ext.qa.data",
+    "EvalFeatures": "dtb_ext.qa.features",
+    "prepare_eval_features": "dtb_ext.qa.features",
+    "prepare_train_features": "dtb_ext.qa.features",
+    "evaluate_qa": "dtb_ext.qa.evaluate",
+    "squad_metrics": "dtb_ext.qa.metric",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dtb_ext.qa' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
