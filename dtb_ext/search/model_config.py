@@ -1,0 +1,33 @@
+"""Storing a chosen length configuration in a saved model, where `dtb_ext.patch()` applies it on load."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from dtb_ext.config import as_length_config
+from dtb_ext.models.patching import CONFIG_ATTRIBUTE
+
+
+def save_config_to_model(model_dir: str, length_config: Sequence[int] | None) -> str:
+    """Write `length_config` (per-layer ints; None for full length) into `model_dir`/config.json under
+    `dtb_length_config`, the field `patch()` reads. Checked against the model's layer count; the file is
+    replaced atomically. Returns the path of config.json."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"no model config at {path}: expected a saved Hugging Face model directory")
+    with open(path) as handle:
+        try:
+            config = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+    num_layers = config.get("num_hidden_layers")
+    if not isinstance(num_layers, int):
+        raise ValueError(f"{path} has no integer num_hidden_layers (got {num_layers!r}); is it a BERT-family model?")
+    resolved = as_length_config(None if length_config is None else [int(v) for v in length_config], num_layers)
+    config[CONFIG_ATTRIBUTE] = None if resolved is None else resolved.to_json()
+    with open(path + ".tmp", "w") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(path + ".tmp", path)
+    return path

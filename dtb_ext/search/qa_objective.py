@@ -1,0 +1,175 @@
+"""The search objective on span QA: run the dynamic model at a length configuration over a fixed sample of
+search-split questions, score F1/EM, and cost it in analytic MACs or measured latency."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import statistics
+import time
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from dtb_ext.search.evaluation import COST_MODELS, Evaluation
+from dtb_ext.search.space import Config
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured: `sample` features evenly spaced over the features sorted by length (a fixed set
+    spanning short and long ones), run in batches of `batch_size` (dynamic padding), `warmup` untimed passes,
+    then the median of `repeats` timed passes, reported as milliseconds per batch."""
+
+    batch_size: int = 1
+    sample: int = 16
+    warmup: int = 1
+    repeats: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "sample", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"latency {name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"latency warmup must be >= 0, got {self.warmup}")
+
+
+def sample_questions(examples: Sequence[Any], count: int | None, seed: int) -> list[Any]:
+    """A fixed random subset of `count` questions (None: all), kept in their original order."""
+    if count is None:
+        return list(examples)
+    if count < 1 or count > len(examples):
+        raise ValueError(f"the question sample must hold between 1 and {len(examples)} questions, got {count}")
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), count))
+    return [examples[i] for i in chosen]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the model's parameter and buffer names, shapes, dtypes and values: the same weights give the
+    same fingerprint wherever they were loaded from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def questions_fingerprint(examples: Sequence[Any]) -> str:
+    """sha256 over the ids of the questions (their order included)."""
+    return hashlib.sha256("\n".join(e.qid for e in examples).encode()).hexdigest()
+
+
+class QAEvaluator:
+    """Evaluator for the search engine: `evaluator(config)` runs `evaluate_qa` on `features` with the model at
+    `config` (never a proxy) and adds the cost.
+
+    model: a *ForQuestionAnswering model; it is patched with the dynamic encoder if it is not yet.
+    features: `prepare_eval_features(...)` of the evaluation questions.
+    cost_model: "macs" (always computed: count_macs at every feature's real length, summed) or "latency"
+        (additionally measured, see LatencySettings).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        features: Any,
+        cost_model: str = "macs",
+        batch_size: int = 32,
+        padding: str = "dynamic",
+        latency: LatencySettings | None = None,
+    ) -> None:
+        import dtb_ext
+
+        if cost_model not in COST_MODELS:
+            raise ValueError(f"cost model must be one of {COST_MODELS}, got {cost_model!r}")
+        if len(features) == 0:
+            raise ValueError("the evaluation features are empty: no question could be featurised")
+        if not dtb_ext.is_patched(model):
+            dtb_ext.patch(model)
+        self.model = model
+        self.features = features
+        self.cost_model = cost_model
+        self.batch_size = batch_size
+        self.padding = padding
+        self.latency = latency or LatencySettings()
+        self._length_counts = Counter(int(n) for n in features.lengths)
+        self._latency_features = self._latency_sample() if cost_model == "latency" else None
+        self._warmed_up = False
+
+    def macs(self, config: Sequence[int] | None) -> int:
+        """Encoder MACs of one pass over every feature at its real length under `config` (None: full length)."""
+        from dtb_ext.macs import count_macs
+
+        length_config = None if config is None else list(config)
+        return sum(
+            count * count_macs(self.model.config, length_config, length).total
+            for length, count in self._length_counts.items()
+        )
+
+    def _latency_sample(self) -> Any:
+        """A fixed subset of the features, evenly spaced in the length order, so it spans short and long ones."""
+        n = len(self.features)
+        if self.latency.sample > n:
+            raise ValueError(f"a latency sample of {self.latency.sample} features was asked, only {n} features exist")
+        by_length = np.lexsort((np.arange(n), self.features.lengths))
+        picks = np.sort(by_length[np.linspace(0, n - 1, self.latency.sample).round().astype(int)])
+        return dataclasses.replace(
+            self.features,
+            input_ids=[self.features.input_ids[i] for i in picks],
+            example_index=self.features.example_index[picks],
+            context_start=self.features.context_start[picks],
+            window_start=self.features.window_start[picks],
+            window_length=self.features.window_length[picks],
+        )
+
+    def latency_ms(self, config: Sequence[int] | None) -> float:
+        """Median over repeats of the milliseconds per batch on the fixed latency sample."""
+        import dtb_ext
+
+        if not self._warmed_up:
+            # the first timed config would otherwise also pay for one-off costs (allocator, thread pool, caches)
+            self._warmed_up = True
+            self.latency_ms(None)
+        sample = self._latency_features if self._latency_features is not None else self._latency_sample()
+        device = next(self.model.parameters()).device
+        batches = [
+            {name: tensor.to(device) for name, tensor in inputs.items()}
+            for _, inputs in sample.batches(self.latency.batch_size, "dynamic")
+        ]
+        was_training = self.model.training
+        self.model.eval()
+        timings = []
+        try:
+            with torch.inference_mode(), dtb_ext.length_config(self.model, None if config is None else list(config)):
+                for repeat in range(self.latency.warmup + self.latency.repeats):
+                    started = time.perf_counter()
+                    for inputs in batches:
+                        self.model(**inputs)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if repeat >= self.latency.warmup:
+                        timings.append(time.perf_counter() - started)
+        finally:
+            self.model.train(was_training)
+        return 1000.0 * statistics.median(timings) / len(batches)
+
+    def __call__(self, config: Config) -> Evaluation:
+        from dtb_ext.qa import evaluate_qa
+
+        started = time.perf_counter()
+        result = evaluate_qa(
+            self.model, self.features, length_config=list(config), batch_size=self.batch_size,
+            padding=self.padding, progress=False,
+        )
+        latency = self.latency_ms(config) if self.cost_model == "latency" else None
+        return Evaluation(
+            f1=float(result["f1"]),
+            exact_match=float(result["exact_match"]),
+            macs=float(self.macs(config)),
+            latency_ms=latency,
+            n=int(result["n"]),
+            seconds=time.perf_counter() - started,
+        )
