@@ -28,6 +28,11 @@ _EXPORTS: dict[str, str] = {
     "length_config": "dtb_ext.models.patching",
     "is_patched": "dtb_ext.models.patching",
     "count_macs": "dtb_ext.macs",
+    "search_lengths": "dtb_ext.search.qa_search",
+    "run_search": "dtb_ext.search.engine",
+    "pick": "dtb_ext.search.pick",
+    "load_front": "dtb_ext.search.front",
+    "save_config_to_model": "dtb_ext.search.model_config",
 }
 
 __all__ = sorted(_EXPORTS)

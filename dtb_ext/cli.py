@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "dtb_ext.qa.cli",
     "dtb_ext.train.cli",
+    "dtb_ext.search.cli",
 ]
 
 
