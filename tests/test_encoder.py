@@ -251,3 +251,27 @@ def test_keep_first_keeps_cls_even_when_it_is_not_significant():
     # The oracle applies keep_first on its own (original position 0 always chosen); the two settings must also
     # select differently here, or this test would not exercise keep_first.
     assert not torch.equal(outputs[False], outputs[True])
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients():
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = dtb_ext.patch(BertForSequenceClassification(config)).train()
+    ids, mask, types = _batch([12, 7], 12, seed=7, vocab=(1, 200))
+    calls = []
+    model.bert.encoder.layer[1].intermediate.register_forward_hook(lambda *args: calls.append(1))
+    gradients = {}
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.zero_grad()
+        calls.clear()
+        with dtb_ext.length_config(model, [10, 6, 3]):
+            model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=torch.tensor([0, 1])).loss.backward()
+        gradients[checkpointing] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed during backward
+    assert gradients[True].keys() == gradients[False].keys()
+    for name in gradients[False]:
+        torch.testing.assert_close(gradients[True][name], gradients[False][name], msg=name)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
 from dtb_ext import ops
@@ -102,17 +103,17 @@ class DynamicEncoder(nn.Module):
         for index, layer in enumerate(self.layer):
             kept = entering if keep_counts is None else keep_counts[index]
             layer_input = hidden
-            if kept == entering:
-                padded = any(count < width for count in entering)
-                hidden = self._feed_forward(layer, self._attention_all_kept(layer, hidden, mask if padded else None))
-            else:
-                attention_output, significance = self._attention_with_significance(layer, hidden, mask)
-                keep = torch.tensor(kept, dtype=torch.int64, device=hidden.device)
-                width = max(kept)
-                kept_hidden, mask, kept_positions = ops.select_and_gather(
-                    attention_output, significance, mask, keep, width, self.keep_first
+            keep = None if kept == entering else torch.tensor(kept, dtype=torch.int64, device=hidden.device)
+            padded = any(count < width for count in entering)
+            width = max(kept)
+            if getattr(layer, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
+                # What HF's GradientCheckpointingLayer does for its own forward, which this encoder bypasses.
+                hidden, mask, kept_positions = checkpoint(
+                    self._layer, layer, hidden, mask, keep, width, padded, use_reentrant=False
                 )
-                hidden = self._feed_forward(layer, kept_hidden)
+            else:
+                hidden, mask, kept_positions = self._layer(layer, hidden, mask, keep, width, padded)
+            if kept_positions is not None:
                 # Every token entering this layer gets its input written; the kept ones are overwritten later.
                 restored = layer_input if positions is None else ops.restore(restored, layer_input, positions)
                 positions = kept_positions if positions is None else _compose_positions(positions, kept_positions)
@@ -124,6 +125,29 @@ class DynamicEncoder(nn.Module):
         if positions is None:
             return hidden
         return ops.restore(restored, hidden, positions)
+
+    def _layer(
+        self, layer: nn.Module, hidden: Tensor, mask: Tensor, keep: Tensor | None, width: int, padded: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One layer on [B, n, D] hidden states with [B, n] mask.
+
+        Args:
+            keep: [B] tokens each example keeps, or None when every example keeps all its tokens.
+            width: K, the largest keep count (n when `keep` is None).
+            padded: some example has fewer than n real tokens.
+
+        Returns:
+            ([B, K, D] output, [B, K] mask, [B, K] kept slots into n, or None when nothing was dropped).
+        """
+        if keep is None:
+            # Nothing to select: no significance needed, so the fused SDPA kernel can run.
+            attention_output = self._attention_all_kept(layer, hidden, mask if padded else None)
+            return self._feed_forward(layer, attention_output), mask, None
+        attention_output, significance = self._attention_with_significance(layer, hidden, mask)
+        kept_hidden, kept_mask, kept_positions = ops.select_and_gather(
+            attention_output, significance, mask, keep, width, self.keep_first
+        )
+        return self._feed_forward(layer, kept_hidden), kept_mask, kept_positions
 
     def _project_heads(self, layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, n, D] -> query, key, value, each [B, H, n, d]."""
@@ -156,7 +180,8 @@ class DynamicEncoder(nn.Module):
         """Explicit self-attention block: [B, n, D], [B, n] mask -> ([B, n, D] output, [B, n] significance)."""
         attention = layer.attention.self
         query, key, value = self._project_heads(layer, hidden)
-        scores = torch.matmul(query, key.transpose(-1, -2)) * attention.scaling
+        # Scaled in place: the same arithmetic as HF eager without a second [B, H, n, n] buffer.
+        scores = torch.matmul(query, key.transpose(-1, -2)).mul_(attention.scaling)
         probs, significance = ops.softmax_with_significance(scores, mask)
         probs = attention.dropout(probs)
         context = torch.matmul(probs, value).transpose(1, 2).reshape(hidden.shape)
