@@ -242,3 +242,37 @@ def test_kernels_and_reference_ops_give_the_same_outputs(monkeypatch):
             outputs[source] = model(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
     torch.testing.assert_close(outputs["kernels"][real], outputs["reference"][real], atol=1e-5, rtol=1e-4)
+
+
+# --- the padding mask recovered from what Hugging Face passes the encoder ----------------------------------------
+
+
+def test_padding_mask_is_recovered_from_every_mask_form():
+    from dtb_ext.models.padding_mask import padding_mask_from_hf
+
+    hidden = torch.zeros(2, 4, 8)
+    expected = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    keys = expected[:, None, None, :].expand(2, 1, 4, 4)
+    additive = torch.zeros(2, 1, 4, 4).masked_fill(~keys, torch.finfo(torch.float32).min)
+    assert padding_mask_from_hf(None, hidden).all()
+    assert torch.equal(padding_mask_from_hf(keys, hidden), expected)  # sdpa: bool, True = attend
+    assert torch.equal(padding_mask_from_hf(additive, hidden), expected)  # eager: 0 / finfo.min
+    assert torch.equal(padding_mask_from_hf(additive.masked_fill(~keys, float("-inf")), hidden), expected)
+    assert torch.equal(padding_mask_from_hf(expected.long(), hidden), expected)  # plain [B, L]
+    # Padding query rows blanked out by a mask builder do not hide real keys.
+    blanked = keys & expected[:, None, :, None]
+    assert torch.equal(padding_mask_from_hf(blanked, hidden), expected)
+
+
+def test_bad_masks_are_rejected():
+    from dtb_ext.models.padding_mask import padding_mask_from_hf
+
+    hidden = torch.zeros(2, 4, 8)
+    with pytest.raises(ValueError, match="all-padding row"):
+        padding_mask_from_hf(torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]), hidden)
+    with pytest.raises(ValueError, match=r"covers \(2, 3\)"):
+        padding_mask_from_hf(torch.ones(2, 3), hidden)
+    with pytest.raises(ValueError, match=r"\[B, L\] or \[B, 1, L, L\]"):
+        padding_mask_from_hf(torch.ones(2, 4, 4), hidden)
+    with pytest.raises(ValueError, match="tensor attention mask"):
+        padding_mask_from_hf(object(), hidden)

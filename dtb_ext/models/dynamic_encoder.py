@@ -73,7 +73,7 @@ class DynamicEncoder(nn.Module):
         if kwargs.get("output_attentions") or getattr(self.config, "output_attentions", False):
             raise ValueError(
                 "output_attentions is not supported by the dynamic encoder (attention maps shrink with the kept "
-                "tokens); call dtb_ext's model without it, or use output_hidden_states"
+                "tokens); leave it off (output_hidden_states gives full-length per-layer states)"
             )
         mask = padding_mask_from_hf(attention_mask, hidden_states)
         output = self.encode(hidden_states, mask, self.active_length_config())
