@@ -7,6 +7,7 @@ once per forward, on the host, for every layer and example: no device synchronis
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,12 +40,12 @@ class LengthConfig:
     @classmethod
     def absolute(cls, lengths: Sequence[int]) -> LengthConfig:
         """Layer i keeps `min(lengths[i], n_b)` tokens, n_b the real tokens of example b entering it."""
-        return cls(ABSOLUTE, tuple(lengths))
+        return cls(ABSOLUTE, tuple(_plain_number(value, numbers.Integral, int) for value in lengths))
 
     @classmethod
     def ratios(cls, ratios: Sequence[float]) -> LengthConfig:
         """Layer i keeps `max(1, ceil(ratios[i] * n_b0))` tokens, n_b0 the real input length of example b."""
-        return cls(RATIO, tuple(ratios))
+        return cls(RATIO, tuple(_plain_number(value, numbers.Real, float) for value in ratios))
 
     @property
     def num_layers(self) -> int:
@@ -110,6 +111,9 @@ def as_length_config(spec: LengthSpec, num_layers: int) -> LengthConfig | None:
         return None
     if isinstance(spec, LengthConfig):
         config = spec
+    elif hasattr(spec, "tolist") and not isinstance(spec, Sequence):
+        # a NumPy array or a tensor of per-layer lengths
+        config = LengthConfig.absolute(spec.tolist())
     elif isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
         raise ValueError(
             f"a length configuration is None, a sequence of per-layer ints or LengthConfig.ratios([...]), got {spec!r}"
@@ -122,6 +126,14 @@ def as_length_config(spec: LengthSpec, num_layers: int) -> LengthConfig | None:
             f"({list(config.values)})"
         )
     return config
+
+
+def _plain_number(value: Any, kind: type, convert: type) -> Any:
+    """NumPy and other registered numbers as plain Python ones (JSON needs them); anything else unchanged, for
+    the validation to reject with a message."""
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return convert(value)
+    return value
 
 
 def _check_absolute(values: tuple) -> None:

@@ -81,3 +81,14 @@ def test_from_json_rejects_unknown_forms():
         LengthConfig.from_json({"ratio": [0.5]})
     with pytest.raises(ValueError, match="list of ints"):
         LengthConfig.from_json("9,7,7")
+
+
+def test_numpy_numbers_become_plain_python_numbers():
+    import numpy as np
+
+    absolute = LengthConfig.absolute(np.array([9, 7, 7]))
+    ratios = LengthConfig.ratios(np.array([0.5, 0.25]))
+    assert json.loads(json.dumps(absolute.to_json())) == [9, 7, 7]
+    assert json.loads(json.dumps(ratios.to_json())) == {"ratios": [0.5, 0.25]}
+    assert all(type(value) is int for value in absolute.values)
+    assert as_length_config(np.array([9, 7, 7]), 3) == absolute
