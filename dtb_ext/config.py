@@ -109,11 +109,10 @@ def as_length_config(spec: LengthSpec, num_layers: int) -> LengthConfig | None:
     """
     if spec is None:
         return None
+    if hasattr(spec, "tolist") and not isinstance(spec, (Sequence, LengthConfig)):
+        spec = spec.tolist()  # a NumPy array or a tensor of per-layer lengths (a scalar is rejected below)
     if isinstance(spec, LengthConfig):
         config = spec
-    elif hasattr(spec, "tolist") and not isinstance(spec, Sequence):
-        # a NumPy array or a tensor of per-layer lengths
-        config = LengthConfig.absolute(spec.tolist())
     elif isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
         raise ValueError(
             f"a length configuration is None, a sequence of per-layer ints or LengthConfig.ratios([...]), got {spec!r}"

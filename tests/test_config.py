@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from dtb_ext.config import LengthConfig, as_length_config
@@ -63,6 +65,8 @@ def test_as_length_config_checks_the_layer_count_and_type():
         as_length_config("384", 1)
     with pytest.raises(ValueError, match="sequence of per-layer ints"):
         as_length_config(0.5, 1)
+    with pytest.raises(ValueError, match="sequence of per-layer ints"):
+        as_length_config(np.float64(0.5), 1)
 
 
 def test_keep_counts_reject_empty_examples():
@@ -84,7 +88,6 @@ def test_from_json_rejects_unknown_forms():
 
 
 def test_numpy_numbers_become_plain_python_numbers():
-    import numpy as np
 
     absolute = LengthConfig.absolute(np.array([9, 7, 7]))
     ratios = LengthConfig.ratios(np.array([0.5, 0.25]))
