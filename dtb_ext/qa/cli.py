@@ -113,8 +113,12 @@ def load_qa_model(path: str, device: str = "cpu"):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     # fp16-exported weights are widened to float32: CPU inference in fp16 is slow and less accurate
-    model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32).to(device)
-    return model, AutoTokenizer.from_pretrained(path)
+    model, loading = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    untrained = sorted(key for key in loading["missing_keys"] if key.startswith("qa_outputs"))
+    if untrained:
+        # a base encoder would get a fresh random QA head: its scores would be noise, different on every run
+        raise ValueError(f"{path} is not a question-answering model: {', '.join(untrained)} missing; {HOW_TO_TRAIN}")
+    return model.to(device), AutoTokenizer.from_pretrained(path)
 
 
 def run_eval(args: argparse.Namespace) -> int:

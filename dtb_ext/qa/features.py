@@ -115,7 +115,8 @@ def _tokenise(
 ) -> list[_Tokenised | None]:
     """Tokenise every question and each distinct context once; None marks a skipped example (counted)."""
     distinct_contexts = list(dict.fromkeys(example.context for example in examples))
-    context_encoding = tokenizer(distinct_contexts, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: contexts longer than the model's 512 positions are expected here; windows cut them later
+    context_encoding = tokenizer(distinct_contexts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     by_context = {
         context: (ids, np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
         for context, ids, offsets in zip(distinct_contexts, context_encoding["input_ids"], context_encoding["offset_mapping"])
@@ -186,14 +187,13 @@ def prepare_eval_features(
             window_start.append(start)
             window_length.append(length)
     skips.report("prepare_eval_features")
-    as_array = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
     return EvalFeatures(
         examples=examples,
         input_ids=input_ids,
-        example_index=as_array(example_index),
-        context_start=as_array(context_start),
-        window_start=as_array(window_start),
-        window_length=as_array(window_length),
+        example_index=np.asarray(example_index, dtype=np.int64),
+        context_start=np.asarray(context_start, dtype=np.int64),
+        window_start=np.asarray(window_start, dtype=np.int64),
+        window_length=np.asarray(window_length, dtype=np.int64),
         context_offsets=context_offsets,
         pad_token_id=int(tokenizer.pad_token_id),
         max_seq_length=max_seq_length,
