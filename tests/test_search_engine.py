@@ -322,3 +322,27 @@ def test_front_files_are_written(tmp_path):
     assert len(rows) == 1 + len(front.front) and rows[2].startswith("64 48 32 16,79.2,69.0,160.0,13.0,")
     assert rows[2].endswith(",78.0,68.0")
     assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+
+def test_evolution_sampler_breeds_from_the_front_when_the_queue_is_empty():
+    """What a worker does when another one emptied the queue: one new LAT offspring of the front."""
+    from dtb_ext.search.strategies import EvolutionSampler, front_configs
+    from dtb_ext.search.study import make_objective
+
+    storage = optuna.storages.InMemoryStorage()
+    evaluator = AnalyticEvaluator()
+    settings = EvolutionSettings(population_size=6)
+    run_search(evaluator, SPACE, n_evaluations=6, evolution=settings, storage=storage, progress=False)
+    study = optuna.load_study(study_name="dtb-length-search", storage=storage,
+                              sampler=EvolutionSampler(SPACE, settings, seed=5))
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    parents = front_configs(study)
+    study.optimize(make_objective(SPACE, evaluator, "macs"), n_trials=1)
+    child = evaluator.calls[-1]
+    assert len(evaluator.calls) == 7 and child not in evaluator.calls[:-1]
+    SPACE.check(child)
+    crossover_children = {SPACE.crossover(a, b) for a in parents for b in parents if a != b}
+    # a mutant of parent p keeps each gene at or above p's next gene
+    mutant_of_some_parent = any(all(child[i] >= p[i + 1] for i in range(3)) for p in parents)
+    assert child in crossover_children or mutant_of_some_parent

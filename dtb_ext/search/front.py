@@ -155,6 +155,11 @@ class Front:
                   label=f"Pareto front ({len(front)})")
         axes.scatter([self.full_length.speedup], [self.full_length.f1], marker="*", s=160, c="tab:red", zorder=3,
                      label="full length")
+        rescored = [p for p in front if p.dev_f1 is not None]
+        if rescored:
+            name = (self.reevaluated_on or {}).get("data_file", "re-evaluation set")
+            axes.plot([p.speedup for p in rescored], [p.dev_f1 for p in rescored], "s--", c="tab:orange", ms=4,
+                      mfc="none", label=f"front on {name}")
         axes.set_xlabel(f"speedup vs full length ({'MACs' if self.cost_model == 'macs' else 'measured latency'})")
         axes.set_ylabel("F1 (search split)")
         axes.grid(alpha=0.3)
