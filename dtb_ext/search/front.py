@@ -161,7 +161,7 @@ class Front:
             axes.plot([p.speedup for p in rescored], [p.dev_f1 for p in rescored], "s--", c="tab:orange", ms=4,
                       mfc="none", label=f"front on {name}")
         axes.set_xlabel(f"speedup vs full length ({'MACs' if self.cost_model == 'macs' else 'measured latency'})")
-        axes.set_ylabel("F1 (search split)")
+        axes.set_ylabel("F1 (search split; dev where marked)")
         axes.grid(alpha=0.3)
         axes.legend(loc="lower left")
         figure.tight_layout()
