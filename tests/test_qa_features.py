@@ -93,7 +93,7 @@ def test_answers_of_real_questions_map_back_exactly(tokenizer):
     assert exact >= 0.97 * len(examples)
 
 
-def test_answer_not_at_answer_start_is_skipped_or_raises(tokenizer, caplog):
+def test_answer_not_at_answer_start_is_skipped_or_raises(tokenizer):
     good = _example("good")
     wrong = _example("wrong", start=3)
     features, skips = prepare_train_features([good, wrong], tokenizer)

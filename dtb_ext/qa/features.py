@@ -12,7 +12,6 @@ context, over-long question, answer not at answer_start) before any window is bu
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -20,8 +19,6 @@ import numpy as np
 import torch
 
 from dtb_ext.qa.data import SkipCounts, SquadExample
-
-logger = logging.getLogger(__name__)
 
 PADDING_MODES = ("dynamic", "max_length")
 
