@@ -158,3 +158,18 @@ def test_search_articles_are_left_out_unless_asked(tmp_path):
 def test_bad_options_raise_value_error(tmp_path, tiny_model_dir, overrides, message):
     with pytest.raises(ValueError, match=message):
         build_trainer(_options(tmp_path, tiny_model_dir, **overrides))
+
+
+def test_command_line_train_and_its_errors(tmp_path, tiny_model_dir, capsys):
+    from dtb_ext.cli import main
+
+    args = ["train", "--output", str(tmp_path), "--model", tiny_model_dir, "--limit", "8", "--batch-size", "4",
+            "--max-steps", "2", "--save-steps", "1", "--eval-limit", "2", "--no-progress"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 2
+    options = json.loads((tmp_path / "model" / "dtb_train.json").read_text())["options"]
+    assert (options["limit"], options["batch_size"], options["max_steps"]) == (8, 4, 2)
+    assert main(args) == 2  # checkpoints exist, no --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(args[:-3] + ["--max-steps", "3", "--resume", "--skip-eval", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == 3
