@@ -35,7 +35,8 @@ def evaluate_qa(
     """Run `model` (a Hugging Face *ForQuestionAnswering, on any device) over `features` and score it.
 
     length_config: None (full length), a list of ints per layer, or a dtb_ext.LengthConfig; applied through
-    `dtb_ext.length_config`. padding: "dynamic" (batches of similar length padded to their longest) or
+    `dtb_ext.length_config` (an unpatched model is patched in place first; patching does not change its
+    full-length outputs). padding: "dynamic" (batches of similar length padded to their longest) or
     "max_length" (every batch padded to features.max_seq_length). Deterministic: fixed batch order,
     inference mode. Returns {"exact_match", "f1", "n", "seconds"} (+ "predictions": qid -> text when
     return_predictions); "seconds" is the wall time of the forward passes and post-processing."""
