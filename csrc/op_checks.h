@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -26,6 +27,13 @@ inline void check_floating(const char* op, const at::Tensor& tensor, const char*
 // device-to-host copy (a synchronisation); it is what lets bad counts and positions fail with a message
 // instead of reading or writing out of bounds.
 inline std::pair<int64_t, int64_t> min_max_values(const at::Tensor& values) {
+  if (values.is_cpu()) {
+    // A plain loop: the int64 counts and positions are small, and ATen reductions would cost more in dispatch.
+    const at::Tensor contiguous = values.contiguous();
+    const int64_t* data = contiguous.const_data_ptr<int64_t>();
+    const auto [lowest, highest] = std::minmax_element(data, data + contiguous.numel());
+    return {*lowest, *highest};
+  }
   auto extremes = at::aminmax(values);
   auto on_host = at::stack({std::get<0>(extremes), std::get<1>(extremes)}).to(at::kCPU, at::kLong);
   return {on_host[0].item<int64_t>(), on_host[1].item<int64_t>()};

@@ -14,6 +14,10 @@
 namespace dtb {
 namespace {
 
+// Bytes of row copies per parallel task: below this a copy stays on the calling thread, since waking the
+// other threads costs more than the copy.
+constexpr int64_t kParallelBytes = int64_t{1} << 18;
+
 at::Tensor restore_cpu(const at::Tensor& base_in, const at::Tensor& src_in, const at::Tensor& positions_in) {
   check_restore_inputs(base_in, src_in, positions_in);
   const at::Tensor base = base_in.contiguous();
@@ -51,7 +55,7 @@ at::Tensor restore_cpu(const at::Tensor& base_in, const at::Tensor& src_in, cons
   const char* base_data = static_cast<const char*>(base.const_data_ptr());
   const char* src_data = static_cast<const char*>(src.const_data_ptr());
   char* out_data = static_cast<char*>(out.mutable_data_ptr());
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes));
+  const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(1, row_bytes));
   at::parallel_for(0, batch * length, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t slot = slot_data[row];

@@ -17,12 +17,17 @@
 namespace dtb {
 namespace {
 
+// Bytes of row copies per parallel task: below this a copy stays on the calling thread, since waking the
+// other threads costs more than the copy.
+constexpr int64_t kParallelBytes = int64_t{1} << 18;
+
 // Fills positions[b, :] (ascending kept positions, -1 past keep[b]) and kept_mask[b, :] for examples [begin, end).
 template <typename mask_t>
 void select_positions(const float* significance, const mask_t* mask, const int64_t* keep, bool keep_first,
                       int64_t length, int64_t max_keep, int64_t begin, int64_t end, int64_t* positions,
                       mask_t* kept_mask) {
   std::vector<uint64_t> keys(length);
+  std::vector<uint64_t> ranked(length);
   for (int64_t b = begin; b < end; ++b) {
     const float* sig_row = significance + b * length;
     const mask_t* mask_row = mask + b * length;
@@ -30,13 +35,18 @@ void select_positions(const float* significance, const mask_t* mask, const int64
       keys[k] = selection_key(sig_row[k], mask_row[k] != mask_t(0), keep_first && k == 0, k, length);
     }
     const int64_t count = keep[b];
-    // Keys are distinct (they embed the position), so the top `count` set is unique.
-    std::nth_element(keys.begin(), keys.begin() + (count - 1), keys.end(), std::greater<uint64_t>());
+    // Keys are distinct (they embed the position), so the tokens kept are exactly those whose key is at least
+    // the count-th largest; scanning positions in order then yields them already ascending, with no sort.
+    std::copy(keys.begin(), keys.end(), ranked.begin());
+    std::nth_element(ranked.begin(), ranked.begin() + (count - 1), ranked.end(), std::greater<uint64_t>());
+    const uint64_t threshold = ranked[count - 1];
     int64_t* position_row = positions + b * max_keep;
-    for (int64_t j = 0; j < count; ++j) {
-      position_row[j] = position_of_key(keys[j], length);
+    int64_t slot = 0;
+    for (int64_t k = 0; k < length; ++k) {
+      if (keys[k] >= threshold) {
+        position_row[slot++] = k;
+      }
     }
-    std::sort(position_row, position_row + count);
     mask_t* kept_mask_row = kept_mask + b * max_keep;
     for (int64_t j = 0; j < count; ++j) {
       kept_mask_row[j] = mask_row[position_row[j]] != mask_t(0) ? mask_t(1) : mask_t(0);
@@ -53,7 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_gather_cpu(const at::T
                                                                      bool keep_first) {
   check_select_inputs(hidden_in, significance_in, mask_in, keep_in, max_keep);
   const at::Tensor hidden = hidden_in.contiguous();
-  const at::Tensor significance = significance_in.to(at::kFloat).contiguous();
+  const at::Tensor significance =
+      (significance_in.scalar_type() == at::kFloat ? significance_in : significance_in.to(at::kFloat)).contiguous();
   const at::Tensor mask = mask_in.contiguous();
   const at::Tensor keep = keep_in.contiguous();
   const int64_t batch = hidden.size(0);
@@ -81,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_gather_cpu(const at::T
   const char* hidden_data = static_cast<const char*>(hidden.const_data_ptr());
   char* kept_data = static_cast<char*>(kept_hidden.mutable_data_ptr());
   const int64_t* position_data = positions.const_data_ptr<int64_t>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes));
+  const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(1, row_bytes));
   at::parallel_for(0, batch * max_keep, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t position = position_data[row];

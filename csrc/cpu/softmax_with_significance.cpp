@@ -51,11 +51,12 @@ Vectorized<acc_t> load_keys(const acc_t* row, const acc_t* masked_bits, int64_t 
   return x;
 }
 
-// Softmax of one row over its first `n` keys (the rest are padding, handled by the caller). `masked_bits` is null
-// when every key in [0, n) is valid, else all-ones bits at masked keys. When `significance` is not null (the
-// query is valid), the probabilities are added to it. `in` and `out` may alias.
+// First half of the softmax of one row over its first `n` keys (the rest are padding, handled by the caller):
+// writes exp(x - max) to `out` and returns 1 / sum, or 0 when no valid key has a finite score (the row then ends up
+// all zeros rather than 0/0). `masked_bits` is null when every key in [0, n) is valid, else all-ones bits at masked
+// keys. `in` and `out` may alias.
 template <typename acc_t>
-void softmax_row(const acc_t* in, acc_t* out, int64_t n, const acc_t* masked_bits, acc_t* significance) {
+acc_t exponentiate_row(const acc_t* in, acc_t* out, int64_t n, const acc_t* masked_bits) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t width = Vec::size();
   Vec running_max(-std::numeric_limits<acc_t>::infinity());
@@ -65,9 +66,8 @@ void softmax_row(const acc_t* in, acc_t* out, int64_t n, const acc_t* masked_bit
   const acc_t row_max =
       at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running_max);
   if (row_max == -std::numeric_limits<acc_t>::infinity()) {
-    // No valid key with a finite score: the row is all zeros rather than 0/0.
     std::memset(out, 0, sizeof(acc_t) * n);
-    return;
+    return acc_t(0);
   }
   const Vec shift(row_max);
   Vec running_sum(0);
@@ -77,15 +77,29 @@ void softmax_row(const acc_t* in, acc_t* out, int64_t n, const acc_t* masked_bit
     e.store(out + k, count);
     running_sum = running_sum + e;
   }
-  const acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, running_sum);
-  const Vec inverse(acc_t(1) / sum);
+  return acc_t(1) / at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, running_sum);
+}
+
+// Second half for up to kRowGroup rows at once: rows[r] *= inverses[r], and the rows of valid queries are added to
+// `significance`. Grouping rows loads and stores the significance row once per group instead of once per row.
+constexpr int kRowGroup = 4;
+
+template <typename acc_t>
+void normalise_rows(acc_t* const* rows, const acc_t* inverses, const bool* adds, int count, int64_t n,
+                    acc_t* significance) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t width = Vec::size();
   for (int64_t k = 0; k < n; k += width) {
-    const int64_t count = std::min(width, n - k);
-    const Vec p = Vec::loadu(out + k, count) * inverse;
-    p.store(out + k, count);
-    if (significance != nullptr) {
-      (Vec::loadu(significance + k, count) + p).store(significance + k, count);
+    const int64_t lanes = std::min(width, n - k);
+    Vec total = Vec::loadu(significance + k, lanes);
+    for (int r = 0; r < count; ++r) {
+      const Vec p = Vec::loadu(rows[r] + k, lanes) * Vec(inverses[r]);
+      p.store(rows[r] + k, lanes);
+      if (adds[r]) {
+        total = total + p;
+      }
     }
+    total.store(significance + k, lanes);
   }
 }
 
@@ -141,7 +155,11 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
   scalar_t* probs_data = probs.mutable_data_ptr<scalar_t>();
 
   at::parallel_for(0, batch * heads * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> row_buffer(computes_in_place ? 0 : length);
+    // Widened rows of a group, for reduced-precision scores; float and double rows are computed in place.
+    std::vector<acc_t> buffer(computes_in_place ? 0 : kRowGroup * length);
+    acc_t* rows[kRowGroup];
+    acc_t inverses[kRowGroup];
+    bool adds[kRowGroup];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (heads * chunks);
       const int64_t h = (task / chunks) % heads;
@@ -149,17 +167,29 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
       const int64_t q_end = std::min(length, q_begin + kQueryChunk);
       const int64_t n = key_end[b];
       const acc_t* bits = has_holes[b] ? masked_bits_data + b * length : nullptr;
-      for (int64_t q = q_begin; q < q_end; ++q) {
-        const int64_t offset = ((b * heads + h) * length + q) * length;
-        acc_t* significance_row = valid_data[b * length + q] ? partial_data + task * length : nullptr;
-        if constexpr (computes_in_place) {
-          softmax_row<acc_t>(scores_data + offset, probs_data + offset, n, bits, significance_row);
-        } else {
-          widen_row(scores_data + offset, row_buffer.data(), n);
-          softmax_row<acc_t>(row_buffer.data(), row_buffer.data(), n, bits, significance_row);
-          at::vec::convert(row_buffer.data(), probs_data + offset, n);
+      const int64_t head_offset = (b * heads + h) * length * length;
+      for (int64_t group_begin = q_begin; group_begin < q_end; group_begin += kRowGroup) {
+        const int count = static_cast<int>(std::min<int64_t>(kRowGroup, q_end - group_begin));
+        for (int r = 0; r < count; ++r) {
+          const int64_t offset = head_offset + (group_begin + r) * length;
+          if constexpr (computes_in_place) {
+            rows[r] = probs_data + offset;
+            inverses[r] = exponentiate_row<acc_t>(scores_data + offset, rows[r], n, bits);
+          } else {
+            rows[r] = buffer.data() + r * length;
+            widen_row(scores_data + offset, rows[r], n);
+            inverses[r] = exponentiate_row<acc_t>(rows[r], rows[r], n, bits);
+          }
+          adds[r] = valid_data[b * length + group_begin + r];
         }
-        std::memset(probs_data + offset + n, 0, sizeof(scalar_t) * (length - n));
+        normalise_rows<acc_t>(rows, inverses, adds, count, n, partial_data + task * length);
+        for (int r = 0; r < count; ++r) {
+          scalar_t* out = probs_data + head_offset + (group_begin + r) * length;
+          if constexpr (!computes_in_place) {
+            at::vec::convert(rows[r], out, n);
+          }
+          std::memset(out + n, 0, sizeof(scalar_t) * (length - n));
+        }
       }
     }
   });
