@@ -109,8 +109,15 @@ __global__ void softmax_with_significance_kernel(const T* __restrict__ scores, c
     acc_t sum = 0;
     for (int64_t k = lane; k < length; k += kWarp) {
       const acc_t x = to_acc(row[k]);
-      if (key_valid[k] && x != -INFINITY) {
-        merge<acc_t>(max, sum, x, acc_t(1));
+      if (!key_valid[k] || x == -INFINITY) {
+        continue;
+      }
+      // Online softmax: rescale the running sum when the maximum grows; one exp per key.
+      if (x > max) {
+        sum = sum * exp_acc(max - x) + acc_t(1);
+        max = x;
+      } else {
+        sum += exp_acc(x - max);
       }
     }
     for (int shift = kWarp / 2; shift > 0; shift /= 2) {
