@@ -159,40 +159,47 @@ def test_cached_configs_are_never_evaluated_again():
     run_search(evaluator, tiny, n_evaluations=10, strategy="tpe", max_trials=30, storage=storage, progress=False)
     trials = optuna.load_study(study_name="dtb-length-search", storage=storage).get_trials()
     assert len(evaluator.calls) == 3 and len(trials) == 30
-    cached = [t for t in trials if t.user_attrs.get("evaluated") is False]
-    assert cached and all(t.values == trials[t.user_attrs["cached_from"]].values for t in cached)
+    cached = [t for t in trials if t.user_attrs["result"]["evaluated"] is False]
+    assert cached and all(t.values == trials[t.user_attrs["result"]["cached_from"]].values for t in cached)
 
 
 @pytest.mark.parametrize("strategy", ["evolution", "tpe"])
 def test_resume_after_interruption_redoes_nothing(tmp_path, strategy):
     storage = str(tmp_path / "study.db")
-    first = AnalyticEvaluator(fail_after=7)
+    # the interruption lands inside generation 1 for evolution (population 10), in the TPE phase for tpe
+    first = AnalyticEvaluator(fail_after=12)
     with pytest.raises(KeyboardInterrupt):
-        run_search(first, SPACE, n_evaluations=20, strategy=strategy, storage=storage, progress=False)
-    assert len(first.calls) == 7
+        run_search(first, SPACE, n_evaluations=16, strategy=strategy, storage=storage, progress=False)
+    assert len(first.calls) == 12
     second = AnalyticEvaluator()
-    front = run_search(second, SPACE, n_evaluations=20, strategy=strategy, storage=storage, progress=False)
-    assert len(second.calls) == 13 and not set(first.calls) & set(second.calls)
-    assert len(front.points) == 20
+    front = run_search(second, SPACE, n_evaluations=16, strategy=strategy, storage=storage, progress=False)
+    assert len(second.calls) == 4 and not set(first.calls) & set(second.calls)
+    assert len(front.points) == 16
     third = AnalyticEvaluator()
-    run_search(third, SPACE, n_evaluations=20, strategy=strategy, storage=storage, progress=False)
+    run_search(third, SPACE, n_evaluations=16, strategy=strategy, storage=storage, progress=False)
     assert third.calls == []
 
 
 WORKER = textwrap.dedent(
     """
-    import sys, time, optuna
+    import os, sys, time, optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from dtb_ext.search.engine import run_search
     from dtb_ext.search.evaluation import Evaluation
     from dtb_ext.search.space import LengthSpace
 
-    def evaluate(config):
+    # start together, so that both workers take part however slowly each process starts
+    open(sys.argv[1] + ".ready" + sys.argv[3], "w").close()
+    deadline = time.time() + 60
+    while not all(os.path.exists(sys.argv[1] + ".ready" + str(i)) for i in range(2)) and time.time() < deadline:
         time.sleep(0.05)
+
+    def evaluate(config):
+        time.sleep(0.1)
         f1 = 90.0 - sum((64 - length) ** 1.5 for length in config) / 100.0
         return Evaluation(f1=f1, exact_match=f1, macs=float(sum(config)))
 
-    run_search(evaluate, LengthSpace(4, 64, 8), n_evaluations=24, strategy=sys.argv[2], storage=sys.argv[1],
+    run_search(evaluate, LengthSpace(4, 64, 8), n_evaluations=16, strategy=sys.argv[2], storage=sys.argv[1],
                worker=int(sys.argv[3]), progress=False, identity={"test": "two workers"})
     """
 )
@@ -213,11 +220,11 @@ def test_two_processes_share_one_sqlite_study(tmp_path, strategy):
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err
     trials = optuna.load_study(study_name="dtb-length-search", storage="sqlite:///" + storage).get_trials()
-    evaluated = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("evaluated")]
+    evaluated = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["result"]["evaluated"]]
     configs = [tuple(t.user_attrs["length_config"]) for t in evaluated]
-    assert len(set(configs)) >= 24
+    assert len(set(configs)) >= 16
     assert len(configs) == len(set(configs)), "a config was evaluated twice"
-    assert len({t.user_attrs["worker"] for t in evaluated}) == 2, "both workers should contribute evaluations"
+    assert len({t.user_attrs["result"]["worker"] for t in evaluated}) == 2, "both workers should contribute evaluations"
 
 
 def test_mismatched_study_is_refused_and_left_untouched(tmp_path):

@@ -169,16 +169,24 @@ def trial_config(trial: FrozenTrial, space: LengthSpace | None = None) -> Config
     return None
 
 
+# A trial's user attributes: "length_config" (written first: the claim) and "result", one dict written once
+# (each attribute is a database transaction): f1, exact_match, macs, latency_ms, n, seconds, evaluated (False
+# when copied from trial `cached_from`) and worker (host:pid).
+RESULT_ATTR = "result"
 RECORD_KEYS = ("f1", "exact_match", "macs", "latency_ms", "n", "seconds")
+
+
+def trial_result(trial: FrozenTrial) -> dict[str, Any] | None:
+    return trial.user_attrs.get(RESULT_ATTR)
 
 
 def completed_results(study: optuna.Study) -> list[tuple[Config, dict[str, Any]]]:
     """(config, record) of every completed trial, in trial order (a config may appear more than once)."""
     results = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        config = trial_config(trial)
-        if config is not None:
-            results.append((config, {key: trial.user_attrs.get(key) for key in RECORD_KEYS}))
+        config, result = trial_config(trial), trial_result(trial)
+        if config is not None and result is not None:
+            results.append((config, {key: result.get(key) for key in RECORD_KEYS}))
     return results
 
 
@@ -187,7 +195,7 @@ def count_evaluations(study: optuna.Study) -> int:
     return len({
         trial_config(t)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("evaluated")
+        if (trial_result(t) or {}).get("evaluated")
     })
 
 
@@ -210,10 +218,9 @@ def make_objective(
         params = {name: trial.suggest_float(name, 0.0, 1.0) for name in space.param_names()}
         config = space.config_from_params(params)
         trial.set_user_attr("length_config", list(config))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         source = _completed_or_wait(trial.study, config, trial.number, poll_seconds)
         if source is not None:
-            record = {key: source.user_attrs.get(key) for key in RECORD_KEYS}
+            record = {key: trial_result(source).get(key) for key in RECORD_KEYS}
             record.update(evaluated=False, cached_from=source.number)
             values = (float(source.values[0]), float(source.values[1]))
         else:
@@ -228,8 +235,8 @@ def make_objective(
                 "evaluated": True,
             }
             values = (float(evaluation.f1), evaluation.cost(cost_model))
-        for key, value in record.items():
-            trial.set_user_attr(key, value)
+        record["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+        trial.set_user_attr(RESULT_ATTR, record)
         return values
 
     return objective
@@ -242,7 +249,7 @@ def _completed_or_wait(study: optuna.Study, config: Config, number: int, poll_se
         for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
             if other.number == number or other.user_attrs.get("length_config") != config_list:
                 continue
-            if other.state == TrialState.COMPLETE and other.user_attrs.get("evaluated") is not None:
+            if other.state == TrialState.COMPLETE and trial_result(other) is not None:
                 return other
             if other.state == TrialState.RUNNING and other.number < number:
                 claimed_below = True
