@@ -142,8 +142,8 @@ def test_evolution_generations_follow_lat():
                progress=False)
     trials = optuna.load_study(study_name="dtb-length-search", storage=storage).get_trials()
     assert evaluator.calls[:5] == SPACE.constant_ratio_configs(5)
-    origins = [(t.user_attrs["generation"], t.user_attrs["origin"]) for t in trials]
-    assert origins == [(0, "initial")] * 5 + [(1, "mutation")] * 6 + [(1, "crossover")] * 4
+    origins = [(t.user_attrs.get("generation"), t.user_attrs["origin"]) for t in trials]
+    assert origins == [(None, "full_length")] + [(0, "initial")] * 4 + [(1, "mutation")] * 6 + [(1, "crossover")] * 4
 
 
 def test_cached_configs_are_never_evaluated_again():
@@ -353,3 +353,14 @@ def test_evolution_sampler_breeds_from_the_front_when_the_queue_is_empty():
     # a mutant of parent p keeps each gene at or above p's next gene
     mutant_of_some_parent = any(all(child[i] >= p[i + 1] for i in range(3)) for p in parents)
     assert child in crossover_children or mutant_of_some_parent
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "nsga2"])
+def test_full_length_point_is_retried_after_it_failed(strategy):
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(KeyboardInterrupt):
+        run_search(AnalyticEvaluator(fail_after=0), SPACE, n_evaluations=5, strategy=strategy, storage=storage,
+                   progress=False)
+    evaluator = AnalyticEvaluator()
+    front = run_search(evaluator, SPACE, n_evaluations=5, strategy=strategy, storage=storage, progress=False)
+    assert evaluator.calls[0] == SPACE.full and front.full_length.length_config == SPACE.full

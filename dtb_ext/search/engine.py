@@ -136,12 +136,12 @@ def run_search(
     monitor = _Progress(n_evaluations, max_trials, progress)
     try:
         monitor.refresh(study)
+        if space.full not in taken_configs(study, space):
+            # the full-length point anchors speedups and the F1-drop budget: first in, and again if it failed
+            study.enqueue_trial(space.params(space.full), user_attrs={"origin": "full_length"})
         if strategy == "evolution":
             _run_evolution(study, space, objective, monitor, evolution, seed)
         else:
-            if space.full not in taken_configs(study, space):
-                # the full-length point anchors speedups and the F1-drop budget
-                study.enqueue_trial(space.params(space.full), user_attrs={"origin": "full_length"})
             while not monitor.done(study):
                 study.optimize(objective, n_trials=_remaining(study, monitor), callbacks=[monitor])
     finally:

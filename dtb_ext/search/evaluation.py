@@ -29,9 +29,9 @@ class Evaluation:
 
     def cost(self, cost_model: str) -> float:
         """The value the search minimises under `cost_model` ("macs" or "latency")."""
-        value = {"macs": self.macs, "latency": self.latency_ms}.get(cost_model, ...)
-        if value is ...:
+        if cost_model not in COST_MODELS:
             raise ValueError(f"cost model must be one of {COST_MODELS}, got {cost_model!r}")
+        value = self.macs if cost_model == "macs" else self.latency_ms
         if value is None:
             raise ValueError(f"the evaluator returned no {cost_model!r} value, which the {cost_model!r} cost model needs")
         return float(value)

@@ -119,8 +119,9 @@ def enqueue_generation(study: optuna.Study, space: LengthSpace, settings: Evolut
 
 class EvolutionSampler(optuna.samplers.BaseSampler):
     """Samples a trial that did not come from the queue (another worker emptied it first) as one LAT offspring
-    of the current front, drawn with a generator seeded by (seed, trial number). Queued trials keep their
-    enqueued parameters."""
+    of the current front, drawn with a generator seeded by (seed, trial number); if every offspring drawn is
+    already in the study, the trial falls back to a seeded random config. Queued trials keep their enqueued
+    parameters."""
 
     def __init__(self, space: LengthSpace, settings: EvolutionSettings, seed: int) -> None:
         self._space = space
