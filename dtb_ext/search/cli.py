@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="score the final front again on this SQuAD file (e.g. dev-a) and report both")
     search.add_argument("--reevaluate-questions", type=int, default=None,
                         help="fixed sample of re-evaluation questions (default: all)")
+    search.add_argument("--device", default="cpu", help="torch device to evaluate on (default cpu)")
     search.add_argument("--no-progress", action="store_true")
     search.set_defaults(run=run_search_command)
 
@@ -107,6 +108,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             reevaluate_on=args.reevaluate_on,
             reevaluate_questions=args.reevaluate_questions,
             out_dir=args.out,
+            device=args.device,
             progress=not args.no_progress,
         )
     except ValueError as error:

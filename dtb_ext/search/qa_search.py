@@ -32,8 +32,8 @@ DEFAULT_QUESTIONS = 400
 DEFAULT_MIN_LENGTH = 32
 
 
-def load_qa_model(path: str | None) -> tuple[Any, Any]:
-    """(model in float32, tokenizer) from a saved model directory; None means the bundled default model."""
+def load_qa_model(path: str | None, device: str = "cpu") -> tuple[Any, Any]:
+    """(model in float32 on `device`, tokenizer) from a saved model directory; None: the bundled default model."""
     path = path or DEFAULT_MODEL_DIR
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(
@@ -43,7 +43,7 @@ def load_qa_model(path: str | None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32).to(device)
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -127,6 +127,7 @@ def search_lengths(
     reevaluate_on: str | None = None,
     reevaluate_questions: int | None = None,
     out_dir: str | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> Front:
     """Search the length configurations of a span-QA model for the F1/cost Pareto front.
@@ -141,11 +142,12 @@ def search_lengths(
     reevaluate_on: a SQuAD file (e.g. dev-a) on which the final front is scored again; both scores are kept
         (`f1` search split, `dev_f1` this file). `reevaluate_questions` limits it to a fixed sample.
     out_dir: where front.json, front.csv and front.png are written (None: not written).
+    device: where a model loaded from a directory runs (a loaded model stays where it is).
     """
     from dtb_ext.qa.data import default_squad_file, search_split_articles
 
     if isinstance(model, str) or model is None:
-        model, tokenizer = load_qa_model(model)
+        model, tokenizer = load_qa_model(model, device)
     elif tokenizer is None:
         raise ValueError("a loaded model needs its tokenizer: pass tokenizer=...")
     latency = latency or LatencySettings()
