@@ -26,6 +26,8 @@ from dtb_ext.search.strategies import (
 )
 from dtb_ext.search.study import completed_results, count_evaluations, make_objective, open_storage, open_study
 
+STARTED_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED)
+
 
 def worker_seed(seed: int, worker: int) -> int:
     """Worker 0 uses `seed` itself; other workers get distinct seeds derived from (seed, worker), so parallel
@@ -49,7 +51,7 @@ class _Progress:
             self.bar = tqdm(total=n_evaluations, desc="length search", unit="eval")
 
     def done(self, study: optuna.Study) -> bool:
-        return count_evaluations(study) >= self.n_evaluations or len(study.get_trials(deepcopy=False)) >= self.max_trials
+        return count_evaluations(study) >= self.n_evaluations or _trials_started(study) >= self.max_trials
 
     def refresh(self, study: optuna.Study) -> None:
         if self.bar is None:
@@ -70,6 +72,11 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _trials_started(study: optuna.Study) -> int:
+    """Trials that ran or are running (queued ones not yet started do not count against the cap)."""
+    return len(study.get_trials(deepcopy=False, states=STARTED_STATES))
 
 
 def _completed_values(study: optuna.Study) -> list[tuple[tuple[int, ...], tuple[float, float]]]:
@@ -109,8 +116,8 @@ def run_search(
     identity: what the evaluations depend on (model, data...); stored in the study and checked on reopening,
         together with the space and cost model.
     seed, worker: the sampler's seed is derived from both, so give each parallel process its own worker index.
-    max_trials: cap on trials of every kind (cache hits included) so a search whose space is exhausted ends;
-        default 10 * n_evaluations + 100.
+    max_trials: cap on started trials (cache hits and failures included) so that a search whose space is
+        exhausted ends; default 10 * n_evaluations + 100.
     """
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
@@ -151,7 +158,7 @@ def run_search(
 
 def _remaining(study: optuna.Study, monitor: _Progress) -> int:
     left_evaluations = monitor.n_evaluations - count_evaluations(study)
-    left_trials = monitor.max_trials - len(study.get_trials(deepcopy=False))
+    left_trials = monitor.max_trials - _trials_started(study)
     return max(1, min(left_evaluations, left_trials))
 
 
