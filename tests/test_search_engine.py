@@ -364,3 +364,12 @@ def test_full_length_point_is_retried_after_it_failed(strategy):
     evaluator = AnalyticEvaluator()
     front = run_search(evaluator, SPACE, n_evaluations=5, strategy=strategy, storage=storage, progress=False)
     assert evaluator.calls[0] == SPACE.full and front.full_length.length_config == SPACE.full
+
+
+def test_evolution_continues_a_study_started_by_another_strategy():
+    storage = optuna.storages.InMemoryStorage()
+    run_search(AnalyticEvaluator(), SPACE, n_evaluations=6, strategy="tpe", storage=storage, progress=False)
+    settings = EvolutionSettings(population_size=1, mutation_size=4, crossover_size=2)  # population: full only
+    evaluator = AnalyticEvaluator()
+    front = run_search(evaluator, SPACE, n_evaluations=12, evolution=settings, storage=storage, progress=False)
+    assert len(evaluator.calls) == 6 and len(front.points) == 12

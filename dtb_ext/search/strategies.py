@@ -97,13 +97,17 @@ def enqueue_generation(study: optuna.Study, space: LengthSpace, settings: Evolut
     planned: list[tuple[Config, str]] = []
     if generation == 0:
         planned = [(c, "initial") for c in space.constant_ratio_configs(settings.population_size) if c not in taken]
-    else:
+        if not planned:
+            generation = 1  # the study already holds the initial population (e.g. from another strategy)
+    if generation >= 1:
         rng = np.random.default_rng([seed, generation])
         parents = front_configs(study)
         if len(parents) < 2:
             # crossover needs two parents: fall back on every completed config
             completed = (trial_config(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             parents = sorted({c for c in completed if c is not None}, reverse=True)
+        if not parents:
+            return 0  # nothing completed to breed from (every evaluation so far failed)
         operations = ["mutation"] * settings.mutation_size
         if len(parents) >= 2:
             operations += ["crossover"] * settings.crossover_size
