@@ -1,0 +1,204 @@
+"""LengthDrop training (Length-Adaptive Transformer, DESIGN.md §1) on Hugging Face Trainer.
+
+Each training batch runs the sandwich: the full model, which learns from the labels (or from a teacher, see
+distill.py); the smallest sub-model; and `num_sandwich` random sub-models. The sub-models learn from the full
+model's start/end distributions (inplace distillation: soft cross-entropy against its detached logits). Their
+losses are summed with the full model's into one loss, so one backward pass accumulates every gradient before
+the optimizer step; this keeps distributed data parallel and gradient accumulation exactly as Trainer does them,
+at the cost of holding the 2 + num_sandwich graphs of a batch at once.
+
+Sub-model lengths are ratios of each example's real input length (so padding and batching do not change them):
+r_0 = 1, r_i ~ U[(1 - bound) r_{i-1}, r_{i-1}]; the smallest sub-model has r_i = (1 - bound)^i. With LayerDrop
+p > 0, each layer of a sub-model is also skipped with probability p (at least one layer always runs).
+The draws come from a generator seeded with (seed, optimizer step, micro-batch), never the global RNG, so a
+resumed run samples exactly what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dtb_ext.config import LengthConfig
+from dtb_ext.models.patching import dynamic_encoder, length_config, skip_layers
+from dtb_ext.train.distill import (
+    DistillationTrainer,
+    Distiller,
+    DistillSettings,
+    unwrap_model,
+    load_teacher,
+    parse_layer_map,
+    span_soft_cross_entropy,
+)
+from dtb_ext.train.finetune import QATrainer
+
+
+@dataclass(frozen=True)
+class LengthDropSettings:
+    """How many random sub-models per batch, how fast their lengths may shrink per layer, and LayerDrop."""
+
+    num_sandwich: int = 2
+    ratio_bound: float = 0.2
+    layer_drop: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_sandwich, bool) or not isinstance(self.num_sandwich, int) or self.num_sandwich < 0:
+            raise ValueError(f"num_sandwich (random sub-models per batch) must be an integer >= 0, got {self.num_sandwich!r}")
+        if not (isinstance(self.ratio_bound, (int, float)) and 0.0 < self.ratio_bound < 1.0):
+            raise ValueError(f"length_drop_ratio_bound (largest per-layer shrink) must lie in (0, 1), got {self.ratio_bound!r}")
+        if not (isinstance(self.layer_drop, (int, float)) and 0.0 <= self.layer_drop < 1.0):
+            raise ValueError(f"layer_drop (probability of skipping a layer) must lie in [0, 1), got {self.layer_drop!r}")
+
+
+@dataclass(frozen=True)
+class SubModel:
+    """One sub-model of the sandwich: per-layer keep ratios and the layers it skips (LayerDrop)."""
+
+    ratios: tuple[float, ...]
+    skipped: frozenset[int] = frozenset()
+
+
+def step_generator(seed: int, step: int, micro_batch: int) -> torch.Generator:
+    """A CPU generator determined by (seed, optimizer step, micro-batch within the step) alone."""
+    state = np.random.SeedSequence([seed, step, micro_batch]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def smallest_ratios(num_layers: int, bound: float) -> tuple[float, ...]:
+    """The smallest sub-model: layer i (1-based) keeps (1 - bound)^i of the input length."""
+    return tuple((1.0 - bound) ** layer for layer in range(1, num_layers + 1))
+
+
+def sample_ratios(num_layers: int, bound: float, generator: torch.Generator) -> tuple[float, ...]:
+    """r_i ~ U[(1 - bound) r_{i-1}, r_{i-1}] with r_0 = 1: non-increasing, each in [(1 - bound)^i, 1]."""
+    shrink = torch.rand(num_layers, generator=generator, dtype=torch.float64).tolist()
+    ratios, ratio = [], 1.0
+    for draw in shrink:
+        # a factor in (1 - bound, 1]; `1 - draw` so that the factor 1 (no drop) can be drawn, (1 - bound) not
+        ratio *= 1.0 - bound * draw
+        ratios.append(ratio)
+    return tuple(ratios)
+
+
+def sample_skipped_layers(num_layers: int, probability: float, generator: torch.Generator) -> frozenset[int]:
+    """Each layer skipped with `probability`; when every layer would be, one drawn uniformly runs after all."""
+    if probability == 0:
+        return frozenset()
+    skipped = {index for index, draw in enumerate(torch.rand(num_layers, generator=generator).tolist()) if draw < probability}
+    if len(skipped) == num_layers:
+        skipped.discard(int(torch.randint(num_layers, (1,), generator=generator)))
+    return frozenset(skipped)
+
+
+def sample_sandwich(num_layers: int, settings: LengthDropSettings, generator: torch.Generator) -> list[SubModel]:
+    """The sub-models of one batch: the smallest first, then `num_sandwich` random ones (the full model is not
+    listed: it always runs first, at full length, with every layer)."""
+    draws = [smallest_ratios(num_layers, settings.ratio_bound)]
+    draws += [sample_ratios(num_layers, settings.ratio_bound, generator) for _ in range(settings.num_sandwich)]
+    return [SubModel(ratios, sample_skipped_layers(num_layers, settings.layer_drop, generator)) for ratios in draws]
+
+
+def inplace_distillation_loss(model: nn.Module, features: dict[str, Tensor], full_outputs: Any,
+                              sub_model: SubModel) -> Tensor:
+    """Soft cross-entropy of one sub-model's start/end distributions against the full model's (detached).
+
+    Args:
+        model: the patched model, possibly wrapped (DDP); it is called, its unwrapped self configured.
+        features: input_ids / token_type_ids / attention_mask [B, L] (no labels).
+        full_outputs: the full model's outputs on the same features (start_logits / end_logits [B, L]).
+    """
+    unwrapped = unwrap_model(model)
+    with length_config(unwrapped, LengthConfig.ratios(sub_model.ratios)), skip_layers(unwrapped, sub_model.skipped):
+        outputs = model(**features)
+    targets = _DetachedSpans(full_outputs.start_logits.detach(), full_outputs.end_logits.detach())
+    return span_soft_cross_entropy(outputs, targets, features["attention_mask"].bool())
+
+
+@dataclass
+class _DetachedSpans:
+    start_logits: Tensor
+    end_logits: Tensor
+
+
+class LengthDropTrainer(DistillationTrainer):
+    """DistillationTrainer that adds the LengthDrop sandwich to every training batch (see the module docstring).
+
+    The model must be patched (`dtb_ext.patch`). `sampled` records, per training batch, (optimizer step,
+    micro-batch, sub-models): what a resumed run must reproduce.
+    """
+
+    def __init__(self, *args: Any, length_drop: LengthDropSettings | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.length_drop = length_drop or LengthDropSettings()
+        self.sampled: list[tuple[int, int, list[SubModel]]] = []
+        self._micro_batch = (-1, 0)  # (optimizer step, micro-batches already drawn in it)
+
+    def next_generator(self) -> tuple[int, int, torch.Generator]:
+        """(step, micro-batch, generator) for the next training batch."""
+        step = self.state.global_step
+        micro = self._micro_batch[1] if self._micro_batch[0] == step else 0
+        self._micro_batch = (step, micro + 1)
+        return step, micro, step_generator(self.args.seed, step, micro)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unwrapped = unwrap_model(model)
+        with length_config(unwrapped, None), skip_layers(unwrapped, ()):
+            loss, outputs = self.full_model_loss(model, inputs)
+        if model.training:
+            step, micro, generator = self.next_generator()
+            sandwich = sample_sandwich(dynamic_encoder(unwrapped).num_layers, self.length_drop, generator)
+            self.sampled.append((step, micro, sandwich))
+            features = {name: value for name, value in inputs.items() if name not in ("start_positions", "end_positions")}
+            sub_losses = [inplace_distillation_loss(model, features, outputs, sub_model) for sub_model in sandwich]
+            sub_loss = torch.stack(sub_losses).sum()
+            self.record_parts({"full_loss": loss, "sub_loss": sub_loss / len(sub_losses)})
+            loss = loss + sub_loss
+        return (loss, outputs) if return_outputs else loss
+
+
+
+def recipe_settings(options: Any) -> tuple[LengthDropSettings | None, DistillSettings | None]:
+    """The validated LengthDrop and distillation settings of TrainOptions (None where off); ValueError for an
+    option that would be ignored, such as --num-sandwich without --length-drop."""
+    from dtb_ext.train.options import TrainOptions
+
+    defaults = TrainOptions(output="")
+    length_names = ("num_sandwich", "length_drop_ratio_bound", "layer_drop")
+    kd_names = ("kd_temperature", "kd_alpha", "kd_hidden_weight", "kd_attention_weight", "kd_layer_map")
+    for enabled, names, switch in ((options.length_drop, length_names, "--length-drop"),
+                                   (options.teacher is not None, kd_names, "--teacher")):
+        changed = [name for name in names if getattr(options, name) != getattr(defaults, name)]
+        if changed and not enabled:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise ValueError(f"{flags} apply only with {switch}, which was not given")
+    if options.teacher is not None and not os.path.isfile(os.path.join(options.teacher, "config.json")):
+        raise ValueError(f"--teacher expects a question-answering model directory with a config.json, got {options.teacher!r}")
+    length_drop = None
+    if options.length_drop:
+        length_drop = LengthDropSettings(options.num_sandwich, options.length_drop_ratio_bound, options.layer_drop)
+    distill = None
+    if options.teacher is not None:
+        layer_map = None if options.kd_layer_map is None else parse_layer_map(options.kd_layer_map)
+        distill = DistillSettings(options.kd_temperature, options.kd_alpha, options.kd_hidden_weight,
+                                  options.kd_attention_weight, layer_map)
+    return length_drop, distill
+
+
+def trainer_recipe(options: Any, model: nn.Module) -> tuple[type[QATrainer], dict[str, Any]]:
+    """The trainer class and its extra keyword arguments for TrainOptions: QATrainer for plain fine-tuning,
+    DistillationTrainer with a teacher, LengthDropTrainer (patching `model`) with --length-drop."""
+    from dtb_ext.models.patching import patch
+
+    length_drop, distill = recipe_settings(options)
+    extras: dict[str, Any] = {}
+    if distill is not None:
+        teacher = load_teacher(options.teacher, with_attentions=distill.attention_weight > 0)
+        extras["distiller"] = Distiller(teacher, model, distill)
+    if length_drop is not None:
+        patch(model)
+        return LengthDropTrainer, {**extras, "length_drop": length_drop}
+    return (DistillationTrainer if distill is not None else QATrainer), extras
