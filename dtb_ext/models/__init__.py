@@ -7,6 +7,7 @@ from dtb_ext.models.patching import (
     length_config,
     patch,
     set_length_config,
+    skip_layers,
 )
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "length_config",
     "patch",
     "set_length_config",
+    "skip_layers",
 ]

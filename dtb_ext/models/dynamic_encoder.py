@@ -26,6 +26,8 @@ from dtb_ext.models.padding_mask import padding_mask_from_hf
 # Per-call overrides, {encoder: LengthConfig or None}. A ContextVar gives each thread (and asyncio task) its own
 # value, so concurrent calls on one model with different configurations do not see each other's.
 _OVERRIDES: ContextVar[dict[nn.Module, LengthConfig | None]] = ContextVar("dtb_length_overrides", default={})
+# Per-call LayerDrop, {encoder: frozenset of layer indices to skip}; set by `patching.skip_layers` (training only).
+_SKIPPED_LAYERS: ContextVar[dict[nn.Module, frozenset[int]]] = ContextVar("dtb_skipped_layers", default={})
 
 
 class DynamicEncoder(nn.Module):
@@ -80,7 +82,8 @@ class DynamicEncoder(nn.Module):
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=output)
 
     def encode(self, hidden: Tensor, mask: Tensor, length_config: LengthConfig | None) -> Tensor:
-        """Run the layer stack under `length_config`.
+        """Run the layer stack under `length_config`, skipping the layers `skip_layers` names in this context
+        (LayerDrop: a skipped layer is the identity and drops no token; later layers keep their own counts).
 
         Args:
             hidden: [B, L0, D] embeddings.
@@ -100,7 +103,12 @@ class DynamicEncoder(nn.Module):
         # Forward hooks on the layers (HF's output_hidden_states capture among them) get full-length tensors.
         observed = any(layer._forward_hooks for layer in self.layer)
         full_input = hidden
+        skipped = _SKIPPED_LAYERS.get().get(self, frozenset())
         for index, layer in enumerate(self.layer):
+            if index in skipped:
+                if observed:
+                    _call_forward_hooks(layer, full_input, full_input)
+                continue
             kept = entering if keep_counts is None else keep_counts[index]
             layer_input = hidden
             keep = None if kept == entering else torch.tensor(kept, dtype=torch.int64, device=hidden.device)

@@ -7,7 +7,7 @@ as `model.config.dtb_length_config`, so `save_pretrained` saves it and `patch()`
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from dtb_ext.config import LengthConfig, LengthSpec, as_length_config
-from dtb_ext.models.dynamic_encoder import _OVERRIDES, DynamicEncoder
+from dtb_ext.models.dynamic_encoder import _OVERRIDES, _SKIPPED_LAYERS, DynamicEncoder
 
 # Model class -> whether its head reads the first token (so that token must never be dropped).
 _CLASSIFICATION_HEADS = (BertForSequenceClassification, RobertaForSequenceClassification)
@@ -100,6 +100,26 @@ def length_config(model: PreTrainedModel, config: LengthSpec) -> Iterator[None]:
         yield
     finally:
         _OVERRIDES.reset(token)
+
+
+@contextmanager
+def skip_layers(model: PreTrainedModel, layers: Iterable[int]) -> Iterator[None]:
+    """Within the block, calls of `model` in this thread skip the listed layers (0-based): LayerDrop for training.
+
+    A skipped layer passes its input through unchanged and drops no token; the other layers keep what the length
+    configuration says. Output hidden states still have one entry per layer (a skipped layer's equals its input).
+    """
+    encoder = dynamic_encoder(model)
+    skipped = frozenset(layers)
+    outside = sorted(index for index in skipped if isinstance(index, bool) or not isinstance(index, int)
+                     or not 0 <= index < encoder.num_layers)
+    if outside:
+        raise ValueError(f"layers to skip are indices in [0, {encoder.num_layers}), got {outside}")
+    token = _SKIPPED_LAYERS.set({**_SKIPPED_LAYERS.get(), encoder: skipped})
+    try:
+        yield
+    finally:
+        _SKIPPED_LAYERS.reset(token)
 
 
 def dynamic_encoder(model: nn.Module) -> DynamicEncoder:

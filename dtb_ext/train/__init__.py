@@ -11,6 +11,11 @@ _EXPORTS = {
     "export_model": "dtb_ext.train.finetune",
     "run_training": "dtb_ext.train.finetune",
     "TrainOptions": "dtb_ext.train.options",
+    "LengthDropTrainer": "dtb_ext.train.lengthdrop",
+    "LengthDropSettings": "dtb_ext.train.lengthdrop",
+    "DistillationTrainer": "dtb_ext.train.distill",
+    "Distiller": "dtb_ext.train.distill",
+    "DistillSettings": "dtb_ext.train.distill",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -47,6 +47,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-query-length", type=int, default=defaults.max_query_length, help="longer questions are skipped (counted)")
     parser.add_argument("--fp16-export", action="store_true", help="store the exported model's weights in fp16 (half the size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--init-from", default=None, metavar="DIR",
+                        help="start from an already fine-tuned QA model directory (e.g. OUTPUT/model of an earlier run) instead of --model")
+    length_drop = parser.add_argument_group("LengthDrop", "train every length configuration at once (sandwich rule, inplace distillation)")
+    length_drop.add_argument("--length-drop", action="store_true",
+                             help="each batch also trains the smallest and --num-sandwich random sub-models on the full model's span distributions")
+    length_drop.add_argument("--num-sandwich", type=int, default=defaults.num_sandwich, help="random sub-models per batch")
+    length_drop.add_argument("--length-drop-ratio-bound", type=float, default=defaults.length_drop_ratio_bound,
+                             help="largest fraction of the tokens a sub-model's layer may drop: r_i ~ U[(1 - bound) r_(i-1), r_(i-1)]")
+    length_drop.add_argument("--layer-drop", type=float, nargs="?", const=0.2, default=defaults.layer_drop, metavar="P",
+                             help="LayerDrop: skip each layer of a sub-model with probability P (0.2 when given without a value)")
+    distill = parser.add_argument_group("distillation", "learn from a teacher QA model (TinyBERT-style)")
+    distill.add_argument("--teacher", default=None, metavar="DIR", help="teacher question-answering model directory (same vocabulary)")
+    distill.add_argument("--kd-temperature", type=float, default=defaults.kd_temperature, help="softmax temperature T of the soft loss (scaled by T^2)")
+    distill.add_argument("--kd-alpha", type=float, default=defaults.kd_alpha, help="weight of the soft loss; the hard-label loss gets 1 - alpha")
+    distill.add_argument("--kd-hidden-weight", type=float, default=defaults.kd_hidden_weight,
+                         help="weight of the hidden-state MSE over the layer map (a linear projection when widths differ)")
+    distill.add_argument("--kd-attention-weight", type=float, default=defaults.kd_attention_weight,
+                         help="weight of the attention-probability MSE over the layer map (same head count needed)")
+    distill.add_argument("--kd-layer-map", default=None, metavar="S:T,...",
+                         help="0-based student:teacher layer pairs, e.g. 0:1,1:3 (default: student layers spread evenly over the teacher's)")
     parser.set_defaults(run=run)
 
 
@@ -63,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, eval_limit=args.eval_limit, skip_eval=args.skip_eval,
         eval_batch_size=args.eval_batch_size, seed=args.seed, max_seq_length=args.max_seq_length,
         doc_stride=args.doc_stride, max_query_length=args.max_query_length, fp16_export=args.fp16_export,
-        progress=not args.no_progress,
+        progress=not args.no_progress, init_from=args.init_from, length_drop=args.length_drop,
+        num_sandwich=args.num_sandwich, length_drop_ratio_bound=args.length_drop_ratio_bound,
+        layer_drop=args.layer_drop, teacher=args.teacher, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+        kd_hidden_weight=args.kd_hidden_weight, kd_attention_weight=args.kd_attention_weight,
+        kd_layer_map=args.kd_layer_map,
     )
     try:
         metrics = run_training(options)

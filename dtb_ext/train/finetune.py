@@ -104,6 +104,10 @@ class QATrainer(Trainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
+    def model_for_export(self) -> torch.nn.Module:
+        """The model to export after training (subclasses strip training-only modules)."""
+        return self.model
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss_fn is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -140,6 +144,26 @@ def _check_options(options: TrainOptions) -> None:
         value = getattr(options, name)
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive number of questions, got {value}")
+    if options.init_from is not None and options.model is not None:
+        raise ValueError(f"give --model (a base model) or --init-from (a fine-tuned QA model), not both: "
+                         f"got --model {options.model!r} and --init-from {options.init_from!r}")
+    if options.init_from is not None and not os.path.isfile(os.path.join(options.init_from, "config.json")):
+        raise ValueError(f"--init-from expects a fine-tuned model directory with a config.json, got {options.init_from!r}")
+    from dtb_ext.train.lengthdrop import recipe_settings
+
+    recipe_settings(options)
+
+
+def load_student(model_path: str, fine_tuned: bool) -> torch.nn.Module:
+    """The model to train, in float32; with `fine_tuned`, ValueError unless its QA head was trained."""
+    from transformers import BertForQuestionAnswering
+
+    model, loading = BertForQuestionAnswering.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
+    untrained = sorted(key for key in loading["missing_keys"] if key.startswith("qa_outputs"))
+    if fine_tuned and untrained:
+        raise ValueError(f"--init-from expects a fine-tuned question-answering model, but {model_path} has no "
+                         f"{', '.join(untrained)}; pass a base model with --model instead")
+    return model
 
 
 def load_train_examples(options: TrainOptions):
@@ -185,12 +209,13 @@ def training_arguments(options: TrainOptions, checkpoint_dir: str) -> TrainingAr
 
 def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATrainer:
     """Load tokenizer and model, featurise the training questions and return the configured trainer."""
-    from transformers import AutoTokenizer, BertForQuestionAnswering, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     from dtb_ext.qa.features import prepare_train_features
+    from dtb_ext.train.lengthdrop import trainer_recipe
 
     _check_options(options)
-    model_path = options.model or default_base_model()
+    model_path = options.init_from or options.model or default_base_model()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     examples = load_train_examples(options)
     features, skips = prepare_train_features(
@@ -200,15 +225,17 @@ def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATra
     if not features:
         raise ValueError(f"none of the {len(examples)} training questions could be featurised: {dict(skips.counts)}")
     set_seed(options.seed)  # the QA head is initialised here; seed it like the rest of the run
-    model = BertForQuestionAnswering.from_pretrained(model_path, dtype=torch.float32)
+    model = load_student(model_path, fine_tuned=options.init_from is not None)
+    trainer_class, recipe = trainer_recipe(options, model)  # LengthDrop / distillation when asked
     checkpoint_dir = os.path.join(options.output, CHECKPOINT_SUBDIR)
-    return QATrainer(
+    return trainer_class(
         model=model,
         args=training_arguments(options, checkpoint_dir),
         train_dataset=QAFeatureDataset(features),
         data_collator=DynamicPaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         loss_fn=loss_fn,
+        **recipe,
     )
 
 
@@ -265,8 +292,8 @@ def run_training(options: TrainOptions, loss_fn: LossFn | None = None) -> dict[s
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     if not trainer.is_world_process_zero():
         return {}
-    model, tokenizer = trainer.model, trainer.processing_class
-    info = {"options": asdict(options), "base_model": options.model or default_base_model(),
+    model, tokenizer = trainer.model_for_export(), trainer.processing_class
+    info = {"options": asdict(options), "base_model": options.init_from or options.model or default_base_model(),
             "train_metrics": train_output.metrics, "global_step": trainer.state.global_step,
             "device": str(next(model.parameters()).device)}
     model_dir = export_model(model, tokenizer, os.path.join(options.output, MODEL_SUBDIR), options.fp16_export, info)

@@ -34,3 +34,16 @@ class TrainOptions:
     max_query_length: int = 64
     fp16_export: bool = False
     progress: bool = True
+    init_from: str | None = None  # an already fine-tuned QA model directory to start from (instead of --model)
+    # LengthDrop (lengthdrop.py)
+    length_drop: bool = False
+    num_sandwich: int = 2
+    length_drop_ratio_bound: float = 0.2
+    layer_drop: float = 0.0
+    # knowledge distillation (distill.py)
+    teacher: str | None = None
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.5
+    kd_hidden_weight: float = 0.0
+    kd_attention_weight: float = 0.0
+    kd_layer_map: str | None = None  # "0:1,1:3": student:teacher layer pairs; None: spread evenly
