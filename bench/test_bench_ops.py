@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 
-from conftest import record_median
 from dtb_ext import ops
 
 HEADS = 12
@@ -41,7 +40,7 @@ def describe(benchmark, group: str, implementation: str, device: str, dtype: str
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("implementation", ["fused", "softmax_then_sum", "softmax_only"])
-def test_softmax_with_significance(benchmark, implementation: str, batch: int, dtype: str, device: str) -> None:
+def test_softmax_with_significance(benchmark, record_times, implementation: str, batch: int, dtype: str, device: str) -> None:
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(batch, HEADS, LENGTH, LENGTH, generator=generator).to(device, DTYPES[dtype])
     mask = torch.ones(batch, LENGTH, dtype=torch.long, device=device)
@@ -61,8 +60,8 @@ def test_softmax_with_significance(benchmark, implementation: str, batch: int, d
     group = f"softmax B={batch} H={HEADS} L={LENGTH} {dtype} {device}"
     describe(benchmark, group, implementation, device, dtype, batch=batch, heads=HEADS, length=LENGTH)
     function = {"fused": fused, "softmax_then_sum": softmax_then_sum, "softmax_only": softmax_only}[implementation]
-    run(benchmark, function, device, rounds=5 if batch > 1 else 20)
-    record_median(group, implementation, benchmark)
+    run(benchmark, function, device, rounds=8 if batch > 1 else 30)
+    record_times(group, implementation, benchmark)
 
 
 def selection_inputs(batch: int, width: int, keep_ratio: float, dtype: str, device: str):
@@ -87,7 +86,7 @@ SELECTION_GRID = [
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("batch, width, keep_ratio", SELECTION_GRID)
 @pytest.mark.parametrize("implementation", ["fused", "topk_sort_gather"])
-def test_select_and_gather(benchmark, implementation, batch, width, keep_ratio, dtype, device) -> None:
+def test_select_and_gather(benchmark, record_times, implementation, batch, width, keep_ratio, dtype, device) -> None:
     hidden, significance, mask, keep, kept = selection_inputs(batch, width, keep_ratio, dtype, device)
 
     def fused():
@@ -100,14 +99,14 @@ def test_select_and_gather(benchmark, implementation, batch, width, keep_ratio, 
     group = f"select B={batch} L={LENGTH} D={width} keep={keep_ratio} {dtype} {device}"
     describe(benchmark, group, implementation, device, dtype, batch=batch, width=width, keep_ratio=keep_ratio)
     run(benchmark, fused if implementation == "fused" else topk_sort_gather, device, rounds=50)
-    record_median(group, implementation, benchmark)
+    record_times(group, implementation, benchmark)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("batch, width, keep_ratio", SELECTION_GRID)
 @pytest.mark.parametrize("implementation", ["fused", "scatter"])
-def test_restore(benchmark, implementation, batch, width, keep_ratio, dtype, device) -> None:
+def test_restore(benchmark, record_times, implementation, batch, width, keep_ratio, dtype, device) -> None:
     hidden, significance, mask, keep, kept = selection_inputs(batch, width, keep_ratio, dtype, device)
     src, _, positions = ops.select_and_gather(hidden, significance, mask, keep, kept, False)
     base = torch.randn_like(hidden)
@@ -121,4 +120,4 @@ def test_restore(benchmark, implementation, batch, width, keep_ratio, dtype, dev
     group = f"restore B={batch} L={LENGTH} D={width} keep={keep_ratio} {dtype} {device}"
     describe(benchmark, group, implementation, device, dtype, batch=batch, width=width, keep_ratio=keep_ratio)
     run(benchmark, fused if implementation == "fused" else scatter, device, rounds=50)
-    record_median(group, implementation, benchmark)
+    record_times(group, implementation, benchmark)

@@ -38,82 +38,119 @@ Vectorized<float> fast_exp(const Vectorized<float>& x) {
   return x.exp_u20();
 }
 
-// Loads `count` (<= vector width) keys starting at `k`; lanes past `count` and masked keys read as -inf so that
-// they neither win the max nor contribute to the sum.
-template <typename acc_t>
-Vectorized<acc_t> load_keys(const acc_t* row, const acc_t* masked_bits, int64_t k, int64_t count) {
+// `count` (<= vector width) scores from `row + k` as acc_t lanes; lanes past `count` are -inf.
+template <typename scalar_t, typename acc_t>
+Vectorized<acc_t> load_scores(const scalar_t* row, int64_t k, int64_t count) {
   using Vec = Vectorized<acc_t>;
   const Vec neg_inf(-std::numeric_limits<acc_t>::infinity());
-  Vec x = count == Vec::size() ? Vec::loadu(row + k) : Vec::set(neg_inf, Vec::loadu(row + k, count), count);
-  if (masked_bits != nullptr) {
-    x = Vec::blendv(x, neg_inf, Vec::loadu(masked_bits + k, count));
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return count == Vec::size() ? Vec::loadu(row + k) : Vec::set(neg_inf, Vec::loadu(row + k, count), count);
+  } else {
+    Vec x;
+    if (count == Vec::size()) {
+      at::vec::load_to_float(row + k, x);
+      return x;
+    }
+    acc_t widened[Vec::size()];
+    for (int64_t i = 0; i < count; ++i) {
+      widened[i] = static_cast<acc_t>(row[k + i]);
+    }
+    return Vec::set(neg_inf, Vec::loadu(widened, count), count);
   }
-  return x;
+}
+
+// Masked keys (all-ones bits in `masked_bits`, when not null) read as -inf: they neither win the max nor add to
+// the sum.
+template <typename acc_t>
+Vectorized<acc_t> mask_keys(const Vectorized<acc_t>& x, const acc_t* masked_bits, int64_t k, int64_t count) {
+  using Vec = Vectorized<acc_t>;
+  if (masked_bits == nullptr) {
+    return x;
+  }
+  return Vec::blendv(x, Vec(-std::numeric_limits<acc_t>::infinity()), Vec::loadu(masked_bits + k, count));
 }
 
 // First half of the softmax of one row over its first `n` keys (the rest are padding, handled by the caller):
-// writes exp(x - max) to `out` and returns 1 / sum, or 0 when no valid key has a finite score (the row then ends up
-// all zeros rather than 0/0). `masked_bits` is null when every key in [0, n) is valid, else all-ones bits at masked
-// keys. `in` and `out` may alias.
-template <typename acc_t>
-acc_t exponentiate_row(const acc_t* in, acc_t* out, int64_t n, const acc_t* masked_bits) {
+// writes exp(x - max) to `work` and returns 1 / sum, or 0 when no valid key has a finite score (the row then ends
+// up all zeros rather than 0/0). Both passes read the scores (widening reduced precision on the fly, which costs
+// less than storing and reloading a widened copy); `work` is the output row itself for float and double, a float
+// buffer otherwise.
+template <typename scalar_t, typename acc_t>
+acc_t exponentiate_row(const scalar_t* in, acc_t* work, int64_t n, const acc_t* masked_bits) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t width = Vec::size();
-  Vec running_max(-std::numeric_limits<acc_t>::infinity());
+  const Vec neg_inf(-std::numeric_limits<acc_t>::infinity());
+  Vec running_max = neg_inf;
   for (int64_t k = 0; k < n; k += width) {
-    running_max = at::vec::maximum(running_max, load_keys(in, masked_bits, k, std::min(width, n - k)));
+    const int64_t count = std::min(width, n - k);
+    const Vec x = mask_keys(load_scores<scalar_t, acc_t>(in, k, count), masked_bits, k, count);
+    running_max = at::vec::maximum(running_max, x);
   }
   const acc_t row_max =
       at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running_max);
   if (row_max == -std::numeric_limits<acc_t>::infinity()) {
-    std::memset(out, 0, sizeof(acc_t) * n);
+    std::memset(work, 0, sizeof(acc_t) * n);
     return acc_t(0);
   }
   const Vec shift(row_max);
   Vec running_sum(0);
   for (int64_t k = 0; k < n; k += width) {
     const int64_t count = std::min(width, n - k);
-    const Vec e = fast_exp(load_keys(in, masked_bits, k, count) - shift);
-    e.store(out + k, count);
+    const Vec x = mask_keys(load_scores<scalar_t, acc_t>(in, k, count), masked_bits, k, count);
+    const Vec e = fast_exp(x - shift);
+    e.store(work + k, count);
     running_sum = running_sum + e;
   }
   return acc_t(1) / at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, running_sum);
 }
 
-// Second half for up to kRowGroup rows at once: rows[r] *= inverses[r], and the rows of valid queries are added to
-// `significance`. Grouping rows loads and stores the significance row once per group instead of once per row.
+// Second half for up to kRowGroup rows at once: out[r] = work[r] * inverses[r] (narrowed to scalar_t), and the
+// rows of valid queries are added to `significance`. Grouping rows loads and stores the significance row once per
+// group instead of once per row.
 constexpr int kRowGroup = 4;
 
-template <typename acc_t>
-void normalise_rows(acc_t* const* rows, const acc_t* inverses, const bool* adds, int count, int64_t n,
-                    acc_t* significance) {
+template <typename scalar_t, typename acc_t>
+void normalise_rows(acc_t* const* work, scalar_t* const* out, const acc_t* inverses, const bool* adds, int rows,
+                    int64_t n, acc_t* significance) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t width = Vec::size();
-  for (int64_t k = 0; k < n; k += width) {
+  int64_t k = 0;
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    // Reduced precision: two float vectors narrow into one full vector of scalar_t, stored straight to the output.
+    for (; k + 2 * width <= n; k += 2 * width) {
+      Vec low_total = Vec::loadu(significance + k);
+      Vec high_total = Vec::loadu(significance + k + width);
+      for (int r = 0; r < rows; ++r) {
+        const Vec low = Vec::loadu(work[r] + k) * Vec(inverses[r]);
+        const Vec high = Vec::loadu(work[r] + k + width) * Vec(inverses[r]);
+        at::vec::convert_from_float<scalar_t>(low, high).store(out[r] + k);
+        if (adds[r]) {
+          low_total = low_total + low;
+          high_total = high_total + high;
+        }
+      }
+      low_total.store(significance + k);
+      high_total.store(significance + k + width);
+    }
+  }
+  // The rest (all of a float or double row; the tail of a reduced-precision one) is normalised in place.
+  const int64_t rest = k;
+  for (; k < n; k += width) {
     const int64_t lanes = std::min(width, n - k);
     Vec total = Vec::loadu(significance + k, lanes);
-    for (int r = 0; r < count; ++r) {
-      const Vec p = Vec::loadu(rows[r] + k, lanes) * Vec(inverses[r]);
-      p.store(rows[r] + k, lanes);
+    for (int r = 0; r < rows; ++r) {
+      const Vec p = Vec::loadu(work[r] + k, lanes) * Vec(inverses[r]);
+      p.store(work[r] + k, lanes);
       if (adds[r]) {
         total = total + p;
       }
     }
     total.store(significance + k, lanes);
   }
-}
-
-template <typename scalar_t>
-void widen_row(const scalar_t* src, float* dst, int64_t n) {
-  using Vec = Vectorized<float>;
-  int64_t k = 0;
-  for (; k + Vec::size() <= n; k += Vec::size()) {
-    Vec v;
-    at::vec::load_to_float(src + k, v);
-    v.store(dst + k);
-  }
-  for (; k < n; ++k) {
-    dst[k] = static_cast<float>(src[k]);
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    for (int r = 0; r < rows; ++r) {
+      at::vec::convert(work[r] + rest, out[r] + rest, n - rest);
+    }
   }
 }
 
@@ -157,7 +194,8 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
   at::parallel_for(0, batch * heads * chunks, 1, [&](int64_t begin, int64_t end) {
     // Widened rows of a group, for reduced-precision scores; float and double rows are computed in place.
     std::vector<acc_t> buffer(computes_in_place ? 0 : kRowGroup * length);
-    acc_t* rows[kRowGroup];
+    acc_t* work[kRowGroup];
+    scalar_t* out[kRowGroup];
     acc_t inverses[kRowGroup];
     bool adds[kRowGroup];
     for (int64_t task = begin; task < end; ++task) {
@@ -169,27 +207,20 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
       const acc_t* bits = has_holes[b] ? masked_bits_data + b * length : nullptr;
       const int64_t head_offset = (b * heads + h) * length * length;
       for (int64_t group_begin = q_begin; group_begin < q_end; group_begin += kRowGroup) {
-        const int count = static_cast<int>(std::min<int64_t>(kRowGroup, q_end - group_begin));
-        for (int r = 0; r < count; ++r) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRowGroup, q_end - group_begin));
+        for (int r = 0; r < rows; ++r) {
           const int64_t offset = head_offset + (group_begin + r) * length;
+          out[r] = probs_data + offset;
           if constexpr (computes_in_place) {
-            rows[r] = probs_data + offset;
-            inverses[r] = exponentiate_row<acc_t>(scores_data + offset, rows[r], n, bits);
+            work[r] = probs_data + offset;
           } else {
-            rows[r] = buffer.data() + r * length;
-            widen_row(scores_data + offset, rows[r], n);
-            inverses[r] = exponentiate_row<acc_t>(rows[r], rows[r], n, bits);
+            work[r] = buffer.data() + r * length;
           }
+          inverses[r] = exponentiate_row<scalar_t, acc_t>(scores_data + offset, work[r], n, bits);
           adds[r] = valid_data[b * length + group_begin + r];
+          std::memset(out[r] + n, 0, sizeof(scalar_t) * (length - n));
         }
-        normalise_rows<acc_t>(rows, inverses, adds, count, n, partial_data + task * length);
-        for (int r = 0; r < count; ++r) {
-          scalar_t* out = probs_data + head_offset + (group_begin + r) * length;
-          if constexpr (!computes_in_place) {
-            at::vec::convert(rows[r], out, n);
-          }
-          std::memset(out + n, 0, sizeof(scalar_t) * (length - n));
-        }
+        normalise_rows<scalar_t, acc_t>(work, out, inverses, adds, rows, n, partial_data + task * length);
       }
     }
   });
