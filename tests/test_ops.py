@@ -265,3 +265,16 @@ def _call_select(length=8, batch=2, keep=None, max_keep=4, **changes):
 def test_bad_input_raises_with_a_message(call, message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         call()
+
+
+def test_select_and_restore_accept_non_contiguous_inputs() -> None:
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(3, 8, 20, generator=generator).transpose(1, 2)  # [3, 20, 8], strided
+    significance = torch.rand(20, 3, generator=generator).t()
+    mask = varied_mask(3, 20, generator).t().contiguous().t()
+    keep = torch.tensor([4, 0, 1, 0, 9, 0])[::2]  # [4, 1, 9], strided
+    assert not hidden.is_contiguous() and not significance.is_contiguous() and not keep.is_contiguous()
+    got = ops.select_and_gather(hidden, significance, mask, keep, 9, True)
+    assert_same_selection(got, reference.select_and_gather(hidden, significance, mask, keep, 9, True))
+    base = torch.randn(8, 3, 20, generator=generator).permute(1, 2, 0)
+    assert torch.equal(ops.restore(base, got[0], got[2]), reference.restore(base, got[0], got[2]))
