@@ -11,6 +11,7 @@ COMMAND_MODULES: list[str] = [
     "dtb_ext.qa.cli",
     "dtb_ext.train.cli",
     "dtb_ext.search.cli",
+    "dtb_ext.demo",
 ]
 
 

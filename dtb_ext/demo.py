@@ -1,0 +1,421 @@
+"""`dtb demo`: the bundled default QA model on a fixed sample of SQuAD dev-a, at full length and at the
+configurations its shipped front offers for three budgets, measured side by side.
+
+For each configuration it reports F1/EM on the same questions, the median latency of one feature at batch 1
+under two padding protocols (dynamic: the feature at its real length; max_length: padded to 384, the paper's
+protocol), the speedup over full length under each, and the ideal speedup from MACs at the real lengths. It
+writes a plot of F1 against speedup (the shipped front and the measured points) and a JSON record.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from typing import Any, Sequence
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+FRONT_FILE = "front.json"
+DEFAULT_OUT = os.path.join("runs", "demo")
+# 300 questions give an F1 standard error near 2.5 points (the configs are compared on the same questions, so
+# their differences are much steadier) and keep `make demo` near 5 minutes on 2 CPU cores.
+DEFAULT_QUESTIONS = 300
+# Features timed per configuration and padding protocol (one batch-1 forward each).
+DEFAULT_LATENCY_FEATURES = 48
+# "The fastest still above a stated F1": by default this fraction of the front's full-length F1.
+DEFAULT_MIN_F1_FRACTION = 0.9
+PADDINGS = ("dynamic", "max_length")
+
+MAKE_DEFAULT_MODEL = """\
+Make it (hours on a 2-core CPU, minutes on a GPU), from the repository root:
+  .venv/bin/python -m dtb_ext.cli train --output runs/default-minilm --epochs 2 --lr 1e-4 --batch-size 32 \\
+      --warmup 0.1 --weight-decay 0.01 --save-steps 100 --fp16-export
+  cp -r runs/default-minilm/model dtb_ext/default_model
+  .venv/bin/python -m dtb_ext.cli search --model dtb_ext/default_model --out dtb_ext/default_model \\
+      --reevaluate-on ../shared/data/squad/dev-a-v1.1.json
+or run the demo on a model and front of your own: dtb demo --model DIR [--front FRONT.json]"""
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """One configuration to measure: its labels (the budgets that chose it) and its front point (None for a
+    full-length config absent from the front)."""
+
+    labels: tuple[str, ...]
+    length_config: tuple[int, ...]
+    front_f1: float | None
+    front_speedup: float | None
+
+    @property
+    def label(self) -> str:
+        return " = ".join(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRow:
+    """Measured results of one configuration. Latencies are medians over the timed features, milliseconds per
+    feature at batch 1; speedups are full length's median over this one's; macs_ratio is the ideal speedup
+    (full-length MACs / this config's MACs, summed over every evaluated feature at its real length)."""
+
+    config: DemoConfig
+    f1: float
+    exact_match: float
+    latency_ms: dict[str, float]
+    speedup: dict[str, float]
+    macs_ratio: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.config.label,
+            "length_config": list(self.config.length_config),
+            "front_f1": self.config.front_f1,
+            "front_speedup": self.config.front_speedup,
+            "f1": self.f1,
+            "exact_match": self.exact_match,
+            "latency_ms": self.latency_ms,
+            "speedup": self.speedup,
+            "macs_ratio": self.macs_ratio,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    rows: tuple[DemoRow, ...]
+    settings: dict[str, Any]
+    plot_path: str | None
+    json_path: str | None
+
+
+def missing_default_files(model_dir: str, front_path: str) -> list[str]:
+    """The files the demo needs that are not there (the model's config.json, the front)."""
+    needed = [os.path.join(model_dir, "config.json"), front_path]
+    return [path for path in needed if not os.path.isfile(path)]
+
+
+def choose_configs(front: Any, min_f1: float | None = None) -> list[DemoConfig]:
+    """Full length, then `pick`'s choices within 1 % and 3 % of the full-length F1 and the fastest config with
+    search-split F1 >= min_f1 (default: 90 % of the full-length F1). A config chosen by several budgets is
+    listed once, with every label; full length comes first, the others by increasing front speedup."""
+    from dtb_ext.search.pick import pick
+
+    full = front.full_length
+    if min_f1 is None:
+        min_f1 = DEFAULT_MIN_F1_FRACTION * full.f1
+    if min_f1 > full.f1:
+        raise ValueError(
+            f"--min-f1 must not exceed the front's full-length F1 ({full.f1:.2f}, search split), got {min_f1:.2f}"
+        )
+    choices = [
+        ("full length", full),
+        ("F1 within 1%", pick(front, max_f1_drop_percent=1.0)),
+        ("F1 within 3%", pick(front, max_f1_drop_percent=3.0)),
+        (f"fastest F1 >= {min_f1:.1f}", pick(front, max_f1_drop=full.f1 - min_f1)),
+    ]
+    by_config: dict[tuple[int, ...], DemoConfig] = {}
+    for label, point in choices:
+        previous = by_config.get(point.length_config)
+        labels = (label,) if previous is None else previous.labels + (label,)
+        by_config[point.length_config] = DemoConfig(labels, point.length_config, point.f1, point.speedup)
+    # full length first (it anchors the speedups), then by increasing front speedup
+    return sorted(by_config.values(), key=lambda c: (c.length_config != full.length_config, c.front_speedup))
+
+
+def sample_for_latency(features: Any, count: int) -> Any:
+    """`count` features evenly spaced over the features sorted by length (short to long), as EvalFeatures."""
+    import numpy as np
+
+    n = len(features)
+    if not 1 <= count <= n:
+        raise ValueError(f"--latency-features must be between 1 and the sample's {n} features, got {count}")
+    by_length = np.lexsort((np.arange(n), features.lengths))
+    picks = np.sort(by_length[np.linspace(0, n - 1, count).round().astype(int)])
+    return dataclasses.replace(
+        features,
+        input_ids=[features.input_ids[i] for i in picks],
+        example_index=features.example_index[picks],
+        context_start=features.context_start[picks],
+        window_start=features.window_start[picks],
+        window_length=features.window_length[picks],
+    )
+
+
+def measure_latency(
+    model: Any, features: Any, configs: Sequence[DemoConfig], progress: bool = True
+) -> dict[tuple[int, ...], dict[str, float]]:
+    """Median milliseconds of one batch-1 forward per feature, for every config and padding protocol.
+
+    Every feature is run under every config and protocol in turn (the config order rotating from feature to
+    feature), so a change of machine load during the measurement hits all of them alike. One untimed pass per
+    config and protocol comes first (allocator and thread-pool warm-up). Returns {config: {padding: ms}}."""
+    import torch
+    from tqdm.auto import tqdm
+
+    import dtb_ext
+
+    device = next(model.parameters()).device
+    inputs = {
+        padding: [{k: v.to(device) for k, v in batch.items()} for _, batch in features.batches(1, padding)]
+        for padding in PADDINGS
+    }
+    timings: dict[tuple[int, ...], dict[str, list[float]]] = {
+        c.length_config: {padding: [] for padding in PADDINGS} for c in configs
+    }
+
+    def forward(config: DemoConfig, batch: dict[str, Any]) -> float:
+        with dtb_ext.length_config(model, list(config.length_config)):
+            started = time.perf_counter()
+            model(**batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - started
+
+    model.eval()
+    with torch.inference_mode():
+        for padding in PADDINGS:
+            for config in configs:
+                forward(config, inputs[padding][0])
+        for index in tqdm(range(len(features)), desc="latency (batch 1)", unit="feature", disable=not progress):
+            shift = index % len(configs)
+            for config in list(configs[shift:]) + list(configs[:shift]):
+                for padding in PADDINGS:
+                    timings[config.length_config][padding].append(forward(config, inputs[padding][index]))
+    return {
+        config: {padding: 1000.0 * statistics.median(values) for padding, values in by_padding.items()}
+        for config, by_padding in timings.items()
+    }
+
+
+def macs_ratio(model_config: Any, length_config: Sequence[int], lengths: Sequence[int]) -> float:
+    """Full-length MACs / MACs under `length_config`, both summed over features of the given real lengths."""
+    from dtb_ext.macs import count_macs
+
+    counts = Counter(int(n) for n in lengths)
+    full = sum(c * count_macs(model_config, None, n).total for n, c in counts.items())
+    reduced = sum(c * count_macs(model_config, list(length_config), n).total for n, c in counts.items())
+    return full / reduced
+
+
+def run_demo(
+    model_dir: str | None = None,
+    front_path: str | None = None,
+    data: str | None = None,
+    questions: int | None = DEFAULT_QUESTIONS,
+    sample_seed: int = 0,
+    latency_features: int = DEFAULT_LATENCY_FEATURES,
+    min_f1: float | None = None,
+    batch_size: int = 32,
+    out_dir: str | None = DEFAULT_OUT,
+    device: str = "cpu",
+    progress: bool = True,
+) -> DemoResult:
+    """Measure the model at full length and its front's picks on a fixed dev sample (see the module docstring).
+
+    model_dir: a QA model directory loadable by `dtb eval --model` (None: dtb_ext/default_model).
+    front_path: a front JSON written by `dtb search` (None: MODEL_DIR/front.json).
+    data: the SQuAD file (None: ../shared/data/squad/dev-a-v1.1.json); questions: fixed random sample of it,
+        chosen by sample_seed (None: every question).
+    latency_features: features (evenly spaced in length) timed per config and padding protocol.
+    out_dir: where demo.png and demo.json go (None: nothing written).
+    """
+    import torch
+
+    import dtb_ext
+    from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
+    from dtb_ext.qa.cli import load_qa_model
+    from dtb_ext.qa.data import default_squad_file
+    from dtb_ext.search.front import load_front
+    from dtb_ext.search.qa_objective import sample_questions
+
+    model_dir = model_dir or DEFAULT_MODEL_DIR
+    front_path = front_path or os.path.join(model_dir, FRONT_FILE)
+    missing = missing_default_files(model_dir, front_path)
+    if missing:
+        if os.path.abspath(model_dir) == os.path.abspath(DEFAULT_MODEL_DIR):
+            raise ValueError(
+                "the bundled default model is not there yet (missing: " + ", ".join(missing) + ").\n"
+                + MAKE_DEFAULT_MODEL
+            )
+        raise ValueError("missing: " + ", ".join(missing) + " (a model directory and the front.json of "
+                         "`dtb search` over it are needed)")
+    data = data or default_squad_file("dev-a-v1.1.json")
+    if not os.path.isfile(data):
+        raise ValueError(f"SQuAD file not found: {data}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    started = time.perf_counter()
+    front = load_front(front_path)
+    model, tokenizer = load_qa_model(model_dir, device)
+    dtb_ext.patch(model)
+    num_layers = model.config.num_hidden_layers
+    if len(front.full_length.length_config) != num_layers:
+        raise ValueError(
+            f"the front {front_path} holds {len(front.full_length.length_config)}-layer configs, the model has "
+            f"{num_layers} layers: was it searched on another model?"
+        )
+    configs = choose_configs(front, min_f1)
+    examples = sample_questions(load_squad(data), questions, sample_seed)
+    max_seq_length = int(front.identity.get("max_seq_length", 384))
+    doc_stride = int(front.identity.get("doc_stride", 128))
+    max_query_length = int(front.identity.get("max_query_length", 64))
+    features = prepare_eval_features(examples, tokenizer, max_seq_length, doc_stride, max_query_length)
+    if len(features) == 0:
+        raise ValueError(f"none of the {len(examples)} sampled questions could be featurised")
+
+    timed = sample_for_latency(features, latency_features)
+    scores = {}
+    for config in configs:
+        if progress:
+            print(f"F1/EM at {config.label} {list(config.length_config)}", file=sys.stderr)
+        scores[config.length_config] = evaluate_qa(
+            model, features, length_config=list(config.length_config), batch_size=batch_size, padding="dynamic",
+            progress=progress,
+        )
+    latency = measure_latency(model, timed, configs, progress)
+    full = front.full_length.length_config
+    rows = tuple(
+        DemoRow(
+            config=config,
+            f1=float(scores[config.length_config]["f1"]),
+            exact_match=float(scores[config.length_config]["exact_match"]),
+            latency_ms=latency[config.length_config],
+            speedup={p: latency[full][p] / latency[config.length_config][p] for p in PADDINGS},
+            macs_ratio=macs_ratio(model.config, config.length_config, features.lengths),
+        )
+        for config in configs
+    )
+    settings = {
+        "model": os.path.abspath(model_dir),
+        "front": os.path.abspath(front_path),
+        "data": os.path.abspath(data),
+        "questions": len(examples),
+        "features": len(features),
+        "sample_seed": sample_seed,
+        "latency_features": len(timed),
+        "mean_latency_feature_length": float(timed.lengths.mean()),
+        "max_seq_length": max_seq_length,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "kernels": dtb_ext.has_kernels(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    plot_path = json_path = None
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        plot_path = os.path.join(out_dir, "demo.png")
+        plot_demo(front, rows, plot_path, settings)
+        json_path = os.path.join(out_dir, "demo.json")
+        with open(json_path, "w") as handle:
+            json.dump({"settings": settings, "rows": [row.to_json() for row in rows]}, handle, indent=2)
+            handle.write("\n")
+    return DemoResult(rows, settings, plot_path, json_path)
+
+
+def format_table(result: DemoResult) -> str:
+    """The demo's results as a text table, with a header saying what was measured and how."""
+    s = result.settings
+    lines = [
+        f"{s['questions']} questions ({s['features']} features) of {os.path.basename(s['data'])}, sample seed "
+        f"{s['sample_seed']}; {s['device']}, {s['threads']} threads, torch {s['torch']}, "
+        f"{'compiled' if s['kernels'] else 'reference (no compiled)'} dtb kernels.",
+        f"Latency: median ms per feature at batch 1 over {s['latency_features']} features evenly spaced in length "
+        f"(mean {s['mean_latency_feature_length']:.0f} tokens); dynamic = each at its real length, "
+        f"pad{s['max_seq_length']} = padded to {s['max_seq_length']} (the paper's protocol). "
+        "Speedup: full length's latency / the config's. MACs x: ideal speedup at the real lengths.",
+        "",
+    ]
+    header = (f"{'config':<28} {'F1':>6} {'EM':>6} {'dyn ms':>8} {'dyn x':>6} {'pad ms':>8} {'pad x':>6} "
+              f"{'MACs x':>7}  length config")
+    lines.append(header)
+    lines.append("-" * len(header))
+    for row in result.rows:
+        lines.append(
+            f"{row.config.label:<28} {row.f1:6.2f} {row.exact_match:6.2f} "
+            f"{row.latency_ms['dynamic']:8.2f} {row.speedup['dynamic']:6.2f} "
+            f"{row.latency_ms['max_length']:8.2f} {row.speedup['max_length']:6.2f} "
+            f"{row.macs_ratio:7.2f}  {list(row.config.length_config)}"
+        )
+    return "\n".join(lines)
+
+
+def plot_demo(front: Any, rows: Sequence[DemoRow], path: str, settings: dict[str, Any]) -> None:
+    """F1 vs speedup: the shipped front (search-split F1 vs MACs speedup, plus its dev F1 when re-evaluated)
+    and the demo's measured points (dev-sample F1 vs measured speedup under both padding protocols)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.2, 5.0))
+    axes = figure.subplots()
+    axes.scatter([p.speedup for p in front.points], [p.f1 for p in front.points], s=12, c="0.75",
+                 label="searched configs (search split, MACs speedup)")
+    shipped = sorted(front.front, key=lambda p: p.speedup)
+    axes.plot([p.speedup for p in shipped], [p.f1 for p in shipped], "o-", c="tab:blue", ms=4,
+              label="shipped front (search split, MACs speedup)")
+    rescored = [p for p in shipped if p.dev_f1 is not None]
+    if rescored:
+        axes.plot([p.speedup for p in rescored], [p.dev_f1 for p in rescored], "s--", c="tab:cyan", ms=4,
+                  mfc="none", label="shipped front (dev F1, MACs speedup)")
+    sample = f"{settings['questions']} dev questions"
+    for padding, marker, colour, name in (("dynamic", "D", "tab:red", "dynamic padding"),
+                                          ("max_length", "^", "tab:green", f"padded to {settings['max_seq_length']}")):
+        axes.scatter([r.speedup[padding] for r in rows], [r.f1 for r in rows], marker=marker, s=60, c=colour,
+                     zorder=3, label=f"measured: {sample}, B=1, {name}")
+    for row in rows:
+        axes.annotate(row.config.label, (row.speedup["dynamic"], row.f1), textcoords="offset points",
+                      xytext=(6, 4), fontsize=7)
+    axes.set_xlabel("speedup vs full length")
+    axes.set_ylabel("F1")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="the default QA model on a dev sample: F1/EM, latency and speedup at full length and front picks",
+        description="Runs a span-QA model (default: the bundled dtb_ext/default_model) on a fixed sample of SQuAD "
+        "dev-a at full length and at the configs its front (front.json from `dtb search`) offers within 1%% and "
+        "3%% of the full-length F1 and for a minimum F1; prints F1, EM, batch-1 latency with dynamic padding and "
+        "padded to 384, speedups and MACs ratios; writes demo.png and demo.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--model", default=None, help="QA model directory (default: dtb_ext/default_model)")
+    demo.add_argument("--front", default=None, help="front JSON from `dtb search` (default: MODEL/front.json)")
+    demo.add_argument("--data", default=None, help="SQuAD file (default: ../shared/data/squad/dev-a-v1.1.json)")
+    demo.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS, help="questions in the fixed sample")
+    demo.add_argument("--full", action="store_true", help="score every question of the file (4,961 for dev-a); "
+                      "latency still uses --latency-features features")
+    demo.add_argument("--sample-seed", type=int, default=0, help="seed of the question sample")
+    demo.add_argument("--latency-features", type=int, default=DEFAULT_LATENCY_FEATURES,
+                      help="features timed at batch 1 per config and padding protocol")
+    demo.add_argument("--min-f1", type=float, default=None,
+                      help="the last pick is the fastest config with search-split F1 at least this "
+                           f"(default: {DEFAULT_MIN_F1_FRACTION:.0%} of the full-length F1)")
+    demo.add_argument("--batch-size", type=int, default=32, help="batch size of the F1/EM passes")
+    demo.add_argument("--out", default=DEFAULT_OUT, help="folder for demo.png and demo.json")
+    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    try:
+        result = run_demo(
+            args.model, args.front, args.data, questions=None if args.full else args.questions,
+            sample_seed=args.sample_seed, latency_features=args.latency_features, min_f1=args.min_f1,
+            batch_size=args.batch_size, out_dir=args.out, device=args.device, progress=not args.no_progress,
+        )
+    except ValueError as error:
+        print(f"dtb demo: error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    print(f"\nplot: {result.plot_path}\nresults: {result.json_path}\n({result.settings['seconds']:.0f} s in all)")
+    return 0
