@@ -144,6 +144,11 @@ def test_sub_models_really_run_shorter(tmp_path):
     assert widths[:3] == [14, 14, 14] and widths[3:6] == [12, 9, 8]
 
 
+def test_an_unpatched_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not patched"):
+        _trainer(tmp_path, _model())
+
+
 def test_evaluation_runs_the_full_model_only(tmp_path):
     model = dtb_ext.patch(_model())
     trainer = _trainer(tmp_path, model)
@@ -187,8 +192,8 @@ def model_dir(tmp_path_factory):
 def _options(output, model_dir, **overrides):
     from dtb_ext.train.options import TrainOptions
 
-    settings = dict(output=str(output), model=model_dir, limit=12, batch_size=4, save_steps=2, save_total_limit=10,
-                    logging_steps=1, skip_eval=True, progress=False, length_drop=True, layer_drop=0.2, max_steps=4)
+    settings = dict(output=str(output), model=model_dir, limit=8, batch_size=4, save_steps=2, save_total_limit=10,
+                    logging_steps=1, skip_eval=True, progress=False, length_drop=True, layer_drop=0.2, max_steps=3)
     settings.update(overrides)
     return TrainOptions(**settings)
 
@@ -205,7 +210,7 @@ def test_a_resumed_run_samples_and_learns_what_an_uninterrupted_one_does(tmp_pat
     shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint-2", tmp_path / "resumed" / "checkpoints" / "checkpoint-2")
     resumed = build_trainer(_options(tmp_path / "resumed", model_dir, resume=True))
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoints" / "checkpoint-2"))
-    assert [entry[0] for entry in straight.sampled] == [0, 1, 2, 3]
+    assert [entry[0] for entry in straight.sampled] == [0, 1, 2]
     assert resumed.sampled == straight.sampled[2:]
     for (name, expected), got in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(expected, got), name

@@ -102,11 +102,11 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Ten
         student_logits, teacher_logits: [B, L] scores (the teacher's are used as given: detach them beforehand).
         mask: [B, L] bool, True for real tokens.
     """
-    blocked = torch.finfo(student_logits.dtype).min
-    student_log_probs = torch.log_softmax(student_logits.masked_fill(~mask, blocked) / temperature, dim=-1)
-    teacher_probs = torch.softmax(teacher_logits.float().masked_fill(~mask, torch.finfo(torch.float32).min) / temperature, dim=-1)
+    blocked = torch.finfo(torch.float32).min  # in float32 whatever the logits' dtype (mixed precision)
+    student_log_probs = torch.log_softmax(student_logits.float().masked_fill(~mask, blocked) / temperature, dim=-1)
+    teacher_probs = torch.softmax(teacher_logits.float().masked_fill(~mask, blocked) / temperature, dim=-1)
     # where(), not a product: a padding position holds 0 * (a huge negative log-probability)
-    per_token = torch.where(mask, teacher_probs * student_log_probs.float(), torch.zeros((), device=mask.device))
+    per_token = torch.where(mask, teacher_probs * student_log_probs, torch.zeros((), device=mask.device))
     return -per_token.sum(dim=-1).mean()
 
 
@@ -256,10 +256,12 @@ class Distiller:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel (or similar `.module`) wrapper."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
+    """The model inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 class DistillationTrainer(QATrainer):

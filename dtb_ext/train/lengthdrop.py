@@ -133,6 +133,11 @@ class LengthDropTrainer(DistillationTrainer):
 
     def __init__(self, *args: Any, length_drop: LengthDropSettings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:
+            # DataParallel runs replicas in threads, which see neither the length configuration nor LayerDrop
+            raise ValueError(f"LengthDrop needs one process per GPU (launch with torchrun or accelerate); "
+                             f"got {self.args.n_gpu} GPUs in one process (DataParallel)")
+        dynamic_encoder(unwrap_model(self.model))  # ValueError now, not at the first step, for an unpatched model
         self.length_drop = length_drop or LengthDropSettings()
         self.sampled: list[tuple[int, int, list[SubModel]]] = []
         self._micro_batch = (-1, 0)  # (optimizer step, micro-batches already drawn in it)
