@@ -96,12 +96,13 @@ def check_layer_map(layer_map: Sequence[tuple[int, int]], student_layers: int, t
 
 def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
     """Mean over examples of -sum_k p_teacher[k] log p_student[k], both softmaxes at `temperature`, over the
-    positions where `mask` is True.
+    positions where `mask` is True. No gradient flows into the teacher's side (it is the target).
 
     Args:
-        student_logits, teacher_logits: [B, L] scores (the teacher's are used as given: detach them beforehand).
+        student_logits, teacher_logits: [B, L] scores.
         mask: [B, L] bool, True for real tokens.
     """
+    teacher_logits = teacher_logits.detach()
     blocked = torch.finfo(torch.float32).min  # in float32 whatever the logits' dtype (mixed precision)
     student_log_probs = torch.log_softmax(student_logits.float().masked_fill(~mask, blocked) / temperature, dim=-1)
     teacher_probs = torch.softmax(teacher_logits.float().masked_fill(~mask, blocked) / temperature, dim=-1)

@@ -114,14 +114,7 @@ def inplace_distillation_loss(model: nn.Module, features: dict[str, Tensor], ful
     unwrapped = unwrap_model(model)
     with length_config(unwrapped, LengthConfig.ratios(sub_model.ratios)), skip_layers(unwrapped, sub_model.skipped):
         outputs = model(**features)
-    targets = _DetachedSpans(full_outputs.start_logits.detach(), full_outputs.end_logits.detach())
-    return span_soft_cross_entropy(outputs, targets, features["attention_mask"].bool())
-
-
-@dataclass
-class _DetachedSpans:
-    start_logits: Tensor
-    end_logits: Tensor
+    return span_soft_cross_entropy(outputs, full_outputs, features["attention_mask"].bool())
 
 
 class LengthDropTrainer(DistillationTrainer):
@@ -163,7 +156,6 @@ class LengthDropTrainer(DistillationTrainer):
             self.record_parts({"full_loss": loss, "sub_loss": sub_loss / len(sub_losses)})
             loss = loss + sub_loss
         return (loss, outputs) if return_outputs else loss
-
 
 
 def recipe_settings(options: Any) -> tuple[LengthDropSettings | None, DistillSettings | None]:
