@@ -3,6 +3,7 @@ median and minimum time next to its baselines (`fused / baseline` ratios), group
 report. On a shared machine the minimum is the steadier figure: other processes only ever add time."""
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
 import pytest
@@ -22,6 +23,16 @@ def record_times():
             TIMES[group][implementation] = (benchmark.stats.stats.median, benchmark.stats.stats.min)
 
     return record
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # DTB_BENCH_THREADS pins the CPU thread count: on a shared machine, one thread timed with
+    # `--benchmark-timer=time.process_time` is the measurement that other processes disturb least.
+    threads = os.environ.get("DTB_BENCH_THREADS")
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"DTB_BENCH_THREADS must be a positive integer, got {threads!r}")
+        torch.set_num_threads(int(threads))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,8 @@
 """The fused dtb ops against the pure-PyTorch chains LAT uses, on identical inputs (pytest-benchmark; reported,
 not pass/fail). Run: `.venv/bin/python -m pytest bench/test_bench_ops.py --benchmark-only`.
 
+On a shared machine, `DTB_BENCH_THREADS=1 ... --benchmark-timer=time.process_time` gives the steadiest figures.
+
 Targets: softmax_with_significance at most 10% slower than plain torch.softmax; select_and_gather at least 3x
 faster than topk + sort + gather. Grid: B in {1, 32}, H = 12, L = 384, D in {384, 768}, keep in {0.25, 0.5,
 0.75} * L, float32 and bfloat16. Every mask is full (no padding), so the kernels skip no work.
@@ -33,7 +35,9 @@ def run(benchmark, function, device: str, rounds: int) -> None:
 
 def describe(benchmark, group: str, implementation: str, device: str, dtype: str, **extra) -> None:
     benchmark.group = group
-    benchmark.extra_info.update({"implementation": implementation, "device": device, "dtype": dtype, **extra})
+    benchmark.extra_info.update(
+        {"implementation": implementation, "device": device, "dtype": dtype, "threads": torch.get_num_threads(), **extra}
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)

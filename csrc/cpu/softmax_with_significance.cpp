@@ -23,9 +23,11 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Query rows per parallel task: B * H * ceil(L / kQueryChunk) tasks keep every thread busy even at batch 1,
-// and the per-task significance partial (one L-row) stays a small fraction of the scores.
-constexpr int64_t kQueryChunk = 64;
+// Parallel tasks are (example, head, block of query rows), each with its own significance partial (one L-row).
+// Heads are split into query blocks only until there are about kTargetTasks tasks, enough to keep the threads
+// busy at batch 1: more partials would cost memory traffic at large batch. The split depends only on the shapes,
+// so the significance (summed per task, then over tasks in a fixed order) is the same for any thread count.
+constexpr int64_t kTargetTasks = 64;
 
 template <typename acc_t>
 Vectorized<acc_t> fast_exp(const Vectorized<acc_t>& x) {
@@ -162,7 +164,9 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
   const int64_t batch = scores.size(0);
   const int64_t heads = scores.size(1);
   const int64_t length = scores.size(2);
-  const int64_t chunks = (length + kQueryChunk - 1) / kQueryChunk;
+  const int64_t wanted_chunks = std::min((length + 15) / 16, (kTargetTasks + batch * heads - 1) / (batch * heads));
+  const int64_t rows_per_chunk = (length + wanted_chunks - 1) / wanted_chunks;
+  const int64_t chunks = (length + rows_per_chunk - 1) / rows_per_chunk;
   const bool* valid_data = valid.const_data_ptr<bool>();
 
   // Keys past the last valid one are skipped (written as zeros); masked keys before it are blended to -inf.
@@ -186,7 +190,7 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
   }
 
   // One significance partial per task, summed in a fixed order afterwards: deterministic for any thread count.
-  at::Tensor partial = at::zeros({batch * heads * chunks, length}, masked_bits.options());
+  at::Tensor partial = at::empty({batch * heads * chunks, length}, masked_bits.options());
   acc_t* partial_data = partial.mutable_data_ptr<acc_t>();
   const scalar_t* scores_data = scores.const_data_ptr<scalar_t>();
   scalar_t* probs_data = probs.mutable_data_ptr<scalar_t>();
@@ -201,8 +205,10 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (heads * chunks);
       const int64_t h = (task / chunks) % heads;
-      const int64_t q_begin = (task % chunks) * kQueryChunk;
-      const int64_t q_end = std::min(length, q_begin + kQueryChunk);
+      const int64_t q_begin = (task % chunks) * rows_per_chunk;
+      const int64_t q_end = std::min(length, q_begin + rows_per_chunk);
+      // Zeroed here rather than up front: the row is then already in this thread's cache.
+      std::fill(partial_data + task * length, partial_data + (task + 1) * length, acc_t(0));
       const int64_t n = key_end[b];
       const acc_t* bits = has_holes[b] ? masked_bits_data + b * length : nullptr;
       const int64_t head_offset = (b * heads + h) * length * length;
