@@ -22,8 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
+# All benchmark levels (ops, layer, model, end-to-end QA), then bench/REPORT.md from their JSON.
+BENCH_JSON := runs/bench.json
 bench: $(STAMP)
-	$(PY) -m dtb_ext.bench_report $(ARGS)
+	mkdir -p runs
+	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=$(BENCH_JSON) $(ARGS)
+	$(PY) bench/report.py $(BENCH_JSON) bench/REPORT.md --command "make bench$(if $(ARGS), ARGS='$(ARGS)')"
 
 clean:
 	rm -rf build dtb_ext/*.so .venv

@@ -1,0 +1,65 @@
+"""bench/report.py: the markdown report of a pytest-benchmark JSON document (synthetic timings)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "report.py")
+spec = importlib.util.spec_from_file_location("bench_report", REPORT)
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+
+def _benchmark(fullname: str, group: str, median: float, **extra) -> dict:
+    return {"fullname": fullname, "name": fullname.split("::")[-1], "group": group, "extra_info": extra,
+            "stats": {"median": median, "min": median * 0.9}}
+
+
+DATA = {
+    "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "python_version": "3.11"},
+    "commit_info": {"id": "0123456789abcdef", "dirty": False},
+    "datetime": "2026-01-01T00:00:00",
+    "benchmarks": [
+        _benchmark("bench/test_bench_ops.py::test_softmax[fused-1]", "softmax B=1", 0.001, implementation="fused"),
+        _benchmark("bench/test_bench_ops.py::test_softmax[softmax_only-1]", "softmax B=1", 0.002,
+                   implementation="softmax_only"),
+        _benchmark("bench/test_bench_model.py::test_model[minilm-B1-hf-eager]", "minilm B=1", 0.060,
+                   variant="hf-eager", macs_ratio=1.0, threads=2),
+        _benchmark("bench/test_bench_model.py::test_model[minilm-B1-ratio-0.5]", "minilm B=1", 0.030,
+                   variant="ratio-0.5", macs_ratio=1.976, threads=2),
+        _benchmark("bench/test_bench_qa.py::test_qa_sample[front-1pct]", "qa", 1.0, level="qa", variant="front-1pct",
+                   f1=70.25, macs_ratio=1.5),
+    ],
+}
+
+
+def test_report_has_machine_ratios_macs_and_f1(tmp_path):
+    text = report.write_report(DATA, "make bench")
+    assert "- CPU: Test CPU" in text and "- command: `make bench`" in text and "commit 0123456789" in text
+    assert text.index("## ops") < text.index("## model") < text.index("## qa")
+    assert "| `fused` | 1.000 | 0.900 | 2.00 |" in text  # softmax_only's median / fused's
+    assert "| `ratio-0.5` | 30.000 | 27.000 | 2.00 | 1.98 |" in text  # vs hf-eager, then MACs ideal
+    assert "| `front-1pct` | 1000.000 | 900.000 | 1.50 | 70.25 |" in text  # no baseline in its group
+
+
+def test_command_line_writes_the_file_and_refuses_other_json(tmp_path, capsys):
+    results, out = tmp_path / "bench.json", tmp_path / "REPORT.md"
+    results.write_text(json.dumps(DATA))
+    assert report.main([str(results), str(out)]) == 0
+    assert out.read_text().startswith("# dtb_ext benchmark report")
+    results.write_text(json.dumps({"not": "benchmarks"}))
+    assert report.main([str(results), str(out)]) == 2
+    assert "expected a pytest-benchmark JSON document" in capsys.readouterr().err
+
+
+def test_groups_without_stats_are_left_out():
+    data = {**DATA, "benchmarks": [{**DATA["benchmarks"][0], "stats": None}]}
+    assert "## ops" not in report.write_report(data)
+
+
+@pytest.mark.parametrize(("names", "expected"), [(["fused", "a", "b"], ["a", "b"]), (["a"], [])])
+def test_ops_baselines_are_the_non_fused_chains(names, expected):
+    assert report.baselines_of("ops", names) == expected
