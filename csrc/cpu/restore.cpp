@@ -36,7 +36,10 @@ at::Tensor restore_cpu(const at::Tensor& base_in, const at::Tensor& src_in, cons
   at::Tensor source_slot = at::full({batch, length}, -1, positions.options());
   int64_t* slot_data = source_slot.mutable_data_ptr<int64_t>();
   const int64_t* position_data = positions.const_data_ptr<int64_t>();
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  // Grains of about at::internal::GRAIN_SIZE elements, as ATen's own kernels use: small inputs stay on the
+  // calling thread, where waking the others would cost more than the work.
+  at::parallel_for(0, batch, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, slots)),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t k = 0; k < slots; ++k) {
         const int64_t position = position_data[b * slots + k];

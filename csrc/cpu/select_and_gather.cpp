@@ -80,7 +80,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_gather_cpu(const at::T
   }
 
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, mask.scalar_type(), "select_and_gather_cpu", [&] {
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    // Grains of about at::internal::GRAIN_SIZE keys, as ATen's own kernels use: small inputs stay on the calling
+    // thread, where waking the others would cost more than the work.
+    at::parallel_for(0, batch, std::max<int64_t>(1, at::internal::GRAIN_SIZE / length), [&](int64_t begin, int64_t end) {
       select_positions<scalar_t>(significance.const_data_ptr<float>(), mask.const_data_ptr<scalar_t>(),
                                  keep.const_data_ptr<int64_t>(), keep_first, length, max_keep, begin, end,
                                  positions.mutable_data_ptr<int64_t>(), kept_mask.mutable_data_ptr<scalar_t>());

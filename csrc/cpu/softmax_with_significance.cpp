@@ -195,7 +195,10 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
   const scalar_t* scores_data = scores.const_data_ptr<scalar_t>();
   scalar_t* probs_data = probs.mutable_data_ptr<scalar_t>();
 
-  at::parallel_for(0, batch * heads * chunks, 1, [&](int64_t begin, int64_t end) {
+  // Grains of about at::internal::GRAIN_SIZE scores, as ATen's own kernels use: small inputs stay on the calling
+  // thread, where waking the others would cost more than the work.
+  const int64_t task_grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (rows_per_chunk * length));
+  at::parallel_for(0, batch * heads * chunks, task_grain, [&](int64_t begin, int64_t end) {
     // Widened rows of a group, for reduced-precision scores; float and double rows are computed in place.
     std::vector<acc_t> buffer(computes_in_place ? 0 : kRowGroup * length);
     acc_t* work[kRowGroup];
@@ -232,7 +235,8 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
   });
 
   float* significance_data = significance.mutable_data_ptr<float>();
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  const int64_t sum_grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (heads * chunks * length));
+  at::parallel_for(0, batch, sum_grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> total(length);
     for (int64_t b = begin; b < end; ++b) {
       std::fill(total.begin(), total.end(), acc_t(0));
