@@ -34,13 +34,18 @@ DEFAULT_MIN_F1_FRACTION = 0.9
 PADDINGS = ("dynamic", "max_length")
 
 MAKE_DEFAULT_MODEL = """\
-Make it (hours on a 2-core CPU, minutes on a GPU), from the repository root:
-  .venv/bin/python -m dtb_ext.cli train --output runs/default-minilm --epochs 2 --lr 1e-4 --batch-size 32 \\
-      --warmup 0.1 --weight-decay 0.01 --save-steps 100 --fp16-export
-  cp -r runs/default-minilm/model dtb_ext/default_model
-  .venv/bin/python -m dtb_ext.cli search --model dtb_ext/default_model --out dtb_ext/default_model \\
+Make it from the repository root (about 40 minutes of training on a 2-core CPU, see dtb_ext/default_model/README.md):
+  .venv/bin/python -m dtb_ext.cli train --output runs/default-minilm --epochs 1 --lr 1e-4 --batch-size 32 \\
+      --warmup 0.1 --weight-decay 0.01 --fp16-export
+  cp -r runs/default-minilm/model/. dtb_ext/default_model/
+"""
+MAKE_DEFAULT_FRONT = """\
+Search it from the repository root (an hour or more on a 2-core CPU, see dtb_ext/search/README.md):
+  .venv/bin/python -m dtb_ext.cli search --model dtb_ext/default_model --out runs/default-search \\
       --reevaluate-on ../shared/data/squad/dev-a-v1.1.json
-or run the demo on a model and front of your own: dtb demo --model DIR [--front FRONT.json]"""
+  cp runs/default-search/front.json runs/default-search/front.csv runs/default-search/front.png dtb_ext/default_model/
+"""
+OWN_MODEL = "or run the demo on a model and front of your own: dtb demo --model DIR [--front FRONT.json]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,18 @@ def missing_default_files(model_dir: str, front_path: str) -> list[str]:
     """The files the demo needs that are not there (the model's config.json, the front)."""
     needed = [os.path.join(model_dir, "config.json"), front_path]
     return [path for path in needed if not os.path.isfile(path)]
+
+
+def missing_message(model_dir: str, front_path: str, missing: Sequence[str]) -> str:
+    """What is missing and, for the bundled default model, how to make it."""
+    if os.path.abspath(model_dir) != os.path.abspath(DEFAULT_MODEL_DIR):
+        return ("missing: " + ", ".join(missing) + " (a QA model directory and the front.json that `dtb search` "
+                "wrote for it are needed)")
+    model_missing = os.path.join(model_dir, "config.json") in missing
+    what = "the bundled default model is not there yet" if model_missing else \
+        "the bundled default model has no shipped front yet"
+    steps = (MAKE_DEFAULT_MODEL if model_missing else "") + (MAKE_DEFAULT_FRONT if front_path in missing else "")
+    return f"{what} (missing: {', '.join(missing)}).\n{steps}{OWN_MODEL}"
 
 
 def choose_configs(front: Any, min_f1: float | None = None) -> list[DemoConfig]:
@@ -237,13 +254,7 @@ def run_demo(
     front_path = front_path or os.path.join(model_dir, FRONT_FILE)
     missing = missing_default_files(model_dir, front_path)
     if missing:
-        if os.path.abspath(model_dir) == os.path.abspath(DEFAULT_MODEL_DIR):
-            raise ValueError(
-                "the bundled default model is not there yet (missing: " + ", ".join(missing) + ").\n"
-                + MAKE_DEFAULT_MODEL
-            )
-        raise ValueError("missing: " + ", ".join(missing) + " (a model directory and the front.json of "
-                         "`dtb search` over it are needed)")
+        raise ValueError(missing_message(model_dir, front_path, missing))
     data = data or default_squad_file("dev-a-v1.1.json")
     if not os.path.isfile(data):
         raise ValueError(f"SQuAD file not found: {data}")

@@ -70,6 +70,18 @@ def test_missing_default_model_says_how_to_make_it(tmp_path, monkeypatch, capsys
     error = capsys.readouterr().err
     assert "the bundled default model is not there yet" in error
     assert "dtb_ext.cli train --output runs/default-minilm" in error and "search --model dtb_ext/default_model" in error
+    assert "dtb demo --model DIR" in error
+
+
+def test_missing_default_front_says_how_to_search_it(tmp_path, monkeypatch, capsys):
+    default = tmp_path / "default_model"
+    default.mkdir()
+    (default / "config.json").write_text("{}")
+    monkeypatch.setattr(demo, "DEFAULT_MODEL_DIR", str(default))
+    assert main(["demo", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "the bundled default model has no shipped front yet" in error and "front.json" in error
+    assert "search --model dtb_ext/default_model" in error and " train " not in error
 
 
 def test_missing_front_of_a_given_model_is_named(tiny_model_dir, tmp_path, capsys):
