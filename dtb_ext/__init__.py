@@ -8,8 +8,7 @@ part (for example `dtb score`) does not load the others.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dtb_ext._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -37,13 +36,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dtb_ext' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

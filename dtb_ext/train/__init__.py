@@ -3,8 +3,7 @@
 Names are imported on first use, so `dtb --help` does not load transformers."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dtb_ext._lazy import lazy_exports
 
 _EXPORTS = {
     "QATrainer": "dtb_ext.train.finetune",
@@ -19,8 +18,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'dtb_ext.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
