@@ -412,7 +412,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="features timed at batch 1 per config and padding protocol")
     demo.add_argument("--min-f1", type=float, default=None,
                       help="the last pick is the fastest config with search-split F1 at least this "
-                           f"(default: {DEFAULT_MIN_F1_FRACTION:.0%} of the full-length F1)")
+                           f"(default: {DEFAULT_MIN_F1_FRACTION * 100:g}%% of the full-length F1)")
     demo.add_argument("--batch-size", type=int, default=32, help="batch size of the F1/EM passes")
     demo.add_argument("--out", default=DEFAULT_OUT, help="folder for demo.png and demo.json")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
