@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+from dtb_ext.jsonfile import read_json_file
+
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
 HOW_TO_TRAIN = (
     "train one with `dtb train --output runs/default-minilm` and pass `--model runs/default-minilm/model` "
@@ -62,13 +64,7 @@ def _fail(command: str, error: Exception) -> int:
 
 def load_predictions(path: str) -> dict[str, str]:
     """Read a predictions file: a JSON object mapping question id to answer text."""
-    if not os.path.isfile(path):
-        raise ValueError(f"predictions file not found: {path!r}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            predictions = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); expected {{question id: answer text}}") from error
+    predictions = read_json_file(path, "predictions file", "a JSON object {question id: answer text}")
     if not isinstance(predictions, dict) or not all(isinstance(value, str) for value in predictions.values()):
         raise ValueError(f"{path}: expected a JSON object mapping question id to answer text")
     return predictions

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from dtb_ext.jsonfile import read_json_file
+
 logger = logging.getLogger(__name__)
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,13 +70,7 @@ def _require(condition: bool, message: str) -> None:
 
 def read_squad_json(path: str) -> dict[str, Any]:
     """Load a SQuAD JSON file; ValueError when it is missing, not JSON, or lacks a `data` list."""
-    if not os.path.isfile(path):
-        raise ValueError(f"SQuAD file not found: expected a SQuAD-1.1 JSON file, got path {path!r}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            dataset = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); expected a SQuAD-1.1 file") from error
+    dataset = read_json_file(path, "SQuAD file", "a SQuAD-1.1 JSON file")
     _require(
         isinstance(dataset, dict) and isinstance(dataset.get("data"), list),
         f"{path}: expected a JSON object with a 'data' list (SQuAD-1.1 format), got {type(dataset).__name__}"

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
+from dtb_ext.jsonfile import read_json_file
 from dtb_ext.search.evaluation import COST_MODELS
 from dtb_ext.search.pareto import pareto_indices
 from dtb_ext.search.space import Config
@@ -170,14 +171,7 @@ class Front:
 
 def load_front(path: str) -> Front:
     """Read a front JSON written by `Front.save` (ValueError when the file is missing or not a front)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"front file not found: {path}")
-    with open(path) as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"front file {path} is not valid JSON: {error}") from error
-    return Front.from_json(data)
+    return Front.from_json(read_json_file(path, "front file", "a front written by `dtb search`"))
 
 
 def _write_atomically(path: str, text: str) -> None:

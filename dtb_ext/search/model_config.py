@@ -6,6 +6,7 @@ import os
 from typing import Sequence
 
 from dtb_ext.config import as_length_config
+from dtb_ext.jsonfile import read_json_file
 from dtb_ext.models.patching import CONFIG_ATTRIBUTE
 
 
@@ -14,13 +15,7 @@ def save_config_to_model(model_dir: str, length_config: Sequence[int] | None) ->
     `dtb_length_config`, the field `patch()` reads. Checked against the model's layer count; the file is
     replaced atomically. Returns the path of config.json."""
     path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"no model config at {path}: expected a saved Hugging Face model directory")
-    with open(path) as handle:
-        try:
-            config = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
+    config = read_json_file(path, "model config", "the config.json of a saved Hugging Face model directory")
     num_layers = config.get("num_hidden_layers")
     if not isinstance(num_layers, int):
         raise ValueError(f"{path} has no integer num_hidden_layers (got {num_layers!r}); is it a BERT-family model?")
