@@ -64,6 +64,11 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, resume_step):
     os.makedirs(resumed / "checkpoints")
     name = f"checkpoint-{resume_step}"
     shutil.copytree(straight / "checkpoints" / name, resumed / "checkpoints" / name)
+    # A later save interrupted mid-write (a stopped session): config and a temporary weights file, no state.
+    interrupted = resumed / "checkpoints" / f"checkpoint-{resume_step + 1}"
+    os.makedirs(interrupted)
+    shutil.copy(straight / "checkpoints" / name / "config.json", interrupted / "config.json")
+    (interrupted / ".tmp1234").write_bytes(b"partial")
     metrics = run_training(_options(resumed, tiny_model_dir, max_steps=8, skip_eval=True, resume=True))
     assert metrics["global_step"] == 8
     expected, got = _weights(straight), _weights(resumed)
@@ -73,7 +78,7 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, resume_step):
 
 
 def test_resume_requires_a_checkpoint_and_checkpoints_require_resume(tmp_path, tiny_model_dir):
-    with pytest.raises(ValueError, match="no checkpoint-\\* folder"):
+    with pytest.raises(ValueError, match="no complete checkpoint-\\* folder"):
         run_training(_options(tmp_path, tiny_model_dir, resume=True))
     run_training(_options(tmp_path, tiny_model_dir, max_steps=3, skip_eval=True))
     with pytest.raises(ValueError, match="pass --resume"):

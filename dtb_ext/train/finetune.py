@@ -239,14 +239,32 @@ def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATra
     )
 
 
-def resume_checkpoint(options: TrainOptions) -> str | None:
-    """The checkpoint to resume from (the last one) with --resume; refuses to overwrite checkpoints without it."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(checkpoint_dir: str) -> str | None:
+    """The highest-step `checkpoint-N` folder in `checkpoint_dir` that was written to the end, or None.
 
+    Trainer writes `trainer_state.json` after the model, optimizer, scheduler and RNG state, so a folder without
+    it is a save that was interrupted (a session stopped mid-write); it is skipped with a warning."""
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    steps = {}
+    for name in os.listdir(checkpoint_dir):
+        prefix, _, step = name.partition("-")
+        if prefix == "checkpoint" and step.isdigit() and os.path.isdir(os.path.join(checkpoint_dir, name)):
+            steps[int(step)] = os.path.join(checkpoint_dir, name)
+    for step in sorted(steps, reverse=True):
+        if os.path.isfile(os.path.join(steps[step], "trainer_state.json")):
+            return steps[step]
+        logger.warning("skipping %s: it has no trainer_state.json (an interrupted save)", steps[step])
+    return None
+
+
+def resume_checkpoint(options: TrainOptions) -> str | None:
+    """The checkpoint to resume from (the last complete one) with --resume; refuses to overwrite checkpoints
+    without it."""
     checkpoint_dir = os.path.join(options.output, CHECKPOINT_SUBDIR)
-    last = get_last_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+    last = last_complete_checkpoint(checkpoint_dir)
     if options.resume and last is None:
-        raise ValueError(f"--resume given but no checkpoint-* folder found in {checkpoint_dir}")
+        raise ValueError(f"--resume given but no complete checkpoint-* folder found in {checkpoint_dir}")
     if not options.resume and last is not None:
         raise ValueError(f"{checkpoint_dir} already holds {os.path.basename(last)}: pass --resume to continue it, "
                          "or choose another --output")
