@@ -67,14 +67,14 @@ class DemoConfig:
 class DemoRow:
     """Measured results of one configuration. Latencies are medians over the timed features, milliseconds per
     feature at batch 1; speedups are full length's median over this one's; macs_ratio is the ideal speedup
-    (full-length MACs / this config's MACs, summed over every evaluated feature at its real length)."""
+    (full-length MACs / this config's MACs, summed over every evaluated feature), both per padding protocol."""
 
     config: DemoConfig
     f1: float
     exact_match: float
     latency_ms: dict[str, float]
     speedup: dict[str, float]
-    macs_ratio: float
+    macs_ratio: dict[str, float]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,7 +164,7 @@ def sample_for_latency(features: Any, count: int) -> Any:
 
 
 def measure_latency(
-    model: Any, features: Any, configs: Sequence[DemoConfig], progress: bool = True
+    model: Any, features: Any, configs: Sequence[DemoConfig], full_length: tuple[int, ...], progress: bool = True
 ) -> dict[tuple[int, ...], dict[str, float]]:
     """Median milliseconds of one batch-1 forward per feature, for every config and padding protocol.
 
@@ -186,7 +186,11 @@ def measure_latency(
     }
 
     def forward(config: DemoConfig, batch: dict[str, Any]) -> float:
-        with dtb_ext.length_config(model, list(config.length_config)):
+        # Full length runs without a config, i.e. as the unpatched model does: every layer at the input width,
+        # padding included (the baseline of the paper's protocol). Any config drops the padding at its first
+        # gather (DESIGN.md §2.1).
+        spec = None if config.length_config == full_length else list(config.length_config)
+        with dtb_ext.length_config(model, spec):
             started = time.perf_counter()
             model(**batch)
             if device.type == "cuda":
@@ -209,13 +213,17 @@ def measure_latency(
     }
 
 
-def macs_ratio(model_config: Any, length_config: Sequence[int], lengths: Sequence[int]) -> float:
-    """Full-length MACs / MACs under `length_config`, both summed over features of the given real lengths."""
+def macs_ratio(
+    model_config: Any, length_config: Sequence[int] | None, lengths: Sequence[int], padded_to: int | None = None
+) -> float:
+    """Full-length MACs (no config) / MACs under `length_config`, both summed over features of the given real
+    lengths, each at its real length (`padded_to` None) or padded to `padded_to` tokens (see `count_macs`)."""
     from dtb_ext.macs import count_macs
 
+    spec = None if length_config is None else list(length_config)
     counts = Counter(int(n) for n in lengths)
-    full = sum(c * count_macs(model_config, None, n).total for n, c in counts.items())
-    reduced = sum(c * count_macs(model_config, list(length_config), n).total for n, c in counts.items())
+    full = sum(c * count_macs(model_config, None, n, padded_to).total for n, c in counts.items())
+    reduced = sum(c * count_macs(model_config, spec, n, padded_to).total for n, c in counts.items())
     return full / reduced
 
 
@@ -288,8 +296,10 @@ def run_demo(
             model, features, length_config=list(config.length_config), batch_size=batch_size, padding="dynamic",
             progress=progress,
         )
-    latency = measure_latency(model, timed, configs, progress)
+    latency = measure_latency(model, timed, configs, front.full_length.length_config, progress)
     full = front.full_length.length_config
+    # Full length is measured without a config (see measure_latency), so its MACs are counted that way too.
+    counted = {c.length_config: None if c.length_config == full else c.length_config for c in configs}
     rows = tuple(
         DemoRow(
             config=config,
@@ -297,7 +307,12 @@ def run_demo(
             exact_match=float(scores[config.length_config]["exact_match"]),
             latency_ms=latency[config.length_config],
             speedup={p: latency[full][p] / latency[config.length_config][p] for p in PADDINGS},
-            macs_ratio=macs_ratio(model.config, config.length_config, features.lengths),
+            macs_ratio={
+                "dynamic": macs_ratio(model.config, counted[config.length_config], features.lengths),
+                "max_length": macs_ratio(
+                    model.config, counted[config.length_config], features.lengths, max_seq_length
+                ),
+            },
         )
         for config in configs
     )
@@ -339,19 +354,21 @@ def format_table(result: DemoResult) -> str:
         f"Latency: median ms per feature at batch 1 over {s['latency_features']} features evenly spaced in length "
         f"(mean {s['mean_latency_feature_length']:.0f} tokens); dynamic = each at its real length, "
         f"pad{s['max_seq_length']} = padded to {s['max_seq_length']} (the paper's protocol). "
-        "Speedup: full length's latency / the config's. MACs x: ideal speedup at the real lengths.",
+        "Speedup (x): full length's latency / the config's; full length runs without a config, like the unpatched "
+        "model (padded: every layer at the padded width). MACs x: the ideal speedup from the MACs count under the "
+        "same protocol.",
         "",
     ]
-    header = (f"{'config':<28} {'F1':>6} {'EM':>6} {'dyn ms':>8} {'dyn x':>6} {'pad ms':>8} {'pad x':>6} "
-              f"{'MACs x':>7}  length config")
+    header = (f"{'config':<28} {'F1':>6} {'EM':>6} {'dyn ms':>8} {'dyn x':>6} {'MACs x':>6} {'pad ms':>8} "
+              f"{'pad x':>6} {'MACs x':>6}  length config")
     lines.append(header)
     lines.append("-" * len(header))
     for row in result.rows:
         lines.append(
             f"{row.config.label:<28} {row.f1:6.2f} {row.exact_match:6.2f} "
-            f"{row.latency_ms['dynamic']:8.2f} {row.speedup['dynamic']:6.2f} "
-            f"{row.latency_ms['max_length']:8.2f} {row.speedup['max_length']:6.2f} "
-            f"{row.macs_ratio:7.2f}  {list(row.config.length_config)}"
+            f"{row.latency_ms['dynamic']:8.2f} {row.speedup['dynamic']:6.2f} {row.macs_ratio['dynamic']:6.2f} "
+            f"{row.latency_ms['max_length']:8.2f} {row.speedup['max_length']:6.2f} {row.macs_ratio['max_length']:6.2f}  "
+            f"{list(row.config.length_config)}"
         )
     return "\n".join(lines)
 

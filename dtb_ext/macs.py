@@ -57,23 +57,32 @@ class EncoderMacs:
         return self.attention + self.feed_forward
 
 
-def count_macs(config: Any, length_config: LengthSpec, seq_len: int) -> EncoderMacs:
-    """Encoder MACs for one example of `seq_len` real tokens.
+def count_macs(config: Any, length_config: LengthSpec, seq_len: int, padded_to: int | None = None) -> EncoderMacs:
+    """Encoder MACs for one example of `seq_len` real tokens, alone in its batch.
 
     Args:
         config: a Hugging Face BERT-family config (hidden_size, intermediate_size, num_hidden_layers are read).
         length_config: None (full length), per-layer ints, or a LengthConfig.
         seq_len: the example's real input length, >= 1.
+        padded_to: the input width when the example is padded (the paper's protocol pads to 384), >= seq_len.
+            Without a length config every layer then runs at that width; with one, the first layer's attention
+            does and its gather drops the padding (the gathered width is the keep count, DESIGN.md §2.1).
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+    if padded_to is not None and (isinstance(padded_to, bool) or not isinstance(padded_to, int) or padded_to < seq_len):
+        raise ValueError(f"padded_to must be an int >= seq_len ({seq_len}), got {padded_to!r}")
     num_layers = config.num_hidden_layers
     hidden = config.hidden_size
     intermediate = config.intermediate_size
     resolved = as_length_config(length_config, num_layers)
-    kept_per_layer = [seq_len] * num_layers if resolved is None else [row[0] for row in resolved.keep_counts([seq_len])]
+    width = seq_len if padded_to is None else padded_to
+    if resolved is None:
+        kept_per_layer = [width] * num_layers
+    else:
+        kept_per_layer = [row[0] for row in resolved.keep_counts([seq_len])]
     layers = []
-    entering = seq_len
+    entering = width
     for kept in kept_per_layer:
         layers.append(
             LayerMacs(

@@ -199,6 +199,33 @@ def test_dropped_tokens_carry_the_output_of_the_layer_before(minilm_pair):
     assert matched == dropped_at
 
 
+def test_padding_beyond_the_widest_example_is_gathered_away_under_a_config(minilm_pair):
+    """Under a length config the gathered width is the largest keep count, even at layers that keep every real
+    token; without one the layers run at the padded width. Real positions match Hugging Face either way."""
+    reference, patched = minilm_pair
+    ids, mask, types = _batch([9, 5], 32, seed=6)
+    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    widths: list[int] = []
+    handles = [
+        layer.attention.self.query.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
+        for layer in patched.encoder.layer
+    ]
+    outputs = {}
+    try:
+        with torch.no_grad():
+            expected = reference(**inputs).last_hidden_state
+            for config in ([32] * 6, [9, 9, 7, 7, 7, 7], None):
+                with dtb_ext.length_config(patched, config):
+                    outputs[str(config)] = patched(**inputs).last_hidden_state
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert widths == [32] + [9] * 5 + [32, 9, 9, 7, 7, 7] + [32] * 6
+    real = mask.bool()
+    torch.testing.assert_close(outputs[str([32] * 6)][real], expected[real])
+    torch.testing.assert_close(outputs["None"][real], expected[real])
+
+
 def test_gradients_flow_through_reduced_config():
     torch.manual_seed(0)
     model = dtb_ext.patch(BertForQuestionAnswering.from_pretrained(MINILM)).train()

@@ -49,3 +49,22 @@ def test_bad_sequence_length(seq_len):
 def test_wrong_layer_count():
     with pytest.raises(ValueError, match="expected 2, got 1"):
         count_macs(_config(2, 4, 8, 2), [3], 5)
+
+
+def test_padded_input_runs_full_width_without_a_config_and_loses_the_padding_at_the_first_gather():
+    config = _config(3, 4, 8, 2)
+    unpadded = count_macs(config, None, 6)
+    assert count_macs(config, None, 6, padded_to=6) == unpadded
+    # Without a config all three layers run on the 10-wide padded input.
+    assert count_macs(config, None, 6, padded_to=10) == count_macs(config, None, 10)
+    # With one, layer 0's attention sees the 10 slots and its gather keeps min(l, 6) real tokens.
+    macs = count_macs(config, [8, 8, 3], 6, padded_to=10)
+    assert [layer.tokens_in for layer in macs.layers] == [10, 6, 6]
+    assert [layer.tokens_kept for layer in macs.layers] == [6, 6, 3]
+    assert macs.layers[0].feed_forward == 2 * 6 * 4 * 8
+
+
+@pytest.mark.parametrize("padded_to", [5, 6.0, True])
+def test_bad_padded_width(padded_to):
+    with pytest.raises(ValueError, match="padded_to"):
+        count_macs(_config(1, 4, 8, 2), None, 6, padded_to=padded_to)

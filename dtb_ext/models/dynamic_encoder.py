@@ -111,16 +111,21 @@ class DynamicEncoder(nn.Module):
                 continue
             kept = entering if keep_counts is None else keep_counts[index]
             layer_input = hidden
-            keep = None if kept == entering else torch.tensor(kept, dtype=torch.int64, device=hidden.device)
+            drops_real = kept != entering
+            # Under a length config the gathered width is the largest keep count (DESIGN.md §2.1), so padding
+            # beyond it goes even at a layer that keeps every real token. Without a config (the unpatched
+            # model's behaviour) nothing is gathered.
+            gathers = drops_real or (keep_counts is not None and max(kept) < width)
+            keep = torch.tensor(kept, dtype=torch.int64, device=hidden.device) if gathers else None
             padded = any(count < width for count in entering)
             width = max(kept)
             if getattr(layer, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
                 # What HF's GradientCheckpointingLayer does for its own forward, which this encoder bypasses.
                 hidden, mask, kept_positions = checkpoint(
-                    self._layer, layer, hidden, mask, keep, width, padded, use_reentrant=False
+                    self._layer, layer, hidden, mask, keep, width, padded, drops_real, use_reentrant=False
                 )
             else:
-                hidden, mask, kept_positions = self._layer(layer, hidden, mask, keep, width, padded)
+                hidden, mask, kept_positions = self._layer(layer, hidden, mask, keep, width, padded, drops_real)
             if kept_positions is not None:
                 # Every token entering this layer gets its input written; the kept ones are overwritten later.
                 restored = layer_input if positions is None else ops.restore(restored, layer_input, positions)
@@ -135,23 +140,35 @@ class DynamicEncoder(nn.Module):
         return ops.restore(restored, hidden, positions)
 
     def _layer(
-        self, layer: nn.Module, hidden: Tensor, mask: Tensor, keep: Tensor | None, width: int, padded: bool
+        self,
+        layer: nn.Module,
+        hidden: Tensor,
+        mask: Tensor,
+        keep: Tensor | None,
+        width: int,
+        padded: bool,
+        drops_real: bool,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """One layer on [B, n, D] hidden states with [B, n] mask.
 
         Args:
-            keep: [B] tokens each example keeps, or None when every example keeps all its tokens.
+            keep: [B] tokens each example keeps, or None when nothing is gathered (width stays n).
             width: K, the largest keep count (n when `keep` is None).
             padded: some example has fewer than n real tokens.
+            drops_real: some example keeps fewer tokens than its real ones (otherwise only padding can go).
 
         Returns:
-            ([B, K, D] output, [B, K] mask, [B, K] kept slots into n, or None when nothing was dropped).
+            ([B, K, D] output, [B, K] mask, [B, K] kept slots into n, or None when nothing was gathered).
         """
-        if keep is None:
-            # Nothing to select: no significance needed, so the fused SDPA kernel can run.
+        if not drops_real:
+            # No real token is dropped, so no significance is needed and the fused SDPA kernel can run.
             attention_output = self._attention_all_kept(layer, hidden, mask if padded else None)
-            return self._feed_forward(layer, attention_output), mask, None
-        attention_output, significance = self._attention_with_significance(layer, hidden, mask)
+            if keep is None:
+                return self._feed_forward(layer, attention_output), mask, None
+            # Only padding goes: every real token outranks every padding slot, so they are all kept, in order.
+            significance = mask.to(torch.float32)
+        else:
+            attention_output, significance = self._attention_with_significance(layer, hidden, mask)
         kept_hidden, kept_mask, kept_positions = ops.select_and_gather(
             attention_output, significance, mask, keep, width, self.keep_first
         )
