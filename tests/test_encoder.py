@@ -226,6 +226,34 @@ def test_padding_beyond_the_widest_example_is_gathered_away_under_a_config(minil
     torch.testing.assert_close(outputs["None"][real], expected[real])
 
 
+def test_blocked_inference_attention_equals_the_one_block_path(minilm_pair, monkeypatch):
+    """Large CPU inference batches compute attention scores a few examples at a time; force one example per block
+    and compare with the whole-batch path."""
+    from dtb_ext import ops
+    from dtb_ext.models import dynamic_encoder
+
+    _, patched = minilm_pair
+    lengths = [21, 7, 30, 12]
+    ids, mask, types = _batch(lengths, 34, seed=7)
+    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    with torch.no_grad(), dtb_ext.length_config(patched, LAT_SCHEDULE):
+        expected = patched(**inputs).last_hidden_state
+    block_sizes: list[int] = []
+    original = ops.softmax_with_significance
+
+    def recording(scores, block_mask):
+        block_sizes.append(scores.shape[0])
+        return original(scores, block_mask)
+
+    monkeypatch.setattr(ops, "softmax_with_significance", recording)
+    monkeypatch.setattr(dynamic_encoder, "_SCORE_BLOCK_BYTES", 1)
+    with torch.no_grad(), dtb_ext.length_config(patched, LAT_SCHEDULE):
+        actual = patched(**inputs).last_hidden_state
+    assert block_sizes and set(block_sizes) == {1}
+    real = mask.bool()
+    torch.testing.assert_close(actual[real], expected[real])
+
+
 def test_gradients_flow_through_reduced_config():
     torch.manual_seed(0)
     model = dtb_ext.patch(BertForQuestionAnswering.from_pretrained(MINILM)).train()

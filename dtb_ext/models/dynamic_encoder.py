@@ -205,17 +205,45 @@ class DynamicEncoder(nn.Module):
         """Explicit self-attention block: [B, n, D], [B, n] mask -> ([B, n, D] output, [B, n] significance)."""
         attention = layer.attention.self
         query, key, value = self._project_heads(layer, hidden)
-        # Scaled in place: the same arithmetic as HF eager without a second [B, H, n, n] buffer.
-        scores = torch.matmul(query, key.transpose(-1, -2)).mul_(attention.scaling)
-        probs, significance = ops.softmax_with_significance(scores, mask)
-        probs = attention.dropout(probs)
-        context = torch.matmul(probs, value).transpose(1, 2).reshape(hidden.shape)
+        group = _examples_per_score_block(query)
+        if group >= query.shape[0] or torch.is_grad_enabled() or attention.training:
+            # Scaled in place: the same arithmetic as HF eager without a second [B, H, n, n] buffer.
+            scores = torch.matmul(query, key.transpose(-1, -2)).mul_(attention.scaling)
+            probs, significance = ops.softmax_with_significance(scores, mask)
+            probs = attention.dropout(probs)
+            context = torch.matmul(probs, value)
+        else:
+            # Inference on a large batch: a few examples at a time, so that each block's scores stay in cache
+            # between the two matmuls and the softmax (2-3x faster at B=8-32, L=384 on CPU than one big block).
+            context = torch.empty_like(query)
+            significance = torch.empty(mask.shape, dtype=torch.float32, device=mask.device)
+            for start in range(0, query.shape[0], group):
+                rows = slice(start, start + group)
+                scores = torch.matmul(query[rows], key[rows].transpose(-1, -2)).mul_(attention.scaling)
+                probs, significance[rows] = ops.softmax_with_significance(scores, mask[rows])
+                torch.matmul(probs, value[rows], out=context[rows])
+        context = context.transpose(1, 2).reshape(hidden.shape)
         return layer.attention.output(context, hidden), significance
 
     @staticmethod
     def _feed_forward(layer: nn.Module, hidden: Tensor) -> Tensor:
         """The layer's intermediate + output blocks: [B, K, D] -> [B, K, D]."""
         return layer.output(layer.intermediate(hidden), hidden)
+
+
+# Scores block size for batched CPU inference: small enough to stay in the L2/L3 caches of a server core.
+_SCORE_BLOCK_BYTES = 2 * 1024 * 1024
+
+
+def _examples_per_score_block(query: Tensor) -> int:
+    """How many examples' [H, n, n] attention scores to compute at once, for query [B, H, n, d].
+
+    On CUDA the whole batch (one big launch). On CPU as many examples as fit `_SCORE_BLOCK_BYTES`, at least one.
+    """
+    if query.device.type != "cpu":
+        return query.shape[0]
+    _, heads, length, _ = query.shape
+    return max(1, _SCORE_BLOCK_BYTES // (heads * length * length * query.element_size()))
 
 
 def _compose_positions(positions: Tensor, kept_positions: Tensor) -> Tensor:
