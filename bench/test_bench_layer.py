@@ -4,12 +4,14 @@ inputs and weights (pytest-benchmark; reported, not pass/fail).
 The dynamic layer is `DynamicEncoder.encode` over a one-layer stack: attention on every token with the fused
 softmax + significance, select-and-gather of the kept tokens, the feed-forward block on them alone, and the
 restore to full length that a model pays once at its end. `patched-full` keeps every token (no significance, the
-SDPA path). B in {1, 8}, L = 384 (every token real, the paper's padded protocol at its longest), MiniLM-L6 and
-BERT-base layer sizes, random weights. `extra_info["macs_ratio"]` is the ideal speedup over full length.
+SDPA path). `reference-keep-0.5` runs the same dynamic layer on the pure-PyTorch reference ops
+(`dtb_ext.ops.reference_ops`): the baseline the kernels replace. B in {1, 8}, L = 384 (every token real, the
+paper's padded protocol at its longest), MiniLM-L6 and BERT-base layer sizes, random weights. `extra_info["macs_ratio"]` is the ideal speedup over full length.
 Run: `.venv/bin/python -m pytest bench/test_bench_layer.py --benchmark-only`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 
@@ -21,13 +23,14 @@ from transformers.models.bert.modeling_bert import BertLayer
 
 import dtb_ext
 from dtb_ext.models.dynamic_encoder import DynamicEncoder
+from dtb_ext.ops import reference_ops
 
 SEQ_LEN = 384
 SIZES = {
     "minilm-l6": dict(hidden_size=384, num_attention_heads=12, intermediate_size=1536),
     "bert-base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
-VARIANTS = ["hf-eager", "hf-sdpa", "patched-full", "keep-0.75", "keep-0.5", "keep-0.25"]
+VARIANTS = ["hf-eager", "hf-sdpa", "patched-full", "keep-0.75", "keep-0.5", "keep-0.25", "reference-keep-0.5"]
 
 
 @lru_cache(maxsize=2)
@@ -45,6 +48,7 @@ def _layers(size: str) -> dict[str, nn.Module]:
 
 
 def _kept(variant: str) -> int | None:
+    variant = variant.removeprefix("reference-")
     return math.ceil(float(variant.removeprefix("keep-")) * SEQ_LEN) if variant.startswith("keep-") else None
 
 
@@ -75,9 +79,10 @@ def test_layer_forward(benchmark, variant: str, size: str, batch: int) -> None:
                 return layer(hidden)
     else:
         encoder = layers["dynamic"]
+        ops_in_use = reference_ops if variant.startswith("reference-") else contextlib.nullcontext
 
         def forward():
-            with torch.inference_mode():
+            with torch.inference_mode(), ops_in_use():
                 return encoder.encode(hidden, mask, length_config)
 
     cost = batch * (4 if size == "bert-base" else 1)

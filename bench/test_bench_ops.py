@@ -1,5 +1,6 @@
-"""The fused dtb ops against the pure-PyTorch chains LAT uses, on identical inputs (pytest-benchmark; reported,
-not pass/fail). Run: `.venv/bin/python -m pytest bench/test_bench_ops.py --benchmark-only`.
+"""The fused dtb ops against the pure-PyTorch chains LAT uses and against the library's own pure-PyTorch
+reference ops (`dtb_ext.reference`, full semantics: masks, ties, padding), on identical inputs (pytest-benchmark;
+reported, not pass/fail). Run: `.venv/bin/python -m pytest bench/test_bench_ops.py --benchmark-only`.
 
 On a shared machine, `DTB_BENCH_THREADS=1 ... --benchmark-timer=time.process_time` gives the steadiest figures.
 
@@ -14,7 +15,7 @@ import math
 import pytest
 import torch
 
-from dtb_ext import ops
+from dtb_ext import ops, reference
 
 HEADS = 12
 LENGTH = 384
@@ -43,7 +44,7 @@ def describe(benchmark, group: str, implementation: str, device: str, dtype: str
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("batch", [1, 32])
-@pytest.mark.parametrize("implementation", ["fused", "softmax_then_sum", "softmax_only"])
+@pytest.mark.parametrize("implementation", ["fused", "reference", "softmax_then_sum", "softmax_only"])
 def test_softmax_with_significance(benchmark, record_times, implementation: str, batch: int, dtype: str, device: str) -> None:
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(batch, HEADS, LENGTH, LENGTH, generator=generator).to(device, DTYPES[dtype])
@@ -61,9 +62,13 @@ def test_softmax_with_significance(benchmark, record_times, implementation: str,
     def softmax_only():
         return torch.softmax(scores, dim=-1)
 
+    def reference_op():
+        return reference.softmax_with_significance(scores, mask)
+
     group = f"softmax B={batch} H={HEADS} L={LENGTH} {dtype} {device}"
     describe(benchmark, group, implementation, device, dtype, batch=batch, heads=HEADS, length=LENGTH)
-    function = {"fused": fused, "softmax_then_sum": softmax_then_sum, "softmax_only": softmax_only}[implementation]
+    function = {"fused": fused, "reference": reference_op, "softmax_then_sum": softmax_then_sum,
+                "softmax_only": softmax_only}[implementation]
     run(benchmark, function, device, rounds=8 if batch > 1 else 30)
     record_times(group, implementation, benchmark)
 
@@ -89,7 +94,7 @@ SELECTION_GRID = [
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("batch, width, keep_ratio", SELECTION_GRID)
-@pytest.mark.parametrize("implementation", ["fused", "topk_sort_gather"])
+@pytest.mark.parametrize("implementation", ["fused", "reference", "topk_sort_gather"])
 def test_select_and_gather(benchmark, record_times, implementation, batch, width, keep_ratio, dtype, device) -> None:
     hidden, significance, mask, keep, kept = selection_inputs(batch, width, keep_ratio, dtype, device)
 
@@ -102,14 +107,18 @@ def test_select_and_gather(benchmark, record_times, implementation, batch, width
 
     group = f"select B={batch} L={LENGTH} D={width} keep={keep_ratio} {dtype} {device}"
     describe(benchmark, group, implementation, device, dtype, batch=batch, width=width, keep_ratio=keep_ratio)
-    run(benchmark, fused if implementation == "fused" else topk_sort_gather, device, rounds=50)
+    def reference_op():
+        return reference.select_and_gather(hidden, significance, mask, keep, kept, False)
+
+    function = {"fused": fused, "reference": reference_op, "topk_sort_gather": topk_sort_gather}[implementation]
+    run(benchmark, function, device, rounds=50)
     record_times(group, implementation, benchmark)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("batch, width, keep_ratio", SELECTION_GRID)
-@pytest.mark.parametrize("implementation", ["fused", "scatter"])
+@pytest.mark.parametrize("implementation", ["fused", "reference", "scatter"])
 def test_restore(benchmark, record_times, implementation, batch, width, keep_ratio, dtype, device) -> None:
     hidden, significance, mask, keep, kept = selection_inputs(batch, width, keep_ratio, dtype, device)
     src, _, positions = ops.select_and_gather(hidden, significance, mask, keep, kept, False)
@@ -123,5 +132,9 @@ def test_restore(benchmark, record_times, implementation, batch, width, keep_rat
 
     group = f"restore B={batch} L={LENGTH} D={width} keep={keep_ratio} {dtype} {device}"
     describe(benchmark, group, implementation, device, dtype, batch=batch, width=width, keep_ratio=keep_ratio)
-    run(benchmark, fused if implementation == "fused" else scatter, device, rounds=50)
+    def reference_op():
+        return reference.restore(base, src, positions)
+
+    function = {"fused": fused, "reference": reference_op, "scatter": scatter}[implementation]
+    run(benchmark, function, device, rounds=50)
     record_times(group, implementation, benchmark)

@@ -13,7 +13,10 @@ With the kernels, this module also registers, for each op, a fake implementation
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -30,15 +33,33 @@ except ImportError as error:
 
 PAD_POSITION = reference.PAD_POSITION
 
+# Set by `reference_ops()`: a ContextVar, so the choice holds for this thread (or asyncio task) only.
+_REFERENCE_ONLY: ContextVar[bool] = ContextVar("dtb_reference_only", default=False)
+
 
 def has_kernels() -> bool:
     """True when the compiled extension is loaded and the ops run its kernels."""
     return _HAS_KERNELS
 
 
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """Run the pure-PyTorch reference ops inside the block even when the kernels are built: the baseline the
+    benchmarks compare the kernels against, and a way to rule the kernels out when debugging."""
+    token = _REFERENCE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE_ONLY.reset(token)
+
+
+def _use_kernels() -> bool:
+    return _HAS_KERNELS and not _REFERENCE_ONLY.get()
+
+
 def softmax_with_significance(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """[B, H, L, L] scores and [B, L] mask -> ([B, H, L, L] probabilities, [B, L] float32 significance)."""
-    if _HAS_KERNELS:
+    if _use_kernels():
         return torch.ops.dtb.softmax_with_significance(scores, mask)
     return reference.softmax_with_significance(scores, mask)
 
@@ -47,14 +68,14 @@ def select_and_gather(
     hidden: Tensor, significance: Tensor, mask: Tensor, keep: Tensor, max_keep: int, keep_first: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Kept hidden states [B, K, D], kept mask [B, K] and ascending kept positions [B, K] (PAD_POSITION past keep)."""
-    if _HAS_KERNELS:
+    if _use_kernels():
         return torch.ops.dtb.select_and_gather(hidden, significance, mask, keep, max_keep, keep_first)
     return reference.select_and_gather(hidden, significance, mask, keep, max_keep, keep_first)
 
 
 def restore(base: Tensor, src: Tensor, positions: Tensor) -> Tensor:
     """A copy of `base` [B, L0, D] with the rows of `src` [B, K, D] written at `positions` [B, K]."""
-    if _HAS_KERNELS:
+    if _use_kernels():
         return torch.ops.dtb.restore(base, src, positions)
     return reference.restore(base, src, positions)
 

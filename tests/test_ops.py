@@ -278,3 +278,34 @@ def test_select_and_restore_accept_non_contiguous_inputs() -> None:
     assert_same_selection(got, reference.select_and_gather(hidden, significance, mask, keep, 9, True))
     base = torch.randn(8, 3, 20, generator=generator).permute(1, 2, 0)
     assert torch.equal(ops.restore(base, got[0], got[2]), reference.restore(base, got[0], got[2]))
+
+
+def test_reference_ops_context_routes_every_op_to_the_reference(monkeypatch) -> None:
+    calls: list[str] = []
+    for name in ("softmax_with_significance", "select_and_gather", "restore"):
+        original = getattr(reference, name)
+
+        def recording(*args, _name=name, _original=original):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(reference, name, recording)
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 3, 7, 7, generator=generator)
+    mask = make_mask([7, 4], 7)
+    hidden = torch.randn(2, 7, 5, generator=generator)
+
+    def run_ops():
+        probs, significance = ops.softmax_with_significance(scores, mask)
+        kept, _, positions = ops.select_and_gather(hidden, significance, mask, torch.tensor([3, 2]), 3, False)
+        return probs, significance, kept, ops.restore(hidden, kept, positions)
+
+    with_kernels = run_ops()
+    assert calls == []
+    with ops.reference_ops():
+        with_reference = run_ops()
+    assert calls == ["softmax_with_significance", "select_and_gather", "restore"]
+    run_ops()
+    assert len(calls) == 3  # the context ended: kernels again
+    for kernel_output, reference_output in zip(with_kernels, with_reference):
+        torch.testing.assert_close(kernel_output, reference_output)
