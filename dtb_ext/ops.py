@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -33,8 +32,9 @@ except ImportError as error:
 
 PAD_POSITION = reference.PAD_POSITION
 
-# Set by `reference_ops()`: a ContextVar, so the choice holds for this thread (or asyncio task) only.
-_REFERENCE_ONLY: ContextVar[bool] = ContextVar("dtb_reference_only", default=False)
+# Set by `reference_ops()`. A plain module global rather than a ContextVar: torch.compile traces (and guards on) a
+# global bool, but cannot trace ContextVar.get, and these functions run inside compiled graphs.
+_reference_only = False
 
 
 def has_kernels() -> bool:
@@ -45,16 +45,18 @@ def has_kernels() -> bool:
 @contextlib.contextmanager
 def reference_ops() -> Iterator[None]:
     """Run the pure-PyTorch reference ops inside the block even when the kernels are built: the baseline the
-    benchmarks compare the kernels against, and a way to rule the kernels out when debugging."""
-    token = _REFERENCE_ONLY.set(True)
+    benchmarks compare the kernels against, and a way to rule the kernels out when debugging. Process-wide (every
+    thread sees it while the block runs), so do not use it while other threads serve requests."""
+    global _reference_only
+    previous, _reference_only = _reference_only, True
     try:
         yield
     finally:
-        _REFERENCE_ONLY.reset(token)
+        _reference_only = previous
 
 
 def _use_kernels() -> bool:
-    return _HAS_KERNELS and not _REFERENCE_ONLY.get()
+    return _HAS_KERNELS and not _reference_only
 
 
 def softmax_with_significance(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
