@@ -163,6 +163,13 @@ def sample_for_latency(features: Any, count: int) -> Any:
     )
 
 
+def run_spec(length_config: tuple[int, ...], full_length: tuple[int, ...]) -> list[int] | None:
+    """The length config a demo row runs (and counts MACs) with. Full length runs without one, as the unpatched
+    model does: every layer at the input width, padding included (the baseline of the paper's protocol). Any
+    config drops the padding at its first gather (DESIGN.md §2.1)."""
+    return None if length_config == full_length else list(length_config)
+
+
 def measure_latency(
     model: Any, features: Any, configs: Sequence[DemoConfig], full_length: tuple[int, ...], progress: bool = True
 ) -> dict[tuple[int, ...], dict[str, float]]:
@@ -186,11 +193,7 @@ def measure_latency(
     }
 
     def forward(config: DemoConfig, batch: dict[str, Any]) -> float:
-        # Full length runs without a config, i.e. as the unpatched model does: every layer at the input width,
-        # padding included (the baseline of the paper's protocol). Any config drops the padding at its first
-        # gather (DESIGN.md §2.1).
-        spec = None if config.length_config == full_length else list(config.length_config)
-        with dtb_ext.length_config(model, spec):
+        with dtb_ext.length_config(model, run_spec(config.length_config, full_length)):
             started = time.perf_counter()
             model(**batch)
             if device.type == "cuda":
@@ -220,10 +223,9 @@ def macs_ratio(
     lengths, each at its real length (`padded_to` None) or padded to `padded_to` tokens (see `count_macs`)."""
     from dtb_ext.macs import count_macs
 
-    spec = None if length_config is None else list(length_config)
     counts = Counter(int(n) for n in lengths)
     full = sum(c * count_macs(model_config, None, n, padded_to).total for n, c in counts.items())
-    reduced = sum(c * count_macs(model_config, spec, n, padded_to).total for n, c in counts.items())
+    reduced = sum(c * count_macs(model_config, length_config, n, padded_to).total for n, c in counts.items())
     return full / reduced
 
 
@@ -296,10 +298,8 @@ def run_demo(
             model, features, length_config=list(config.length_config), batch_size=batch_size, padding="dynamic",
             progress=progress,
         )
-    latency = measure_latency(model, timed, configs, front.full_length.length_config, progress)
     full = front.full_length.length_config
-    # Full length is measured without a config (see measure_latency), so its MACs are counted that way too.
-    counted = {c.length_config: None if c.length_config == full else c.length_config for c in configs}
+    latency = measure_latency(model, timed, configs, full, progress)
     rows = tuple(
         DemoRow(
             config=config,
@@ -308,9 +308,9 @@ def run_demo(
             latency_ms=latency[config.length_config],
             speedup={p: latency[full][p] / latency[config.length_config][p] for p in PADDINGS},
             macs_ratio={
-                "dynamic": macs_ratio(model.config, counted[config.length_config], features.lengths),
+                "dynamic": macs_ratio(model.config, run_spec(config.length_config, full), features.lengths),
                 "max_length": macs_ratio(
-                    model.config, counted[config.length_config], features.lengths, max_seq_length
+                    model.config, run_spec(config.length_config, full), features.lengths, max_seq_length
                 ),
             },
         )
