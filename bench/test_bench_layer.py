@@ -6,7 +6,8 @@ softmax + significance, select-and-gather of the kept tokens, the feed-forward b
 restore to full length that a model pays once at its end. `patched-full` keeps every token (no significance, the
 SDPA path). `reference-keep-0.5` runs the same dynamic layer on the pure-PyTorch reference ops
 (`dtb_ext.ops.reference_ops`): the baseline the kernels replace. B in {1, 8}, L = 384 (every token real, the
-paper's padded protocol at its longest), MiniLM-L6 and BERT-base layer sizes, random weights. `extra_info["macs_ratio"]` is the ideal speedup over full length.
+paper's padded protocol at its longest), MiniLM-L6 and BERT-base layer sizes, random weights.
+`extra_info["macs_ratio"]` is the ideal speedup over full length.
 Run: `.venv/bin/python -m pytest bench/test_bench_layer.py --benchmark-only`.
 """
 from __future__ import annotations
