@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import optuna
@@ -225,6 +226,88 @@ def test_two_processes_share_one_sqlite_study(tmp_path, strategy):
     assert len(set(configs)) >= 16
     assert len(configs) == len(set(configs)), "a config was evaluated twice"
     assert len({t.user_attrs["result"]["worker"] for t in evaluated}) == 2, "both workers should contribute evaluations"
+
+
+class _GatedEvaluator:
+    """Evaluates like AnalyticEvaluator, but each call signals `started` and blocks until `release` is set;
+    `fail` makes the call raise instead, to stand for a worker whose evaluation failed."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.inner, self.fail = AnalyticEvaluator(), fail
+
+    def __call__(self, config: tuple[int, ...]) -> Evaluation:
+        self.started.set()
+        assert self.release.wait(timeout=30), "the test never released the evaluation"
+        if self.fail:
+            raise RuntimeError("simulated failed evaluation")
+        return self.inner(config)
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective) -> threading.Thread:
+    """Run `objective` on an asked trial in a thread and tell the study its outcome, as Optuna's loop would."""
+
+    def body() -> None:
+        try:
+            study.tell(trial, objective(trial))
+        except RuntimeError:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread
+
+
+def _two_claimants():
+    """A study with two running trials (numbers 0 and 1) on the same config, as two workers would hold them."""
+    from dtb_ext.search.study import DIRECTIONS
+
+    study = optuna.create_study(directions=DIRECTIONS)
+    params = SPACE.params((48, 40, 32, 24))
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    return study, study.ask(), study.ask()
+
+
+def test_lower_trial_that_claims_second_defers_to_the_higher_one_evaluating():
+    """The interleaving that used to evaluate twice: trial 1 claims and checks before trial 0 has claimed,
+    so trial 1 evaluates; trial 0 then sees trial 1 evaluating and must copy its result, not evaluate too."""
+    from dtb_ext.search.study import make_objective
+
+    study, lower, higher = _two_claimants()
+    first, second = _GatedEvaluator(), _GatedEvaluator()
+    higher_thread = _run_trial(study, higher, make_objective(SPACE, first, "macs", poll_seconds=0.01))
+    assert first.started.wait(timeout=30)
+    lower_thread = _run_trial(study, lower, make_objective(SPACE, second, "macs", poll_seconds=0.01))
+    lower_thread.join(timeout=0.5)
+    assert lower_thread.is_alive(), "trial 0 should be waiting for trial 1's result"
+    first.release.set()
+    second.release.set()
+    for thread in (higher_thread, lower_thread):
+        thread.join(timeout=30)
+    results = {t.number: t.user_attrs["result"] for t in study.get_trials()}
+    assert not second.started.is_set() and first.inner.calls == [(48, 40, 32, 24)]
+    assert results[0]["evaluated"] is False and results[0]["cached_from"] == 1 and results[1]["evaluated"] is True
+    assert study.get_trials()[0].values == study.get_trials()[1].values
+
+
+def test_waiting_trial_evaluates_itself_when_the_evaluating_one_fails():
+    from dtb_ext.search.study import make_objective
+
+    study, lower, higher = _two_claimants()
+    failing, second = _GatedEvaluator(fail=True), _GatedEvaluator()
+    lower_thread = _run_trial(study, lower, make_objective(SPACE, failing, "macs", poll_seconds=0.01))
+    assert failing.started.wait(timeout=30)
+    higher_thread = _run_trial(study, higher, make_objective(SPACE, second, "macs", poll_seconds=0.01))
+    higher_thread.join(timeout=0.5)
+    assert higher_thread.is_alive() and not second.started.is_set(), "trial 1 should wait for trial 0"
+    second.release.set()
+    failing.release.set()
+    for thread in (lower_thread, higher_thread):
+        thread.join(timeout=30)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "COMPLETE"] and second.inner.calls == [(48, 40, 32, 24)]
+    assert study.get_trials()[1].user_attrs["result"]["evaluated"] is True
 
 
 def test_mismatched_study_is_refused_and_left_untouched(tmp_path):

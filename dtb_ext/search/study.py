@@ -207,18 +207,16 @@ def make_objective(
 ) -> Callable[[optuna.Trial], tuple[float, float]]:
     """The Optuna objective: (F1, cost) of the trial's config, evaluated at most once per study.
 
-    A trial first records its config (its claim). If a completed trial already has that config, its result is
-    copied (no evaluation). If a running trial with a lower number claims the same config (another worker),
-    this trial waits for it and copies its result. Remaining race, documented: two workers whose claims are
-    written and read in the order A-claim, A-check, B-claim, B-check with B numbered below A both evaluate; it
-    needs both to draw the same config within milliseconds and costs one duplicate evaluation, not a wrong result.
+    A trial first records its config (its claim), then settles with the other running trials that claim the
+    same config which one evaluates (see `_settle_claim`); the others wait and copy its result. If a completed
+    trial already has that config, its result is copied at once.
     """
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         params = {name: trial.suggest_float(name, 0.0, 1.0) for name in space.param_names()}
         config = space.config_from_params(params)
         trial.set_user_attr("length_config", list(config))
-        source = _completed_or_wait(trial.study, config, trial.number, poll_seconds)
+        source = _settle_claim(trial, config, poll_seconds)
         if source is not None:
             record = {key: trial_result(source).get(key) for key in RECORD_KEYS}
             record.update(evaluated=False, cached_from=source.number)
@@ -242,19 +240,47 @@ def make_objective(
     return objective
 
 
-def _completed_or_wait(study: optuna.Study, config: Config, number: int, poll_seconds: float) -> FrozenTrial | None:
+# A claiming trial's published decision, in user attribute CLAIM_ATTR: absent or DECIDING while undecided.
+CLAIM_ATTR = "claim"
+DECIDING, DEFER, EVALUATE = "deciding", "defer", "evaluate"
+
+
+def _settle_claim(trial: optuna.Trial, config: Config, poll_seconds: float) -> FrozenTrial | None:
+    """Return a completed trial with this config to copy, or None once this trial is the one to evaluate it.
+
+    Among the running trials that claim the same config, a trial defers (publishes DEFER and waits) when one of
+    them is numbered lower or has published EVALUATE; it waits while a higher-numbered one is still undecided;
+    otherwise it publishes EVALUATE and evaluates. Every trial writes its claim before reading the others', so
+    of two claimants at least one sees the other: if the higher-numbered one does not see the lower, the lower
+    sees it, waits for its decision and defers to its EVALUATE. Hence one evaluation per config, whatever the
+    timing. A trial that deferred withdraws (DECIDING) and reads again before it may evaluate, so nobody acts
+    on a stale DEFER; that happens when the trial it deferred to failed or its worker died (Optuna's heartbeat
+    then marks it failed).
+    """
     config_list = list(config)
+    published = None
     while True:
-        claimed_below = False
-        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if other.number == number or other.user_attrs.get("length_config") != config_list:
-                continue
+        same_config = [
+            other for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if other.number != trial.number and other.user_attrs.get("length_config") == config_list
+        ]
+        for other in same_config:
             if other.state == TrialState.COMPLETE and trial_result(other) is not None:
                 return other
-            if other.state == TrialState.RUNNING and other.number < number:
-                claimed_below = True
-        if not claimed_below:
+        running = [other for other in same_config if other.state == TrialState.RUNNING]
+        decisions = {other.number: other.user_attrs.get(CLAIM_ATTR, DECIDING) for other in running}
+        if EVALUATE in decisions.values() or any(number < trial.number for number in decisions):
+            decision = DEFER
+        elif any(number > trial.number and decided == DECIDING for number, decided in decisions.items()):
+            decision = published
+        elif published == DEFER:
+            decision = DECIDING
+        else:
+            trial.set_user_attr(CLAIM_ATTR, EVALUATE)
             return None
+        if decision != published:
+            trial.set_user_attr(CLAIM_ATTR, decision)
+            published = decision
         # a dead worker's trial stays RUNNING until its heartbeat goes stale; this marks it failed
-        optuna.storages.fail_stale_trials(study)
+        optuna.storages.fail_stale_trials(trial.study)
         time.sleep(poll_seconds)
