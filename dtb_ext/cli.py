@@ -15,6 +15,17 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after an option's help, except where it says nothing: no default (None), an off
+    flag, or a help text that already states its default in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False) or "(default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dtb",

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from typing import Any, Sequence
 
+from dtb_ext.cli import HelpFormatter
+
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 FRONT_FILE = "front.json"
 DEFAULT_OUT = os.path.join("runs", "demo")
@@ -416,7 +418,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dev-a at full length and at the configs its front (front.json from `dtb search`) offers within 1%% and "
         "3%% of the full-length F1 and for a minimum F1; prints F1, EM, batch-1 latency with dynamic padding and "
         "padded to 384, speedups and MACs ratios; writes demo.png and demo.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     demo.add_argument("--model", default=None, help="QA model directory (default: dtb_ext/default_model)")
     demo.add_argument("--front", default=None, help="front JSON from `dtb search` (default: MODEL/front.json)")

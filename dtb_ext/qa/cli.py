@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from dtb_ext.cli import HelpFormatter
 from dtb_ext.jsonfile import read_json_file
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a span-QA model over a SQuAD-1.1-format file (sliding windows, best span per question) "
                     "and print one JSON object {exact_match, f1, n, seconds}; seconds is the model and "
                     "post-processing wall time, excluding loading and tokenisation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     evaluate.add_argument("--data", required=True, metavar="DATA.json", help="SQuAD-1.1-format file to evaluate on")
     evaluate.add_argument("--model", default=DEFAULT_MODEL_DIR, help="model directory (config, tokenizer, safetensors weights)")

