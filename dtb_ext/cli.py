@@ -21,7 +21,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default in (None, False) or "(default" in help_text:
+        # identity, not equality: a default of 0 or 0.0 compares equal to False and must still be shown
+        if action.default is None or action.default is False or "(default" in help_text:
             return help_text
         return super()._get_help_string(action)
 

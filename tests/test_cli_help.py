@@ -39,3 +39,11 @@ def test_help_states_a_default_at_most_once_and_never_none(command):
         text = formatter._expand_help(action)
         assert text.count("(default") <= 1, f"{command} {action.option_strings}: {text}"
         assert "(default: None)" not in text and "(default: False)" not in text, f"{command}: {text}"
+
+
+def test_help_shows_zero_defaults():
+    """0 and 0.0 are real defaults worth stating, though they compare equal to False."""
+    train = _subparsers()["train"]
+    formatter = train._get_formatter()
+    weight = next(action for action in train._actions if "--kd-hidden-weight" in action.option_strings)
+    assert "(default: 0.0)" in formatter._expand_help(weight)
