@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "pick": "dtb_ext.search.pick",
     "load_front": "dtb_ext.search.front",
     "save_config_to_model": "dtb_ext.search.model_config",
+    "resolve_precision": "dtb_ext.precision",
+    "prepare_for_precision": "dtb_ext.precision",
 }
 
 __all__ = sorted(_EXPORTS)
