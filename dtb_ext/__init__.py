@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "search_split_articles": "dtb_ext.qa",
     "squad_metrics": "dtb_ext.qa",
     "LengthConfig": "dtb_ext.config",
+    "MixedLengthConfig": "dtb_ext.config",
     "patch": "dtb_ext.models.patching",
     "set_length_config": "dtb_ext.models.patching",
     "get_length_config": "dtb_ext.models.patching",

@@ -21,7 +21,7 @@ from transformers import (
     RobertaModel,
 )
 
-from dtb_ext.config import LengthConfig, LengthSpec, as_length_config
+from dtb_ext.config import LengthConfig, LengthSpec, as_length_config, length_config_from_json
 from dtb_ext.models.dynamic_encoder import _OVERRIDES, _SKIPPED_LAYERS, DynamicEncoder
 
 # Model class -> whether its head reads the first token (so that token must never be dropped).
@@ -72,11 +72,12 @@ def set_length_config(model: PreTrainedModel, config: LengthSpec | dict) -> None
     Args:
         model: a patched model (see `patch`).
         config: None (full length); a sequence of per-layer ints (absolute, non-increasing, >= 1); a
-            `LengthConfig.ratios([...])` (fractions in (0, 1], non-increasing); or the saved JSON form.
+            `LengthConfig.ratios([...])` (fractions in (0, 1], non-increasing); a `MixedLengthConfig` (one per
+            example of every batch); or the saved JSON form.
     """
     encoder = dynamic_encoder(model)
     if isinstance(config, dict):
-        config = LengthConfig.from_json(config)
+        config = length_config_from_json(config)
     resolved = as_length_config(config, encoder.num_layers)
     encoder.length_config = resolved
     setattr(model.config, CONFIG_ATTRIBUTE, None if resolved is None else resolved.to_json())
