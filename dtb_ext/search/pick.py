@@ -18,7 +18,7 @@ from dtb_ext.search.paired import DropInterval
 DEFAULT_FRONT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model", "front.json")
 
 
-def _as_front(front: Front | str | dict[str, Any] | None) -> Front:
+def as_front(front: Front | str | dict[str, Any] | None) -> Front:
     if front is None:
         if not os.path.isfile(DEFAULT_FRONT_PATH):
             raise ValueError(
@@ -118,7 +118,7 @@ def pick(
         raise ValueError(f"pick needs exactly one constraint out of {sorted(given)}, got {sorted(chosen) or 'none'}")
     (name, value), = chosen.items()
     value = float(value)
-    front = _as_front(front)
+    front = as_front(front)
     points = _candidates(front)
     decisions = {p.length_config: _decision(front, p) for p in points}
 
