@@ -3,7 +3,7 @@
 Precisions:
     fp32: float32 weights and activations (the reference every other precision is measured against).
     bf16: bfloat16 weights and activations for inference; the kernels accumulate significance in float32.
-    int8: int8 Linear weights with dynamic per-token activation quantization (CPU only; see `dtb_ext.quantize`).
+    int8: int8 Linear weights and per-token int8 activations (CPU only; see `dtb_ext.precision.int8`).
 
 `auto` is the fastest precision this machine runs natively: bf16 on a CPU with AVX512-BF16 or AMX, or on a CUDA
 GPU that supports bf16; fp32 otherwise. int8 is never chosen automatically, since it changes accuracy.
@@ -49,7 +49,7 @@ def prepare_for_precision(model: nn.Module, precision: str) -> nn.Module:
     """Convert a loaded (optionally patched) model for inference at `precision`; returns the model to use.
 
     fp32 and bf16 convert the parameters in place and return `model` itself. int8 returns a quantized copy
-    whose Linear layers are int8 (see `dtb_ext.quantize.quantize_int8`); a patched model stays patched, so int8
+    whose encoder Linear layers are int8 (see `dtb_ext.precision.int8.quantize_int8`); a patched model stays patched, so int8
     composes with length dropping. `precision` must be concrete: call `resolve_precision` for "auto".
     """
     import torch
@@ -59,7 +59,7 @@ def prepare_for_precision(model: nn.Module, precision: str) -> nn.Module:
     if precision == "bf16":
         return model.to(torch.bfloat16)
     if precision == "int8":
-        from dtb_ext.quantize import quantize_int8
+        from dtb_ext.precision.int8 import quantize_int8
 
         return quantize_int8(model.to(torch.float32))
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (resolve 'auto' first); got {precision!r}")
