@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "get_length_config": "dtb_ext.models.patching",
     "length_config": "dtb_ext.models.patching",
     "is_patched": "dtb_ext.models.patching",
+    "add_relevance_scorer": "dtb_ext.models.patching",
+    "set_significance": "dtb_ext.models.patching",
     "count_macs": "dtb_ext.macs",
     "search_lengths": "dtb_ext.search.qa_search",
     "run_search": "dtb_ext.search.engine",
