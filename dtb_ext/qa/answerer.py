@@ -83,6 +83,7 @@ class QuestionAnswerer:
         max_seq_length, doc_stride, max_query_length: the sliding windows, as in `dtb eval`.
         latency_model: predicts a request's model time (for `latency_budget_ms`); default: calibrated on this
             machine on first use, then updated from every forward pass.
+        patched: False runs the Hugging Face model as loaded (the unpatched baseline): full length only, no front.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class QuestionAnswerer:
         doc_stride: int = 128,
         max_query_length: int = 64,
         latency_model: LatencyModel | None = None,
+        patched: bool = True,
     ) -> None:
         import dtb_ext
         from dtb_ext.precision import prepare_for_precision, resolve_precision
@@ -107,12 +109,15 @@ class QuestionAnswerer:
         self.model_dir = DEFAULT_MODEL_DIR if model_dir is None else model_dir
         self.precision = resolve_precision(precision, device)
         model, self.tokenizer = load_qa_model(self.model_dir, device)
-        self.model = prepare_for_precision(dtb_ext.patch(model), self.precision).eval()
+        if not patched and front is not None:
+            raise ValueError("an unpatched model runs at full length only: it takes no front")
+        self.patched = patched
+        self.model = prepare_for_precision(dtb_ext.patch(model) if patched else model, self.precision).eval()
         self.device = torch.device(device)
         self.num_layers = int(self.model.config.num_hidden_layers)
         self.batch_size = batch_size
         self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
-        self.front = self._load_front(front)
+        self.front = self._load_front(front) if patched else None
         self.latency_model = LatencyModel() if latency_model is None else latency_model
         self._macs = functools.lru_cache(maxsize=1 << 16)(self._macs_uncached)
 
@@ -179,6 +184,8 @@ class QuestionAnswerer:
         budget = as_budget(budget)
         if budget.name == FULL_LENGTH:
             return [None]
+        if not self.patched:
+            raise InputError(budget.name, "this is the unpatched model, which runs at full length only: send no budget")
         if self.front is None:
             raise InputError(budget.name, f"this model has no front ({self.model_dir}/front.json), so only full "
                                           "length is available: search one with `dtb search` or send no budget")
@@ -244,8 +251,14 @@ class QuestionAnswerer:
         """Start and end logits, [B, T] float32 on the CPU, of one padded batch under `spec`."""
         import dtb_ext
 
-        with dtb_ext.length_config(self.model, spec):
-            outputs = self.model(**{name: tensor.to(self.device) for name, tensor in inputs.items()})
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        if not self.patched:
+            if spec is not None:
+                raise ValueError("an unpatched model runs at full length only")
+            outputs = self.model(**inputs)
+        else:
+            with dtb_ext.length_config(self.model, spec):
+                outputs = self.model(**inputs)
         return outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
 
     def _answer(self, features: EvalFeatures, collector: SpanCollector, e: int, config: LengthConfig | None) -> Answer:

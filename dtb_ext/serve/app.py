@@ -50,8 +50,7 @@ class _Server:
         # Bad questions get a 422 naming the field; the featuriser's warning about each would only repeat it.
         logging.getLogger("dtb_ext.qa.data").setLevel(logging.ERROR)
         if self.answerer is None:
-            self.answerer = QuestionAnswerer(settings.model_dir, settings.precision, settings.front,
-                                             batch_size=settings.max_batch_size)
+            self.answerer = answerer_for(settings)
         if not self.answerer.latency_model.calibrated:
             self.answerer.calibrate()
         self.batcher = Batcher(self.answerer, settings.max_batch_size, settings.max_wait_ms, settings.slo_ms,
@@ -77,6 +76,7 @@ class _Server:
             "model": os.path.abspath(answerer.model_dir),
             "precision": answerer.precision,
             "front": answerer.front is not None,
+            "patched": answerer.patched,
             "slo_ms": self.settings.slo_ms,
         })
 
@@ -122,6 +122,12 @@ class _Server:
         """Starlette's own errors (unknown path, wrong method) as JSON too."""
         headers = dict(error.headers) if error.headers else None
         return self.error(request.url.path, error.status_code, None, str(error.detail), headers)
+
+
+def answerer_for(settings: ServeSettings) -> QuestionAnswerer:
+    """The QuestionAnswerer `settings` describe (loads the model)."""
+    return QuestionAnswerer(settings.model_dir, settings.precision, settings.front,
+                            batch_size=settings.max_batch_size, patched=not settings.unpatched)
 
 
 def create_app(settings: ServeSettings | None = None, answerer: QuestionAnswerer | None = None) -> Starlette:
