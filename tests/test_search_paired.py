@@ -130,6 +130,12 @@ def test_pick_takes_the_fastest_config_whose_upper_bound_is_within_the_budget():
     assert choice["drop_percent"][1] < choice["drop_percent"][0] < choice["drop_percent"][2]
 
 
+def test_confirmation_candidates_keep_the_tight_configs_a_lucky_one_pushed_off_the_front():
+    front = _synthetic_front()
+    assert [p.length_config for p in front.front] == [(32, 16), (48, 32)]  # the lucky one dominates
+    assert front.confirmation_candidates() == [FULL, (32, 16), (48, 32), (64, 32), (64, 48)]
+
+
 def test_pick_decides_on_the_confirmation_part_when_the_front_was_confirmed():
     front = _synthetic_front()
     full = np.zeros(N)
