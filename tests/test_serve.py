@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import signal
 import threading
 
 import httpx
@@ -137,7 +138,7 @@ BAD_JSON = [
     (b'{"question": "Where', 400, "body"),
     (b"", 400, "body"),
     (b"\xff\xfe\xfa not utf-8", 400, "body"),
-    (b"[" * 100_000, 400, "body"),
+    (b"[" * 50_000, 400, "body"),  # nested past the JSON parser's recursion limit
     (b'["question", "context"]', 422, "body"),
     (b'"just a string"', 422, "body"),
     (b'{"question": "Where is Normandy?", "context": "In France.", "min_speedup": NaN}', 422, "min_speedup"),
@@ -327,7 +328,9 @@ def test_shutdown_answers_every_admitted_request(model_dir, tmp_path):
 
         responses = asyncio.run(scenario())
         assert [r.status_code for r in responses] == [200] * 8
-        assert running.process.wait(60) == 0
+        # uvicorn re-raises the signal it handled once shutdown is complete, so the process ends by SIGTERM.
+        assert running.process.wait(60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in running.log()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{running.url}/health", timeout=TIMEOUT)
 

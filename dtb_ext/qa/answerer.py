@@ -22,6 +22,7 @@ from dtb_ext.config import LengthConfig, MixedLengthConfig
 from dtb_ext.qa.budget import (
     FULL_LENGTH,
     LATENCY_BUDGET_MS,
+    MIN_SPEEDUP,
     SPEED_FLOORS,
     Budget,
     InputError,
@@ -120,6 +121,8 @@ class QuestionAnswerer:
         self.front = self._load_front(front) if patched else None
         self.latency_model = LatencyModel() if latency_model is None else latency_model
         self._macs = functools.lru_cache(maxsize=1 << 16)(self._macs_uncached)
+        # Front-only ladders (every budget but latency_budget_ms) depend on the budget alone.
+        self._front_ladder = functools.lru_cache(maxsize=1024)(lambda name, value: self._ladder(self.front, name, value))
 
     # --- the public answering API ----------------------------------------------------------------------------
 
@@ -177,8 +180,8 @@ class QuestionAnswerer:
 
     def configs_for(self, budget: BudgetLike, prepared: PreparedQuestion) -> list[LengthConfig | None]:
         """The configurations `budget` allows for `prepared`, the one to use first: the budget's pick from the
-        front (`dtb_ext.pick`), then, for speed floors (min_speedup, latency_budget_ms), the faster front points
-        in order of speed, where a loaded server may move the request. None stands for full length.
+        front (`dtb_ext.pick`), then, for speed floors (min_speedup, latency_budget_ms), pick's choice among the
+        strictly faster ones, and so on: where a loaded server may move the request. None stands for full length.
 
         Raises InputError naming the budget when it is invalid or no configuration meets it."""
         budget = as_budget(budget)
@@ -189,18 +192,10 @@ class QuestionAnswerer:
         if self.front is None:
             raise InputError(budget.name, f"this model has no front ({self.model_dir}/front.json), so only full "
                                           "length is available: search one with `dtb search` or send no budget")
-        from dtb_ext.search.pick import pick
-
-        front = self._front_with_latency(prepared) if budget.name == LATENCY_BUDGET_MS else self.front
-        try:
-            chosen = pick(front, **{budget.name: budget.value})
-        except ValueError as error:
-            raise InputError(budget.name, str(error)) from None
-        ladder = [chosen]
-        if budget.name in SPEED_FLOORS:
-            ladder += sorted((p for p in front.front if p.speedup > chosen.speedup), key=lambda p: p.speedup)
-            if budget.name == LATENCY_BUDGET_MS:
-                ladder = [p for p in ladder if p.latency_ms <= budget.value]
+        if budget.name == LATENCY_BUDGET_MS:
+            ladder = self._ladder(self._front_with_latency(prepared), budget.name, budget.value)
+        else:
+            ladder = self._front_ladder(budget.name, budget.value)
         return [self._config_of(point) for point in ladder]
 
     def predicted_ms(self, prepared: PreparedQuestion, config: LengthConfig | None) -> float:
@@ -290,6 +285,27 @@ class QuestionAnswerer:
         if layers != self.num_layers:
             raise ValueError(f"the front's configurations have {layers} layers but the model has {self.num_layers}")
         return front
+
+    @staticmethod
+    def _ladder(front: Front, name: str, value: float) -> list[Point]:
+        """`pick`'s choice for the budget; for a speed floor, then pick's choice among the strictly faster
+        configurations, and so on (each one what pick would choose were the floor just above the last)."""
+        from dtb_ext.search.pick import pick
+
+        try:
+            ladder = [pick(front, **{name: value})]
+        except ValueError as error:
+            raise InputError(name, str(error)) from None
+        while name in SPEED_FLOORS:
+            last = ladder[-1]
+            try:
+                if name == MIN_SPEEDUP:
+                    ladder.append(pick(front, min_speedup=last.speedup * (1 + 1e-9)))
+                else:
+                    ladder.append(pick(front, latency_budget_ms=last.latency_ms * (1 - 1e-9)))
+            except ValueError:  # nothing faster
+                break
+        return ladder
 
     def _config_of(self, point: Point) -> LengthConfig | None:
         if point.length_config == self.front.full_length.length_config:
