@@ -18,7 +18,8 @@ quiet machine: the load generator shares it with the server. Run:
 Settings (environment): DTB_BENCH_SERVE_MODEL (default dtb_ext/default_model; "tiny": the tiny random model of
 the tests, a quick check of the harness whose numbers mean nothing), DTB_BENCH_SERVE_SECONDS (default 20),
 DTB_BENCH_SERVE_RATES (default 2,4,8,16,32,64), DTB_BENCH_SERVE_THREADS (server torch threads, default all
-cores), DTB_BENCH_SERVE_OUT (default runs/bench-serve.json). Quick check:
+cores), DTB_BENCH_SERVE_OUT (default runs/bench-serve.json), DTB_BENCH_SERVE_START_TIMEOUT (seconds a server may
+take to load, default 300). Quick check:
     DTB_BENCH_SERVE_MODEL=tiny DTB_BENCH_SERVE_SECONDS=1 DTB_BENCH_SERVE_RATES=10,40 \\
         .venv/bin/python -m pytest bench/test_bench_serve.py -s
 """
@@ -48,6 +49,7 @@ SECONDS = float(os.environ.get("DTB_BENCH_SERVE_SECONDS", "20"))
 RATES = [float(rate) for rate in os.environ.get("DTB_BENCH_SERVE_RATES", "2,4,8,16,32,64").split(",")]
 THREADS = int(os.environ.get("DTB_BENCH_SERVE_THREADS", str(os.cpu_count() or 1)))
 QUESTIONS = int(os.environ.get("DTB_BENCH_SERVE_QUESTIONS", "200"))
+START_TIMEOUT_S = float(os.environ.get("DTB_BENCH_SERVE_START_TIMEOUT", "300"))
 OUT = os.environ.get("DTB_BENCH_SERVE_OUT", os.path.join(REPO_ROOT, "runs", "bench-serve.json"))
 P99_OBJECTIVE_MS = 100.0
 DEV_A = default_squad_file("dev-a-v1.1.json")
@@ -128,6 +130,10 @@ def _row(result: dict[str, Any]) -> str:
             f"{result['degraded_percent']:>6.1f}")
 
 
+def _server(args: list[str], log_path: Any) -> ServerProcess:
+    return ServerProcess(args, str(log_path), start_timeout_s=START_TIMEOUT_S, threads=THREADS)
+
+
 def test_serving_load(tmp_path):
     model = save_tiny_model_with_front(str(tmp_path / "tiny")) if MODEL == "tiny" else MODEL
     if not os.path.isfile(os.path.join(model, "config.json")):
@@ -138,21 +144,21 @@ def test_serving_load(tmp_path):
     print(f"\n{'case':<34} {'offered':>7} {'done/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'503 %':>6} {'degr %':>6}")
 
     swept, break_rate = [], None
-    with ServerProcess(common + ["--unpatched"], str(tmp_path / "unpatched.log"), threads=THREADS) as server:
+    with _server(common + ["--unpatched"], tmp_path / "unpatched.log") as server:
         for step, rate in enumerate(sorted(RATES)):
             results.append(_run(server, rate, questions, "unpatched, full length", step))
             swept.append(rate)
             if results[-1]["p99_ms"] is None or results[-1]["p99_ms"] > P99_OBJECTIVE_MS:
                 break_rate = rate
                 break
-    with ServerProcess(common, str(tmp_path / "patched.log"), threads=THREADS) as server:
+    with _server(common, tmp_path / "patched.log") as server:
         for step, rate in enumerate(swept):
             for name, budget in FIXED_BUDGETS.items():
                 results.append(_run(server, rate, _with_budgets(questions, [budget]), f"patched, {name}", step))
             results.append(_run(server, rate, _with_budgets(questions, MIXED), "patched, mixed", step))
     slo_rate = break_rate if break_rate is not None else swept[-1]
     slo_args = common + ["--slo-ms", str(P99_OBJECTIVE_MS)]
-    with ServerProcess(slo_args, str(tmp_path / "slo.log"), threads=THREADS) as server:
+    with _server(slo_args, tmp_path / "slo.log") as server:
         slo_cases = {"min_speedup 1.0": [{"min_speedup": 1.0}], "no budget": [{}], "mixed": MIXED}
         for name, budgets in slo_cases.items():
             results.append(_run(server, slo_rate, _with_budgets(questions, budgets), f"--slo-ms 100, {name}", 0))

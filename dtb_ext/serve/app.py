@@ -139,7 +139,8 @@ def create_app(settings: ServeSettings | None = None, answerer: QuestionAnswerer
         Route("/answer", server.answer, methods=["POST"]),
         Route("/metrics", server.metrics_text, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers={HTTPException: server.http_error, Exception: server.internal_error})
+    handlers = {HTTPException: server.http_error, Exception: server.internal_error}
+    app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers=handlers)
     app.state.server = server
     return app
 
