@@ -6,6 +6,9 @@ import os
 import sys
 
 
+WORKER_HEALTHCHECK_TIMEOUT_S = 60
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from dtb_ext.cli import HelpFormatter
     from dtb_ext.precision import PRECISION_CHOICES
@@ -67,8 +70,11 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         if settings.workers > 1:
             os.environ[SETTINGS_ENVIRONMENT_VARIABLE] = settings.to_json()
+            # A worker answers the supervisor's health pings only once its interpreter is up; loading torch and
+            # the model on a busy host can take longer than uvicorn's default 5 s, which would restart it forever.
             uvicorn.run("dtb_ext.serve.app:app_from_environment", factory=True, host=settings.host,
-                        port=settings.port, workers=settings.workers, access_log=settings.access_log)
+                        port=settings.port, workers=settings.workers, access_log=settings.access_log,
+                        timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S)
             return 0
         # One process: load before the port opens, so that a bad model or front fails here with its message.
         answerer = answerer_for(settings)
