@@ -310,7 +310,7 @@ class QuestionAnswerer:
     def _config_of(self, point: Point) -> LengthConfig | None:
         if point.length_config == self.front.full_length.length_config:
             return None  # full length runs as the unpatched model does, without a configuration
-        return LengthConfig.absolute(point.length_config)
+        return point.length_spec
 
     def _front_with_latency(self, prepared: PreparedQuestion) -> Front:
         """The front with each point's latency_ms set to `prepared`'s predicted time under it."""
