@@ -6,7 +6,9 @@ One section per level (ops, layer, model, qa), one table per benchmark group: ev
 minimum time, its speedup against each baseline of the group (baseline median / its median, so > 1 is faster),
 the ideal speedup from MACs where the benchmark recorded one, and F1 where it did. Baselines: for ops, every
 implementation other than `fused` (the PyTorch chains); elsewhere `hf-eager`, `hf-sdpa`, `onnxruntime` and
-`patched-full` (the dynamic model at full length) when present. The header describes the machine.
+`patched-full` (the dynamic model at full length) when present. Interleaved benchmarks (one benchmark that times
+every variant item by item, `extra_info["variants"]`) get one table of their variants, with speedups against
+HF fp32, HF bf16 and ORT int8 where present. The header describes the machine.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import Any
 
 LEVELS = ("ops", "layer", "model", "qa")
 BASELINES = ("hf-eager", "hf-sdpa", "onnxruntime", "patched-full")
+# Baselines of interleaved benchmarks (one benchmark timing every variant, extra_info["variants"]).
+INTERLEAVED_BASELINES = ("hf-fp32-sdpa", "hf-bf16-sdpa", "ort-int8")
 
 
 def level_of(benchmark: dict[str, Any]) -> str:
@@ -90,7 +94,41 @@ def machine_section(data: dict[str, Any], command: str | None) -> list[str]:
     return lines + [""]
 
 
+def interleaved_table(group: str, benchmark: dict[str, Any]) -> list[str]:
+    """One interleaved benchmark: a row per variant with its median ms per item, its median round (all items),
+    its speedup against each baseline present (baseline round / this round), items/s, MACs ideal and F1."""
+    info = benchmark.get("extra_info", {})
+    variants: dict[str, dict[str, Any]] = info["variants"]
+    baselines = [name for name in INTERLEAVED_BASELINES if name in variants]
+    features = info.get("features")
+    has_macs = any("macs_ratio" in v for v in variants.values())
+    has_f1 = any("f1" in v for v in variants.values())
+    header = ["variant", "median ms / item", "round ms"] + [f"x vs {name}" for name in baselines]
+    header += ["features/s"] if features else []
+    header += ["MACs ideal x"] if has_macs else []
+    header += ["F1"] if has_f1 else []
+    items = info.get("items_are", "item")
+    lines = [f"### {group}", "",
+             f"Interleaved: every variant on each of the {info.get('interleaved_items', '?')} items ({items}) in "
+             f"turn, rounds: {benchmark['stats'].get('rounds', '?')}; medians per variant.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, v in variants.items():
+        cells = [f"`{name}`", f"{v['median_ms']:.3f}", f"{v['round_ms']:.3f}"]
+        cells += [f"{variants[base]['round_ms'] / v['round_ms']:.2f}" for base in baselines]
+        if features:
+            cells.append(f"{features / (v['round_ms'] / 1e3):.1f}")
+        if has_macs:
+            cells.append(f"{v['macs_ratio']:.2f}" if "macs_ratio" in v else "")
+        if has_f1:
+            cells.append(f"{v['f1']:.2f}" if "f1" in v else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def group_table(level: str, group: str, benchmarks: list[dict[str, Any]]) -> list[str]:
+    interleaved = [b for b in benchmarks if "variants" in b.get("extra_info", {})]
+    if interleaved:
+        return [line for b in interleaved for line in interleaved_table(group, b)]
     rows = {implementation_of(b): b for b in benchmarks}
     names = list(rows)
     baselines = baselines_of(level, names)
