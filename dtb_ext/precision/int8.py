@@ -93,13 +93,14 @@ class Int8Linear(nn.Module):
 
 
 def encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
-    """(qualified name, module) of every nn.Linear inside the model's encoder layers, in model order.
+    """(qualified name, module) of every nn.Linear inside the model's encoder layers (`encoder.layer.N.*`), in
+    model order.
 
-    The QA/classification head and the pooler are not included: they are tiny, and their outputs are the
-    scores themselves.
+    The QA/classification head, the pooler and a relevance scorer are not included: they are tiny, and their
+    outputs are the scores themselves.
     """
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and ".layer." in f".{name}":
+        if isinstance(module, nn.Linear) and ".encoder.layer." in f".{name}":
             yield name, module
 
 
