@@ -80,14 +80,19 @@ def test_demo_shows_fp32_and_the_chosen_precision_side_by_side(tiny_model_dir, t
     assert all(f" {name} " in printed for name in precisions)
 
 
-def test_int8_study_runs_every_step(tiny_model_dir):
+def test_int8_study_runs_every_step(tmp_path, tiny_front):
     from dtb_ext.precision.study import run_study
 
-    result = run_study(tiny_model_dir, DEV_A, TRAIN, questions=4, sensitivity_questions=2, calibration_questions=2,
-                       keep_counts=[1], alphas=[0.5], log=lambda line: None)
+    model_dir = save_tiny_qa_model(str(tmp_path / "model"))
+    with open(tiny_front) as source, open(os.path.join(model_dir, "front.json"), "w") as target:
+        target.write(source.read())
+    result = run_study(model_dir, DEV_A, TRAIN, questions=4, sensitivity_questions=2, calibration_questions=2,
+                       keep_counts=[1], alphas=[0.5], picks=[1.0], log=lambda line: None)
     steps = [step["step"] for step in result["steps"]]
     assert steps[:5] == ["fp32", "bf16", "torch dynamic, per-tensor weights", "torch dynamic, per-channel weights",
                          "int8 per-channel weights, per-token activations"]
     assert steps[5].startswith("int8, 1 most sensitive kept fp32: bert.encoder.layer.")
-    assert steps[6] == "int8 + SmoothQuant alpha 0.5"
+    assert steps[6:] == ["int8 + SmoothQuant alpha 0.5", "fp32 at the within-1% pick [300, 200]",
+                         "int8 at the within-1% pick"]
+    assert result["steps"][-1]["vs"] == "fp32 at the within-1% pick [300, 200]"
     assert len(result["sensitivity"]) == 12 and result["steps"][0]["f1_drop"] == 0
