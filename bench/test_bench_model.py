@@ -105,7 +105,8 @@ def _variants(models: dict[str, torch.nn.Module]) -> dict[str, tuple[torch.nn.Mo
     variants = {name: (models[name], None, False) for name in ("hf-eager", "hf-fp32-sdpa", "hf-bf16-sdpa")}
     for precision in PRECISIONS:
         for config in CONFIGS:
-            variants[f"ours-{precision}-{config}"] = (models[f"ours-{precision}"], _length_config(config, num_layers), False)
+            variants[f"ours-{precision}-{config}"] = (
+                models[f"ours-{precision}"], _length_config(config, num_layers), False)
     if "fp32" in PRECISIONS:
         for config in REFERENCE_CONFIGS:
             variants[f"reference-fp32-{config}"] = (models["ours-fp32"], _length_config(config, num_layers), True)
@@ -144,4 +145,5 @@ def test_model_forward_interleaved(benchmark, time_interleaved, name, batch):
         level="model", interleaved=True, model=name, batch=batch, seq_len=SEQ_LEN, device="cpu",
         threads=torch.get_num_threads(), kernels=dtb_ext.has_kernels(), items_are=f"random inputs [{batch}, {SEQ_LEN}]",
     )
-    time_interleaved({variant: forward(*spec) for variant, spec in variants.items()}, items, _rounds(name, batch), extra)
+    runs = {variant: forward(*spec) for variant, spec in variants.items()}
+    time_interleaved(runs, items, _rounds(name, batch), extra)

@@ -30,7 +30,8 @@ def _max_error(value: torch.Tensor, truth: torch.Tensor) -> float:
     return (value.double() - truth.double()).abs().max().item()
 
 
-def _pytorch_bf16_softmax_and_significance(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pytorch_bf16_softmax_and_significance(scores: torch.Tensor,
+                                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What a plain PyTorch bf16 model computes: HF's additive mask and torch.softmax in bf16, then the LAT sum of
     the bf16 probabilities (over heads and valid queries) in float32."""
     bias = (1 - mask[:, None, None, :]).to(scores.dtype) * torch.finfo(scores.dtype).min
@@ -133,5 +134,6 @@ def test_bf16_example_alone_equals_example_in_padded_batch_within_bf16_error(min
             alone_inputs = {"input_ids": ids[row:row + 1, :length], "attention_mask": mask[row:row + 1, :length]}
             with dtb_ext.length_config(patched, config):
                 alone = patched(**alone_inputs).last_hidden_state[0]
-            own_error = _max_error(patched(**alone_inputs).last_hidden_state[0], hf64(**alone_inputs).last_hidden_state[0])
+            full_length = patched(**alone_inputs).last_hidden_state[0]
+            own_error = _max_error(full_length, hf64(**alone_inputs).last_hidden_state[0])
             assert _max_error(batched[row, :length], alone) <= 2 * own_error

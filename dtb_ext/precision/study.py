@@ -113,7 +113,8 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
         result = evaluate_qa(candidate, dev, length_config=length_config, batch_size=batch_size, progress=False)
         base = next((s["f1"] for s in steps if s["step"] == reference), result["f1"])
         row = {"step": step, "f1": round(result["f1"], 2), "exact_match": round(result["exact_match"], 2),
-               "f1_drop": round(base - result["f1"], 2), "relative_drop_percent": round(100 * (base - result["f1"]) / base, 2),
+               "f1_drop": round(base - result["f1"], 2),
+               "relative_drop_percent": round(100 * (base - result["f1"]) / base, 2),
                "vs": reference, "eval_seconds": round(time.perf_counter() - started, 1)}
         steps.append(row)
         log(json.dumps(row))
@@ -132,7 +133,8 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
 
     ranges = input_channel_ranges(model, (inputs for _, inputs in calibration.batches(batch_size, "dynamic")))
     for alpha in alphas:
-        score(f"int8 + SmoothQuant alpha {alpha}", quantize_int8(model, smoothing=smoothing_factors(model, ranges, alpha)))
+        smoothed = quantize_int8(model, smoothing=smoothing_factors(model, ranges, alpha))
+        score(f"int8 + SmoothQuant alpha {alpha}", smoothed)
 
     if front is not None:
         patch(model)
