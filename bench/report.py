@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 LEVELS = ("ops", "layer", "model", "qa")
 BASELINES = ("hf-eager", "hf-sdpa", "onnxruntime", "patched-full")
-# Baselines of interleaved benchmarks (one benchmark timing every variant, extra_info["variants"]).
+# Baselines of interleaved benchmarks (one benchmark timing every variant, extra_info["variants"]) unless the
+# benchmark names its own (extra_info["baselines"]).
 INTERLEAVED_BASELINES = ("hf-fp32-sdpa", "hf-bf16-sdpa", "ort-int8")
 
 
@@ -117,7 +118,7 @@ def interleaved_table(group: str, benchmark: dict[str, Any]) -> list[str]:
     its speedup against each baseline present (baseline round / this round), features/s, MACs ideal and F1."""
     info = benchmark.get("extra_info", {})
     variants: dict[str, dict[str, Any]] = info["variants"]
-    baselines = [name for name in INTERLEAVED_BASELINES if name in variants]
+    baselines = [name for name in info.get("baselines", INTERLEAVED_BASELINES) if name in variants]
     features = info.get("features")
     quality_header, quality_cells = quality_columns(list(variants.values()))
     header = ["variant", "median ms / item", "round ms"] + [f"x vs {name}" for name in baselines]
