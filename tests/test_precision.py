@@ -172,6 +172,8 @@ def test_bad_smoothing_and_keep_float_are_named():
         quantize_int8(model, smoothing={"qa_outputs": torch.ones(32)})
     with pytest.raises(ValueError, match="expects a float32 model"):
         quantize_int8(tiny_qa_model(100).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        quantize_int8(tiny_qa_model(100).to("meta"))
 
 
 def test_keep_float_leaves_matching_layers_float():

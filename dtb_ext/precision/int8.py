@@ -114,9 +114,12 @@ def quantize_int8(model: nn.Module, keep_float: Iterable[str] = (),
             "bert.encoder.layer.5.output.dense"); every pattern must match some encoder Linear.
         smoothing: {qualified name: [K] factors} from `calibrate_smoothing`, for the layers to smooth.
     """
-    dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:
-        raise ValueError(f"quantize_int8 expects a float32 model; got {dtype}")
+    first = next(model.parameters())
+    if first.dtype != torch.float32:
+        raise ValueError(f"quantize_int8 expects a float32 model; got {first.dtype}")
+    if first.device.type != "cpu":
+        raise ValueError(f"int8 runs on the CPU only (its int8 matmul is torch._int_mm on CPU); got a model on "
+                         f"{first.device}")
     names = [name for name, _ in encoder_linears(model)]
     patterns = list(keep_float)
     unmatched = [pattern for pattern in patterns if not fnmatch.filter(names, pattern)]
