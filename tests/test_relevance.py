@@ -14,13 +14,14 @@ import dtb_ext
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
 from dtb_ext.models.patching import dynamic_encoder
-from dtb_ext.models.relevance import (
-    record_scorer_logits,
+from dtb_ext.models.relevance import record_scorer_logits, standardise
+from dtb_ext.train.lengthdrop import (
+    LengthDropSettings,
+    LengthDropTrainer,
+    RelevanceSettings,
     relevance_targets,
     scorer_distillation_loss,
-    standardise,
 )
-from dtb_ext.train.lengthdrop import LengthDropSettings, LengthDropTrainer, RelevanceSettings
 
 VOCAB = 120
 SOURCES = ["scorer", "attention+scorer"]
@@ -326,3 +327,11 @@ def test_relevance_only_needs_a_scorer(tmp_path, model_dir):
 
     with pytest.raises(ValueError, match="--relevance-only trains the relevance scorer"):
         build_trainer(_options(tmp_path / "x", model_dir, relevance_scorer=None, relevance_only=True))
+
+
+@needs_data
+def test_train_refuses_a_precision_it_cannot_train_in(tmp_path, model_dir):
+    from dtb_ext.train.finetune import build_trainer
+
+    with pytest.raises(ValueError, match="runs in fp32, bf16 \\(autocast\\) or auto, got --precision 'int8'"):
+        build_trainer(_options(tmp_path / "x", model_dir, precision="int8"))

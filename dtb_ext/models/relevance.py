@@ -4,7 +4,7 @@ Attention received says little about where a span-QA answer is in the first laye
 tokens at layer 1 by it costs about as much F1 as dropping a random 20 %). A relevance scorer is one linear map
 per layer, `[B, n, D] attention output -> [B, n]` logits (D MACs per token), trained by ranking distillation:
 at every layer its softmax over the tokens present is pulled toward a target distribution built from the full
-model's answer distribution (see `relevance_targets`).
+model's answer distribution (`dtb_ext.train.lengthdrop.relevance_targets`).
 
 Significance sources (`config.dtb_significance`, saved in config.json):
 - "attention": attention received from valid queries (the default, and the only source without a scorer);
@@ -114,42 +114,3 @@ def active_records(encoder: nn.Module) -> list[ScorerRecord] | None:
     """The list `record_scorer_logits` collects into for `encoder` in this context, or None."""
     records = _RECORDS.get()
     return None if records is None else records.get(encoder)
-
-
-def relevance_targets(start_logits: Tensor, end_logits: Tensor, mask: Tensor, question: Tensor,
-                      temperature: float, question_share: float) -> Tensor:
-    """Target distribution over the input positions: [B, L0] each -> [B, L0] float32, rows summing to 1.
-
-    (1 - question_share) of the mass is the full model's answer distribution (the mean of its start and end
-    softmaxes at `temperature`, over real tokens), `question_share` is spread evenly over the real tokens of the
-    question segment (`question`, bool), which the answer distribution ignores but every later layer needs.
-    Examples without question tokens put all the mass on the answer distribution.
-    """
-    blocked = torch.finfo(torch.float32).min
-    start = torch.softmax(start_logits.detach().float().masked_fill(~mask, blocked) / temperature, dim=-1)
-    end = torch.softmax(end_logits.detach().float().masked_fill(~mask, blocked) / temperature, dim=-1)
-    answer = (start + end) / 2 * mask
-    question = question & mask
-    count = question.sum(dim=1, keepdim=True)
-    share = torch.where(count > 0, torch.full_like(count, question_share, dtype=torch.float32), torch.zeros_like(count, dtype=torch.float32))
-    on_question = question.float() / count.clamp(min=1)
-    return (1 - share) * answer + share * on_question
-
-
-def scorer_distillation_loss(records: list[ScorerRecord], targets: Tensor) -> Tensor:
-    """Mean over records of the soft cross-entropy of each layer's scorer softmax against `targets` ([B, L0]),
-    restricted to (and renormalised over) the tokens present at that layer."""
-    losses = []
-    for record in records:
-        if record.positions is None:
-            target = targets[:, : record.logits.shape[1]]
-        else:
-            # padding slots (negative positions) read position 0; the mask below zeroes them
-            target = torch.gather(targets, 1, record.positions.clamp(min=0))
-        target = torch.where(record.mask, target, torch.zeros_like(target))
-        total = target.sum(dim=1, keepdim=True)
-        target = torch.where(total > 0, target / total.clamp(min=torch.finfo(torch.float32).tiny), target)
-        log_probs = torch.log_softmax(record.logits.masked_fill(~record.mask, torch.finfo(torch.float32).min), dim=-1)
-        per_token = torch.where(record.mask, target * log_probs, torch.zeros_like(log_probs))
-        losses.append(-per_token.sum(dim=1).mean())
-    return torch.stack(losses).mean()

@@ -102,12 +102,23 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Ten
         student_logits, teacher_logits: [B, L] scores.
         mask: [B, L] bool, True for real tokens.
     """
-    teacher_logits = teacher_logits.detach()
+    return cross_entropy_to(student_logits, masked_softmax(teacher_logits.detach(), mask, temperature), mask, temperature)
+
+
+def masked_softmax(logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """float32 softmax of [B, L] `logits / temperature` over the positions where `mask` ([B, L] bool) is True;
+    the other positions get 0."""
     blocked = torch.finfo(torch.float32).min  # in float32 whatever the logits' dtype (mixed precision)
+    return torch.softmax(logits.float().masked_fill(~mask, blocked) / temperature, dim=-1)
+
+
+def cross_entropy_to(student_logits: Tensor, target: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over examples of -sum_k target[k] log softmax(student_logits / temperature)[k], over the positions
+    where `mask` is True. `target`: [B, L] probabilities (no gradient is taken through it by the callers)."""
+    blocked = torch.finfo(torch.float32).min
     student_log_probs = torch.log_softmax(student_logits.float().masked_fill(~mask, blocked) / temperature, dim=-1)
-    teacher_probs = torch.softmax(teacher_logits.float().masked_fill(~mask, blocked) / temperature, dim=-1)
     # where(), not a product: a padding position holds 0 * (a huge negative log-probability)
-    per_token = torch.where(mask, teacher_probs * student_log_probs, torch.zeros((), device=mask.device))
+    per_token = torch.where(mask, target * student_log_probs, torch.zeros((), device=mask.device))
     return -per_token.sum(dim=-1).mean()
 
 

@@ -147,7 +147,8 @@ def _check_options(options: TrainOptions) -> None:
     if options.init_from is not None and options.model is not None:
         raise ValueError(f"give --model (a base model) or --init-from (a fine-tuned QA model), not both: "
                          f"got --model {options.model!r} and --init-from {options.init_from!r}")
-    training_precision(options)
+    if options.precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"dtb train runs in fp32, bf16 (autocast) or auto, got --precision {options.precision!r}")
     if options.init_from is not None and not os.path.isfile(os.path.join(options.init_from, "config.json")):
         raise ValueError(f"--init-from expects a fine-tuned model directory with a config.json, got {options.init_from!r}")
     from dtb_ext.train.lengthdrop import recipe_settings

@@ -31,13 +31,7 @@ from torch import Tensor, nn
 
 from dtb_ext.config import LengthConfig
 from dtb_ext.models.patching import add_relevance_scorer, dynamic_encoder, length_config, set_significance, skip_layers
-from dtb_ext.models.relevance import (
-    ATTENTION,
-    check_source,
-    record_scorer_logits,
-    relevance_targets,
-    scorer_distillation_loss,
-)
+from dtb_ext.models.relevance import ATTENTION, ScorerRecord, check_source, record_scorer_logits
 from dtb_ext.train.distill import (
     DistillationTrainer,
     Distiller,
@@ -45,6 +39,8 @@ from dtb_ext.train.distill import (
     unwrap_model,
     load_teacher,
     parse_layer_map,
+    cross_entropy_to,
+    masked_softmax,
     span_soft_cross_entropy,
 )
 from dtb_ext.train.finetune import QATrainer
@@ -86,6 +82,43 @@ class RelevanceSettings:
             raise ValueError(f"relevance_temperature must be > 0, got {self.temperature!r}")
         if not (isinstance(self.question_share, (int, float)) and 0.0 <= self.question_share < 1.0):
             raise ValueError(f"relevance_question_share must lie in [0, 1), got {self.question_share!r}")
+
+
+def relevance_targets(start_logits: Tensor, end_logits: Tensor, mask: Tensor, question: Tensor,
+                      temperature: float, question_share: float) -> Tensor:
+    """The relevance scorer's target distribution over the input positions: [B, L0] each -> [B, L0] float32,
+    rows summing to 1.
+
+    (1 - question_share) of the mass is the full model's answer distribution (the mean of its start and end
+    softmaxes at `temperature`, over real tokens), `question_share` is spread evenly over the real tokens of the
+    question segment (`question`, bool), which the answer distribution ignores but every later layer needs.
+    Examples without question tokens put all the mass on the answer distribution.
+    """
+    answer = (masked_softmax(start_logits.detach(), mask, temperature)
+              + masked_softmax(end_logits.detach(), mask, temperature)) / 2 * mask
+    question = question & mask
+    count = question.sum(dim=1, keepdim=True)
+    share = torch.where(count > 0, torch.full_like(count, question_share, dtype=torch.float32),
+                        torch.zeros_like(count, dtype=torch.float32))
+    on_question = question.float() / count.clamp(min=1)
+    return (1 - share) * answer + share * on_question
+
+
+def scorer_distillation_loss(records: list[ScorerRecord], targets: Tensor) -> Tensor:
+    """Mean over records of the soft cross-entropy of each layer's scorer softmax against `targets` ([B, L0]),
+    restricted to (and renormalised over) the tokens present at that layer."""
+    losses = []
+    for record in records:
+        if record.positions is None:
+            target = targets[:, : record.logits.shape[1]]
+        else:
+            # padding slots (negative positions) read position 0; the mask below zeroes them
+            target = torch.gather(targets, 1, record.positions.clamp(min=0))
+        target = torch.where(record.mask, target, torch.zeros_like(target))
+        total = target.sum(dim=1, keepdim=True)
+        target = torch.where(total > 0, target / total.clamp(min=torch.finfo(torch.float32).tiny), target)
+        losses.append(cross_entropy_to(record.logits, target, record.mask))
+    return torch.stack(losses).mean()
 
 
 @dataclass(frozen=True)
