@@ -17,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "processes given the same --storage (and distinct --worker) share one search.",
     )
     search.add_argument("--model", default=None, help="saved QA model directory (default: dtb_ext/default_model)")
-    search.add_argument("--data", default=None, help="SQuAD training file holding the search articles "
-                        "(default: ../shared/data/squad/train-subset-v1.1.json)")
+    search.add_argument("--data", default=None, help="SQuAD training file holding the search articles: the "
+                        "official train-v1.1.json or any file with them (default: the training subset beside a "
+                        "repository checkout, ../shared/data/squad/train-subset-v1.1.json; not shipped in the package)")
     search.add_argument("--questions", type=int, default=None,
                         help="fixed sample of search questions evaluated per config (default 400)")
     search.add_argument("--all-questions", action="store_true", help="evaluate every search question instead")

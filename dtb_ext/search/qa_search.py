@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from typing import Any
 
 import optuna
 
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR, training_file
 from dtb_ext.search.engine import run_search
 from dtb_ext.search.front import Front
 from dtb_ext.search.qa_objective import (
@@ -22,7 +24,6 @@ from dtb_ext.search.space import Config, LengthSpace
 from dtb_ext.search.strategies import EvolutionSettings
 from dtb_ext.search.study import open_storage
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
 # 400 questions (about 410 features) keep one evaluation of MiniLM-L6 near 10 s on 2 CPU cores, so a
 # 100-evaluation search fits well inside an hour; the F1 standard error on 400 questions is about 2 points,
 # comparable configs are scored on the same questions, so their differences are much less noisy than that.
@@ -134,7 +135,8 @@ def search_lengths(
 
     model: a saved model directory, a loaded *ForQuestionAnswering model (then pass `tokenizer`), or None for
         the bundled default model (dtb_ext/default_model).
-    data: SQuAD file whose held-out search articles are searched on (default: the shared train subset);
+    data: SQuAD training file holding the held-out search articles (None: the training subset beside a repository
+        checkout; where it is absent, ValueError says what to pass);
         `questions` of them (fixed by `sample_seed`; None: all) are evaluated for every config.
     cost_model: "macs" (count_macs at every feature's real length, summed) or "latency" (LatencySettings).
     strategy, n_evaluations, storage, study_name, seed, worker, evolution: see `run_search`.
@@ -144,14 +146,16 @@ def search_lengths(
     out_dir: where front.json, front.csv and front.png are written (None: not written).
     device: where a model loaded from a directory runs (a loaded model stays where it is).
     """
-    from dtb_ext.qa.data import default_squad_file, search_split_articles
+    from dtb_ext.qa.data import search_split_articles
 
+    data = training_file(data, "the search split's articles (dtb_ext/data/search_articles.json)", "--data")
+    if progress:
+        print(f"data: {data}", file=sys.stderr)
     if isinstance(model, str) or model is None:
         model, tokenizer = load_qa_model(model, device)
     elif tokenizer is None:
         raise ValueError("a loaded model needs its tokenizer: pass tokenizer=...")
     latency = latency or LatencySettings()
-    data = data or default_squad_file("train-subset-v1.1.json")
     evaluator, data_identity = _evaluator_for(
         model, tokenizer, data, search_split_articles(), questions, sample_seed, cost_model,
         max_seq_length, doc_stride, max_query_length, batch_size, latency,
