@@ -12,6 +12,7 @@ COMMAND_MODULES: list[str] = [
     "dtb_ext.train.cli",
     "dtb_ext.search.cli",
     "dtb_ext.demo",
+    "dtb_ext.serve.cli",
 ]
 
 

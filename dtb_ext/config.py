@@ -3,6 +3,7 @@
 A configuration is one value per layer, non-increasing, either absolute token counts or fractions of each
 example's real input length. Keep counts depend only on an example's real input length, so they are computed
 once per forward, on the host, for every layer and example: no device synchronisation between layers.
+A MixedLengthConfig gives each example of a batch its own configuration (DESIGN.md §2.8).
 """
 from __future__ import annotations
 
@@ -77,9 +78,7 @@ class LengthConfig:
         Returns:
             [num_layers][B] keep counts; row i is what layer i keeps, which is also what enters layer i+1.
         """
-        for length in input_lengths:
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise ValueError(f"every example needs at least one real token, got input lengths {list(input_lengths)}")
+        _check_input_lengths(input_lengths)
         counts: list[list[int]] = []
         entering = list(input_lengths)
         for value in self.values:
@@ -94,37 +93,145 @@ class LengthConfig:
         return counts
 
 
-LengthSpec = Union[None, Sequence[int], LengthConfig]
+@dataclass(frozen=True)
+class MixedLengthConfig:
+    """One length configuration per example of a batch (DESIGN.md §2.8): mixed budgets in one forward pass.
+
+    `configs[b]` is example b's LengthConfig, or None for full length (it keeps every real token at every
+    layer). Each example keeps exactly the tokens it would keep alone under its own configuration, so its output
+    equals its output alone (to float tolerance). Build one with `MixedLengthConfig([cfg_0, cfg_1, ...])`; an
+    entry may be None, a sequence of per-layer ints, a LengthConfig or its JSON form. `num_layers` is inferred
+    from the entries; pass it when every entry is None (`as_length_config` does).
+    """
+
+    configs: tuple[LengthConfig | None, ...]
+    num_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.configs, (str, bytes, LengthConfig)) or not isinstance(self.configs, Sequence):
+            raise ValueError(f"MixedLengthConfig takes a sequence of per-example configurations, got {self.configs!r}")
+        if len(self.configs) == 0:
+            raise ValueError("MixedLengthConfig needs one configuration per example, got an empty sequence")
+        configs = tuple(_example_config(entry, index) for index, entry in enumerate(self.configs))
+        object.__setattr__(self, "configs", configs)
+        layer_counts = sorted({config.num_layers for config in configs if config is not None})
+        if len(layer_counts) > 1:
+            raise ValueError(f"every example's configuration needs the same number of layers, got {layer_counts}")
+        if layer_counts and self.num_layers is not None and layer_counts[0] != self.num_layers:
+            raise ValueError(
+                f"the per-example configurations have {layer_counts[0]} layers, but num_layers={self.num_layers}"
+            )
+        if layer_counts:
+            object.__setattr__(self, "num_layers", layer_counts[0])
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def to_json(self) -> dict[str, list[Any]]:
+        """`{"per_example": [...]}`, each entry None or its LengthConfig's JSON form; `from_json` reads it back."""
+        return {"per_example": [None if config is None else config.to_json() for config in self.configs]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> MixedLengthConfig:
+        """Inverse of `to_json`."""
+        if not isinstance(data, dict) or set(data) != {"per_example"} or not isinstance(data["per_example"], list):
+            raise ValueError(f"a saved mixed length configuration is {{'per_example': [...]}}, got {data!r}")
+        return cls(data["per_example"])
+
+    def keep_counts(self, input_lengths: Sequence[int]) -> list[list[int]]:
+        """Tokens each example keeps at each layer, each under its own configuration.
+
+        Args:
+            input_lengths: [B] real (unmasked) input length of each example, each >= 1; B must be len(configs).
+
+        Returns:
+            [num_layers][B] keep counts, column b being what `configs[b]` keeps for example b alone.
+        """
+        if len(input_lengths) != len(self.configs):
+            raise ValueError(
+                f"a mixed length configuration has one configuration per example: got {len(self.configs)} "
+                f"configurations for a batch of {len(input_lengths)} examples"
+            )
+        if self.num_layers is None:
+            raise ValueError(
+                "every entry of this mixed length configuration is full length, so its layer count is unknown: "
+                "pass num_layers or resolve it with as_length_config(spec, num_layers)"
+            )
+        _check_input_lengths(input_lengths)
+        columns = [
+            [length] * self.num_layers if config is None else [row[0] for row in config.keep_counts([length])]
+            for config, length in zip(self.configs, input_lengths)
+        ]
+        return [list(row) for row in zip(*columns)]
 
 
-def as_length_config(spec: LengthSpec, num_layers: int) -> LengthConfig | None:
+LengthSpec = Union[None, Sequence[int], LengthConfig, MixedLengthConfig]
+
+
+def length_config_from_json(data: Any) -> LengthConfig | MixedLengthConfig:
+    """A saved configuration: `LengthConfig.from_json`'s forms or a mixed one's `{"per_example": [...]}`."""
+    if isinstance(data, dict) and "per_example" in data:
+        return MixedLengthConfig.from_json(data)
+    return LengthConfig.from_json(data)
+
+
+def as_length_config(spec: LengthSpec, num_layers: int) -> LengthConfig | MixedLengthConfig | None:
     """Validate a user's length configuration against a model with `num_layers` layers.
 
     Args:
-        spec: None (full length), a sequence of per-layer ints, or a LengthConfig.
+        spec: None (full length), a sequence of per-layer ints, a LengthConfig, or a MixedLengthConfig (one
+            configuration per example of the batch).
         num_layers: the encoder's layer count.
 
     Returns:
-        The LengthConfig, or None for full length.
+        The LengthConfig or MixedLengthConfig (with its layer count set), or None for full length.
     """
     if spec is None:
         return None
-    if hasattr(spec, "tolist") and not isinstance(spec, (Sequence, LengthConfig)):
-        spec = spec.tolist()  # a NumPy array or a tensor of per-layer lengths (a scalar is rejected below)
-    if isinstance(spec, LengthConfig):
-        config = spec
-    elif isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
-        raise ValueError(
-            f"a length configuration is None, a sequence of per-layer ints or LengthConfig.ratios([...]), got {spec!r}"
-        )
-    else:
-        config = LengthConfig.absolute(spec)
+    if isinstance(spec, MixedLengthConfig):
+        if spec.num_layers is None:
+            return MixedLengthConfig(spec.configs, num_layers)
+        if spec.num_layers != num_layers:
+            raise ValueError(
+                f"the length configuration needs one value per layer: expected {num_layers}, got per-example "
+                f"configurations of {spec.num_layers} layers"
+            )
+        return spec
+    config = _single_config(spec, "a length configuration")
     if config.num_layers != num_layers:
         raise ValueError(
             f"the length configuration needs one value per layer: expected {num_layers}, got {config.num_layers} "
             f"({list(config.values)})"
         )
     return config
+
+
+def _single_config(spec: Any, what: str) -> LengthConfig:
+    """A LengthConfig from itself, a sequence of per-layer ints, or a NumPy array / tensor of them."""
+    if hasattr(spec, "tolist") and not isinstance(spec, (Sequence, LengthConfig)):
+        spec = spec.tolist()  # a NumPy array or a tensor of per-layer lengths (a scalar is rejected below)
+    if isinstance(spec, LengthConfig):
+        return spec
+    if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
+        raise ValueError(f"{what} is None, a sequence of per-layer ints or LengthConfig.ratios([...]), got {spec!r}")
+    return LengthConfig.absolute(spec)
+
+
+def _example_config(entry: Any, index: int) -> LengthConfig | None:
+    """One entry of a MixedLengthConfig as a LengthConfig (None stays None, meaning full length)."""
+    if entry is None:
+        return None
+    if isinstance(entry, MixedLengthConfig):
+        raise ValueError(f"the configuration of example {index} is itself a MixedLengthConfig; give one per example")
+    if isinstance(entry, dict):
+        return LengthConfig.from_json(entry)
+    return _single_config(entry, f"the configuration of example {index}")
+
+
+def _check_input_lengths(input_lengths: Sequence[int]) -> None:
+    for length in input_lengths:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"every example needs at least one real token, got input lengths {list(input_lengths)}")
 
 
 def _plain_number(value: Any, kind: type, convert: type) -> Any:

@@ -3,7 +3,8 @@
 Shipped inside the package (found next to this file, in a checkout and in an installed package alike):
 - `DEV_FILE`: SQuAD 1.1 dev-a, the 24-article half of the official dev set (4,961 questions; CC BY-SA 4.0, see
   data/squad/README.md): the default of `dtb demo`, `dtb eval` and `dtb train --eval-data`;
-- `SEARCH_ARTICLES_FILE`: the titles of the training articles held out for the length-configuration search;
+- `SEARCH_ARTICLES_FILE`: the titles of the training articles held out for the length-configuration search, and
+  `SEARCH_SPLIT_FILE`: their questions' ids, split into search and confirmation parts;
 - `DEFAULT_MODEL_DIR`: the default QA model and its front.
 
 Not shipped: the SQuAD training articles, which `dtb train` trains on and from which `dtb search` takes the
@@ -17,6 +18,7 @@ import os
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL_DIR = os.path.join(PACKAGE_DIR, "default_model")
 SEARCH_ARTICLES_FILE = os.path.join(PACKAGE_DIR, "data", "search_articles.json")
+SEARCH_SPLIT_FILE = os.path.join(PACKAGE_DIR, "data", "search_split.json")
 DEV_FILE = os.path.join(PACKAGE_DIR, "data", "squad", "dev-a-v1.1.json")
 # ../shared/data/squad beside the repository root (this file is <root>/dtb_ext/data_paths.py).
 SHARED_SQUAD_DIR = os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "shared", "data", "squad"))

@@ -1,10 +1,11 @@
 """`dtb demo`: the bundled default QA model on a fixed sample of SQuAD dev-a, at full length and at the
-configurations its shipped front offers for three budgets, measured side by side.
+configurations its shipped front offers for three budgets, in fp32 and in a second precision (default: the
+fastest this machine runs natively, `--precision auto`), measured side by side.
 
-For each configuration it reports F1/EM on the same questions, the median latency of one feature at batch 1
-under two padding protocols (dynamic: the feature at its real length; max_length: padded to 384, the paper's
-protocol), the speedup over full length under each, and the ideal speedup from MACs at the real lengths. It
-writes a plot of F1 against speedup (the shipped front and the measured points) and a JSON record.
+For each configuration and precision it reports F1/EM on the same questions, the median latency of one feature
+at batch 1 under two padding protocols (dynamic: the feature at its real length; max_length: padded to 384, the
+paper's protocol), the speedup over fp32 at full length under each, and the ideal speedup from MACs at the real
+lengths. It writes a plot of F1 against speedup (the shipped front and the measured points) and a JSON record.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Any, Sequence
 
 from dtb_ext.cli import HelpFormatter
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
+from dtb_ext.precision import PRECISION_CHOICES
+
 FRONT_FILE = "front.json"
 DEFAULT_OUT = os.path.join("runs", "demo")
 # Measured (MiniLM-L6 QA, 4 configs, 1 thread, CPU seconds): 0.19 s per question for the four F1/EM passes,
@@ -65,17 +68,35 @@ class DemoConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoRow:
-    """Measured results of one configuration. Latencies are medians over the timed features, milliseconds per
-    feature at batch 1; speedups are full length's median over this one's; macs_ratio is the ideal speedup
-    (full-length MACs / this config's MACs, summed over every evaluated feature), both per padding protocol."""
+class Measurement:
+    """One configuration in one precision. Latencies are medians over the timed features, milliseconds per
+    feature at batch 1, per padding protocol; speedup is fp32 full length's median over this one's, and
+    speedup_same_precision full length's in this precision over this one's."""
 
-    config: DemoConfig
     f1: float
     exact_match: float
     latency_ms: dict[str, float]
     speedup: dict[str, float]
+    speedup_same_precision: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRow:
+    """Measured results of one configuration: `measurements` per precision (fp32 first); macs_ratio is the
+    ideal speedup (full-length MACs / this config's MACs, summed over every evaluated feature) per padding
+    protocol. The JSON form carries fp32's measurement at its top level and every precision's under
+    "precisions"."""
+
+    config: DemoConfig
     macs_ratio: dict[str, float]
+    measurements: dict[str, Measurement]
+
+    @property
+    def fp32(self) -> Measurement:
+        return self.measurements["fp32"]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,11 +104,12 @@ class DemoRow:
             "length_config": list(self.config.length_config),
             "front_f1": self.config.front_f1,
             "front_speedup": self.config.front_speedup,
-            "f1": self.f1,
-            "exact_match": self.exact_match,
-            "latency_ms": self.latency_ms,
-            "speedup": self.speedup,
+            "f1": self.fp32.f1,
+            "exact_match": self.fp32.exact_match,
+            "latency_ms": self.fp32.latency_ms,
+            "speedup": self.fp32.speedup,
             "macs_ratio": self.macs_ratio,
+            "precisions": {name: m.to_json() for name, m in self.measurements.items()},
         }
 
 
@@ -172,48 +194,53 @@ def run_spec(length_config: tuple[int, ...], full_length: tuple[int, ...]) -> li
 
 
 def measure_latency(
-    model: Any, features: Any, configs: Sequence[DemoConfig], full_length: tuple[int, ...], progress: bool = True
-) -> dict[tuple[int, ...], dict[str, float]]:
-    """Median milliseconds of one batch-1 forward per feature, for every config and padding protocol.
+    models: dict[str, Any], features: Any, configs: Sequence[DemoConfig], full_length: tuple[int, ...],
+    progress: bool = True,
+) -> dict[tuple[str, tuple[int, ...]], dict[str, float]]:
+    """Median milliseconds of one batch-1 forward per feature, for every precision (`models`: precision ->
+    patched model), config and padding protocol.
 
-    Every feature is run under every config and protocol in turn (the config order rotating from feature to
+    Every feature is run under every (precision, config) and protocol in turn (the order rotating from feature to
     feature), so a change of machine load during the measurement hits all of them alike. One untimed pass per
-    config and protocol comes first (allocator and thread-pool warm-up). Returns {config: {padding: ms}}."""
+    case and protocol comes first (allocator and thread-pool warm-up). Returns {(precision, config): {padding: ms}}."""
     import torch
     from tqdm.auto import tqdm
 
     import dtb_ext
 
-    device = next(model.parameters()).device
+    device = next(next(iter(models.values())).parameters()).device
     inputs = {
         padding: [{k: v.to(device) for k, v in batch.items()} for _, batch in features.batches(1, padding)]
         for padding in PADDINGS
     }
-    timings: dict[tuple[int, ...], dict[str, list[float]]] = {
-        c.length_config: {padding: [] for padding in PADDINGS} for c in configs
+    cases = [(precision, config.length_config) for precision in models for config in configs]
+    timings: dict[tuple[str, tuple[int, ...]], dict[str, list[float]]] = {
+        case: {padding: [] for padding in PADDINGS} for case in cases
     }
 
-    def forward(config: DemoConfig, batch: dict[str, Any]) -> float:
-        with dtb_ext.length_config(model, run_spec(config.length_config, full_length)):
+    def forward(case: tuple[str, tuple[int, ...]], batch: dict[str, Any]) -> float:
+        model = models[case[0]]
+        with dtb_ext.length_config(model, run_spec(case[1], full_length)):
             started = time.perf_counter()
             model(**batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             return time.perf_counter() - started
 
-    model.eval()
+    for model in models.values():
+        model.eval()
     with torch.inference_mode():
         for padding in PADDINGS:
-            for config in configs:
-                forward(config, inputs[padding][0])
+            for case in cases:
+                forward(case, inputs[padding][0])
         for index in tqdm(range(len(features)), desc="latency (batch 1)", unit="feature", disable=not progress):
-            shift = index % len(configs)
-            for config in list(configs[shift:]) + list(configs[:shift]):
+            shift = index % len(cases)
+            for case in cases[shift:] + cases[:shift]:
                 for padding in PADDINGS:
-                    timings[config.length_config][padding].append(forward(config, inputs[padding][index]))
+                    timings[case][padding].append(forward(case, inputs[padding][index]))
     return {
-        config: {padding: 1000.0 * statistics.median(values) for padding, values in by_padding.items()}
-        for config, by_padding in timings.items()
+        case: {padding: 1000.0 * statistics.median(values) for padding, values in by_padding.items()}
+        for case, by_padding in timings.items()
     }
 
 
@@ -242,6 +269,7 @@ def run_demo(
     out_dir: str | None = DEFAULT_OUT,
     device: str = "cpu",
     progress: bool = True,
+    precision: str = "auto",
 ) -> DemoResult:
     """Measure the model at full length and its front's picks on a fixed dev sample (see the module docstring).
 
@@ -251,11 +279,16 @@ def run_demo(
         chosen by sample_seed (None: every question).
     latency_features: features (evenly spaced in length) timed per config and padding protocol.
     out_dir: where demo.png and demo.json go (None: nothing written).
+    precision: the precision measured beside fp32 ("auto": the fastest this machine runs natively; when it
+        is fp32, fp32 alone is measured).
     """
+    import copy
+
     import torch
 
     import dtb_ext
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
+    from dtb_ext.precision import prepare_for_precision, resolve_precision
     from dtb_ext.qa.cli import load_qa_model
     from dtb_ext.search.front import load_front
     from dtb_ext.search.qa_objective import sample_questions
@@ -272,10 +305,14 @@ def run_demo(
         print(f"data: {data}", file=sys.stderr)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    second = resolve_precision(precision, device)
     started = time.perf_counter()
     front = load_front(front_path)
     model, tokenizer = load_qa_model(model_dir, device)
     dtb_ext.patch(model)
+    models = {"fp32": model}
+    if second != "fp32":
+        models[second] = prepare_for_precision(copy.deepcopy(model), second)
     num_layers = model.config.num_hidden_layers
     if len(front.full_length.length_config) != num_layers:
         raise ValueError(
@@ -293,28 +330,37 @@ def run_demo(
 
     timed = sample_for_latency(features, latency_features)
     scores = {}
-    for config in configs:
-        if progress:
-            print(f"F1/EM at {config.label} {list(config.length_config)}", file=sys.stderr)
-        scores[config.length_config] = evaluate_qa(
-            model, features, length_config=list(config.length_config), batch_size=batch_size, padding="dynamic",
-            progress=progress,
-        )
+    for name, candidate in models.items():
+        for config in configs:
+            if progress:
+                print(f"F1/EM at {config.label} {list(config.length_config)}, {name}", file=sys.stderr)
+            scores[name, config.length_config] = evaluate_qa(
+                candidate, features, length_config=list(config.length_config), batch_size=batch_size,
+                padding="dynamic", progress=progress,
+            )
     full = front.full_length.length_config
-    latency = measure_latency(model, timed, configs, full, progress)
+    latency = measure_latency(models, timed, configs, full, progress)
+
+    def measurement(name: str, config: DemoConfig) -> Measurement:
+        own = latency[name, config.length_config]
+        return Measurement(
+            f1=float(scores[name, config.length_config]["f1"]),
+            exact_match=float(scores[name, config.length_config]["exact_match"]),
+            latency_ms=own,
+            speedup={p: latency["fp32", full][p] / own[p] for p in PADDINGS},
+            speedup_same_precision={p: latency[name, full][p] / own[p] for p in PADDINGS},
+        )
+
     rows = tuple(
         DemoRow(
             config=config,
-            f1=float(scores[config.length_config]["f1"]),
-            exact_match=float(scores[config.length_config]["exact_match"]),
-            latency_ms=latency[config.length_config],
-            speedup={p: latency[full][p] / latency[config.length_config][p] for p in PADDINGS},
             macs_ratio={
                 "dynamic": macs_ratio(model.config, run_spec(config.length_config, full), features.lengths),
                 "max_length": macs_ratio(
                     model.config, run_spec(config.length_config, full), features.lengths, max_seq_length
                 ),
             },
+            measurements={name: measurement(name, config) for name in models},
         )
         for config in configs
     )
@@ -329,6 +375,7 @@ def run_demo(
         "mean_latency_feature_length": float(timed.lengths.mean()),
         "max_seq_length": max_seq_length,
         "device": device,
+        "precisions": list(models),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "kernels": dtb_ext.has_kernels(),
@@ -357,22 +404,25 @@ def format_table(result: DemoResult) -> str:
         f"Latency: median ms per feature at batch 1 over {s['latency_features']} features evenly spaced in length "
         f"(mean {s['mean_latency_feature_length']:.0f} tokens); dynamic = each at its real length, "
         f"pad{s['max_seq_length']} = padded to {s['max_seq_length']} (the paper's protocol). "
-        "Speedup (x): full length's latency / the config's; full length runs without a config, like the unpatched "
-        "model (padded: every layer at the padded width). MACs x: the ideal speedup from the MACs count under the "
-        "same protocol.",
+        "Speedup (x): fp32 full length's latency / the config's; `prec x`: full length's in the same precision / "
+        "the config's (dynamic padding). Full length runs without a config, like the unpatched model (padded: every "
+        "layer at the padded width). MACs x: the ideal speedup from the MACs count under the same protocol.",
         "",
     ]
-    header = (f"{'config':<28} {'F1':>6} {'EM':>6} {'dyn ms':>8} {'dyn x':>6} {'MACs x':>6} {'pad ms':>8} "
-              f"{'pad x':>6} {'MACs x':>6}  length config")
+    header = (f"{'config':<28} {'prec':<5} {'F1':>6} {'EM':>6} {'dyn ms':>8} {'dyn x':>6} {'prec x':>6} "
+              f"{'MACs x':>6} {'pad ms':>8} {'pad x':>6} {'MACs x':>6}  length config")
     lines.append(header)
     lines.append("-" * len(header))
     for row in result.rows:
-        lines.append(
-            f"{row.config.label:<28} {row.f1:6.2f} {row.exact_match:6.2f} "
-            f"{row.latency_ms['dynamic']:8.2f} {row.speedup['dynamic']:6.2f} {row.macs_ratio['dynamic']:6.2f} "
-            f"{row.latency_ms['max_length']:8.2f} {row.speedup['max_length']:6.2f} {row.macs_ratio['max_length']:6.2f}  "
-            f"{list(row.config.length_config)}"
-        )
+        for index, (name, m) in enumerate(row.measurements.items()):
+            label = row.config.label if index == 0 else ""
+            lines.append(
+                f"{label:<28} {name:<5} {m.f1:6.2f} {m.exact_match:6.2f} "
+                f"{m.latency_ms['dynamic']:8.2f} {m.speedup['dynamic']:6.2f} "
+                f"{m.speedup_same_precision['dynamic']:6.2f} {row.macs_ratio['dynamic']:6.2f} "
+                f"{m.latency_ms['max_length']:8.2f} {m.speedup['max_length']:6.2f} "
+                f"{row.macs_ratio['max_length']:6.2f}  {list(row.config.length_config) if index == 0 else ''}"
+            )
     return "\n".join(lines)
 
 
@@ -396,14 +446,17 @@ def plot_demo(front: Any, rows: Sequence[DemoRow], path: str, settings: dict[str
         axes.plot([p.speedup for p in rescored], [p.dev_f1 for p in rescored], "s--", c="tab:cyan", ms=4,
                   mfc="none", label="shipped front (dev F1, MACs speedup)")
     sample = f"{settings['questions']} dev questions"
-    for padding, marker, colour, name in (("dynamic", "D", "tab:red", "dynamic padding"),
-                                          ("max_length", "^", "tab:green", f"padded to {settings['max_seq_length']}")):
-        axes.scatter([r.speedup[padding] for r in rows], [r.f1 for r in rows], marker=marker, s=60, c=colour,
-                     zorder=3, label=f"measured: {sample}, B=1, {name}")
+    for padding, marker, colours, name in (("dynamic", "D", ("tab:red", "tab:purple", "tab:brown"), "dynamic padding"),
+                                           ("max_length", "^", ("tab:green", "tab:olive", "tab:gray"),
+                                            f"padded to {settings['max_seq_length']}")):
+        for colour, precision in zip(colours, settings["precisions"]):
+            measured = [row.measurements[precision] for row in rows]
+            axes.scatter([m.speedup[padding] for m in measured], [m.f1 for m in measured], marker=marker, s=60,
+                         c=colour, zorder=3, label=f"measured {precision}: {sample}, B=1, {name}")
     for row in rows:
-        axes.annotate(row.config.label, (row.speedup["dynamic"], row.f1), textcoords="offset points",
+        axes.annotate(row.config.label, (row.fp32.speedup["dynamic"], row.fp32.f1), textcoords="offset points",
                       xytext=(6, 4), fontsize=7)
-    axes.set_xlabel("speedup vs full length")
+    axes.set_xlabel("speedup vs fp32 full length")
     axes.set_ylabel("F1")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=7)
@@ -417,8 +470,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the default QA model on a dev sample: F1/EM, latency and speedup at full length and front picks",
         description="Runs a span-QA model (default: the bundled dtb_ext/default_model) on a fixed sample of SQuAD "
         "dev-a at full length and at the configs its front (front.json from `dtb search`) offers within 1%% and "
-        "3%% of the full-length F1 and for a minimum F1; prints F1, EM, batch-1 latency with dynamic padding and "
-        "padded to 384, speedups and MACs ratios; writes demo.png and demo.json.",
+        "3%% of the full-length F1 and for a minimum F1, in fp32 and in --precision; prints F1, EM, batch-1 "
+        "latency with dynamic padding and padded to 384, speedups and MACs ratios; writes demo.png and demo.json.",
         formatter_class=HelpFormatter,
     )
     demo.add_argument("--model", default=None, help="QA model directory (default: dtb_ext/default_model)")
@@ -437,6 +490,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--batch-size", type=int, default=32, help="batch size of the F1/EM passes")
     demo.add_argument("--out", default=DEFAULT_OUT, help="folder for demo.png and demo.json")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    demo.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                      help="the precision measured beside fp32: bf16, int8 (CPU), fp32 (fp32 alone) or auto (the "
+                           "fastest this machine runs natively, printed)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=run_demo_command)
 
@@ -447,6 +503,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
             args.model, args.front, args.data, questions=None if args.full else args.questions,
             sample_seed=args.sample_seed, latency_features=args.latency_features, min_f1=args.min_f1,
             batch_size=args.batch_size, out_dir=args.out, device=args.device, progress=not args.no_progress,
+            precision=args.precision,
         )
     except ValueError as error:
         print(f"dtb demo: error: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The length-adaptive encoder: runs a Hugging Face BERT-family layer stack, dropping tokens layer by layer.
 
 Per layer i (LAT, DESIGN.md §1-2): self-attention and its output block run on every token entering the layer;
-each token's significance is the attention it receives from valid queries; the top keep-count tokens of the
+each token's significance is the attention it receives from valid queries (or, for a model with a learned
+relevance scorer, the scorer's logits alone or combined with it: relevance.py); the top keep-count tokens of the
 attention output are gathered (ascending positions); the feed-forward block runs on them alone and only they
 enter layer i+1. A dropped token's final vector is the layer input it had when dropped (drop-and-restore), so the
 sequence output is always full length.
@@ -22,6 +23,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
 from dtb_ext.models.padding_mask import padding_mask_from_hf
+from dtb_ext.models.relevance import (
+    ATTENTION,
+    SCORER,
+    RelevanceScorer,
+    ScorerRecord,
+    active_records,
+    combine_significance,
+)
 
 # Per-call overrides, {encoder: LengthConfig or None}. A ContextVar gives each thread (and asyncio task) its own
 # value, so concurrent calls on one model with different configurations do not see each other's.
@@ -33,7 +42,9 @@ _SKIPPED_LAYERS: ContextVar[dict[nn.Module, frozenset[int]]] = ContextVar("dtb_s
 class DynamicEncoder(nn.Module):
     """Drop-in replacement for `BertEncoder` / `RobertaEncoder` that shares the very same `layer` ModuleList.
 
-    It owns no parameters of its own, so a patched model's `state_dict()` is unchanged.
+    Without a relevance scorer it owns no parameters of its own, so a patched model's `state_dict()` is
+    unchanged; `relevance` (a RelevanceScorer, set by `patching.add_relevance_scorer`) adds the keys
+    `<base>.encoder.relevance.layers.N.{weight,bias}`. `significance` names the selection score's source.
     """
 
     def __init__(self, layer: nn.ModuleList, config: Any, keep_first: bool) -> None:
@@ -42,6 +53,8 @@ class DynamicEncoder(nn.Module):
         self.config = config
         self.keep_first = keep_first
         self.length_config: LengthConfig | None = None
+        self.significance = ATTENTION
+        self.relevance: RelevanceScorer | None = None
 
     @property
     def num_layers(self) -> int:
@@ -122,10 +135,10 @@ class DynamicEncoder(nn.Module):
             if getattr(layer, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
                 # What HF's GradientCheckpointingLayer does for its own forward, which this encoder bypasses.
                 hidden, mask, kept_positions = checkpoint(
-                    self._layer, layer, hidden, mask, keep, width, padded, drops_real, use_reentrant=False
+                    self._layer, index, hidden, mask, keep, width, padded, drops_real, positions, use_reentrant=False
                 )
             else:
-                hidden, mask, kept_positions = self._layer(layer, hidden, mask, keep, width, padded, drops_real)
+                hidden, mask, kept_positions = self._layer(index, hidden, mask, keep, width, padded, drops_real, positions)
             if kept_positions is not None:
                 # Every token entering this layer gets its input written; the kept ones are overwritten later.
                 restored = layer_input if positions is None else ops.restore(restored, layer_input, positions)
@@ -141,38 +154,58 @@ class DynamicEncoder(nn.Module):
 
     def _layer(
         self,
-        layer: nn.Module,
+        index: int,
         hidden: Tensor,
         mask: Tensor,
         keep: Tensor | None,
         width: int,
         padded: bool,
         drops_real: bool,
+        positions: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One layer on [B, n, D] hidden states with [B, n] mask.
+        """Layer `index` on [B, n, D] hidden states with [B, n] mask.
 
         Args:
             keep: [B] tokens each example keeps, or None when nothing is gathered (width stays n).
             width: K, the largest keep count (n when `keep` is None).
             padded: some example has fewer than n real tokens.
             drops_real: some example keeps fewer tokens than its real ones (otherwise only padding can go).
+            positions: [B, n] original positions of the entering slots, or None while none was dropped.
 
         Returns:
             ([B, K, D] output, [B, K] mask, [B, K] kept slots into n, or None when nothing was gathered).
         """
-        if not drops_real:
-            # No real token is dropped, so no significance is needed and the fused SDPA kernel can run.
+        layer = self.layer[index]
+        if not drops_real or self.significance == SCORER:
+            # No attention significance is needed, so the fused SDPA kernel can run.
             attention_output = self._attention_all_kept(layer, hidden, mask if padded else None)
+            attention_significance = None
+        else:
+            attention_output, attention_significance = self._attention_with_significance(layer, hidden, mask)
+        scorer_logits = self._scorer_logits(index, attention_output, mask, drops_real, positions)
+        if not drops_real:
             if keep is None:
                 return self._feed_forward(layer, attention_output), mask, None
             # Only padding goes: every real token outranks every padding slot, so they are all kept, in order.
             significance = mask.to(torch.float32)
         else:
-            attention_output, significance = self._attention_with_significance(layer, hidden, mask)
+            significance = combine_significance(self.significance, attention_significance, scorer_logits, mask)
         kept_hidden, kept_mask, kept_positions = ops.select_and_gather(
             attention_output, significance, mask, keep, width, self.keep_first
         )
         return self._feed_forward(layer, kept_hidden), kept_mask, kept_positions
+
+    def _scorer_logits(self, index: int, attention_output: Tensor, mask: Tensor, drops_real: bool,
+                       positions: Tensor | None) -> Tensor | None:
+        """Layer `index`'s [B, n] scorer logits where they select tokens or are being recorded (with the slots'
+        original `positions`, for the training loss), else None."""
+        records = active_records(self)
+        if self.relevance is None or not (records is not None or (drops_real and self.significance != ATTENTION)):
+            return None
+        logits = self.relevance(index, attention_output)
+        if records is not None:
+            records.append(ScorerRecord(index, logits, mask.bool(), positions))
+        return logits
 
     def _project_heads(self, layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, n, D] -> query, key, value, each [B, H, n, d]."""

@@ -4,9 +4,16 @@ The patch is in place and shares weights: the base model's `encoder` becomes a `
 very same `layer` ModuleList, so `state_dict()` keys (`bert.encoder.layer.N...`) and values are unchanged and
 `save_pretrained` / `from_pretrained` keep working. The model's length configuration is stored, JSON-serialisable,
 as `model.config.dtb_length_config`, so `save_pretrained` saves it and `patch()` applies it on load.
+
+An optional learned relevance scorer (relevance.py, `add_relevance_scorer`) adds its own keys to the state dict
+and names its significance source in `model.config.dtb_significance`. Hugging Face's `from_pretrained` does not
+know those keys and leaves them out of the unpatched model, so `patch()` reads them back from the model's
+safetensors in the directory it was loaded from.
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -21,8 +28,16 @@ from transformers import (
     RobertaModel,
 )
 
-from dtb_ext.config import LengthConfig, LengthSpec, as_length_config
+from dtb_ext.config import LengthConfig, LengthSpec, as_length_config, length_config_from_json
 from dtb_ext.models.dynamic_encoder import _OVERRIDES, _SKIPPED_LAYERS, DynamicEncoder
+from dtb_ext.models.relevance import (
+    ATTENTION,
+    ATTENTION_AND_SCORER,
+    SCORER_MODULE,
+    SIGNIFICANCE_ATTRIBUTE,
+    RelevanceScorer,
+    check_source,
+)
 
 # Model class -> whether its head reads the first token (so that token must never be dropped).
 _CLASSIFICATION_HEADS = (BertForSequenceClassification, RobertaForSequenceClassification)
@@ -42,8 +57,9 @@ def patch(model: PreTrainedModel, keep_first: bool | None = None) -> PreTrainedM
         keep_first: always keep the first (CLS) token. Default: True for sequence classification and for a base
             model with a pooler (their heads read CLS), False for question answering.
 
-    A length configuration saved in `model.config.dtb_length_config` is applied. Patching twice is a no-op
-    (apart from an explicit `keep_first`).
+    A length configuration saved in `model.config.dtb_length_config` is applied, and a relevance scorer named by
+    `model.config.dtb_significance` is rebuilt with its saved weights (ValueError when they cannot be found).
+    Patching twice is a no-op (apart from an explicit `keep_first`).
     """
     base = _base_model(model)
     if base.config.is_decoder or base.config.add_cross_attention:
@@ -56,9 +72,87 @@ def patch(model: PreTrainedModel, keep_first: bool | None = None) -> PreTrainedM
     if isinstance(base.encoder, DynamicEncoder):
         base.encoder.keep_first = keep_first
         return model
-    base.encoder = DynamicEncoder(base.encoder.layer, base.config, keep_first)
+    source = check_source(getattr(model.config, SIGNIFICANCE_ATTRIBUTE, None) or ATTENTION)
+    encoder = DynamicEncoder(base.encoder.layer, base.config, keep_first)
+    if source != ATTENTION:
+        # built before the swap, so that a failure leaves the model as it was
+        encoder.relevance = _saved_relevance_scorer(model, base)
+        encoder.significance = source
+    base.encoder = encoder
     set_length_config(model, getattr(model.config, CONFIG_ATTRIBUTE, None))
     return model
+
+
+def add_relevance_scorer(model: PreTrainedModel, significance: str = ATTENTION_AND_SCORER) -> RelevanceScorer:
+    """Give a patched model a new (untrained) relevance scorer and select tokens by `significance`.
+
+    The scorer's parameters take the dtype and device of the model's; they are saved with the model
+    (`<base>.encoder.relevance.layers.N.*`) and `model.config.dtb_significance` records the source, so that
+    `from_pretrained` + `patch()` restores both. Returns the scorer (train it, e.g. with `dtb train
+    --relevance-scorer`). ValueError when the model already has one.
+    """
+    encoder = dynamic_encoder(model)
+    if encoder.relevance is not None:
+        raise ValueError("this model already has a relevance scorer; use set_significance to change the source")
+    if check_source(significance) == ATTENTION:
+        raise ValueError(f"a relevance scorer is used by the sources 'scorer' and '{ATTENTION_AND_SCORER}', got {significance!r}")
+    reference = next(encoder.layer.parameters())
+    encoder.relevance = RelevanceScorer(encoder.num_layers, model.config.hidden_size).to(reference.device, reference.dtype)
+    set_significance(model, significance)
+    return encoder.relevance
+
+
+def set_significance(model: PreTrainedModel, significance: str) -> None:
+    """Choose the selection score of a patched model: "attention" (attention received), "scorer" or
+    "attention+scorer" (those two need a relevance scorer). Stored in `model.config.dtb_significance`.
+
+    A model with a scorer keeps its weights (and its state-dict keys) when switched to "attention".
+    """
+    encoder = dynamic_encoder(model)
+    if check_source(significance) != ATTENTION and encoder.relevance is None:
+        raise ValueError(f"significance {significance!r} needs a relevance scorer, and this model has none "
+                         "(add one with dtb_ext.add_relevance_scorer and train it)")
+    encoder.significance = significance
+    setattr(model.config, SIGNIFICANCE_ATTRIBUTE, significance)
+
+
+def _saved_relevance_scorer(model: PreTrainedModel, base: PreTrainedModel) -> RelevanceScorer:
+    """The relevance scorer stored in the safetensors of the directory `model` was loaded from."""
+    from safetensors import safe_open
+
+    directory = model.name_or_path
+    source = getattr(model.config, SIGNIFICANCE_ATTRIBUTE)
+    files = _safetensors_files(directory) if directory and os.path.isdir(directory) else []
+    marker = f"encoder.{SCORER_MODULE}."
+    state = {}
+    for path in files:
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                if marker in key:
+                    state[key.split(marker, 1)[1]] = handle.get_tensor(key)
+    scorer = RelevanceScorer(base.config.num_hidden_layers, base.config.hidden_size)
+    expected = set(scorer.state_dict())
+    if set(state) != expected:
+        raise ValueError(
+            f"config.json sets {SIGNIFICANCE_ATTRIBUTE}={source!r}, which needs the relevance scorer's weights "
+            f"({len(expected)} tensors under '{marker}'), but the model's directory {directory!r} holds "
+            f"{len(state)} of them; load the model with from_pretrained from its saved directory, or set "
+            f"config.{SIGNIFICANCE_ATTRIBUTE} = 'attention' before patching"
+        )
+    reference = next(base.encoder.layer.parameters())
+    scorer.load_state_dict(state)
+    return scorer.to(reference.device, reference.dtype)
+
+
+def _safetensors_files(directory: str) -> list[str]:
+    """model.safetensors, or the shards a model.safetensors.index.json names, in `directory`."""
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+        return [os.path.join(directory, shard) for shard in shards]
+    single = os.path.join(directory, "model.safetensors")
+    return [single] if os.path.isfile(single) else []
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -72,11 +166,12 @@ def set_length_config(model: PreTrainedModel, config: LengthSpec | dict) -> None
     Args:
         model: a patched model (see `patch`).
         config: None (full length); a sequence of per-layer ints (absolute, non-increasing, >= 1); a
-            `LengthConfig.ratios([...])` (fractions in (0, 1], non-increasing); or the saved JSON form.
+            `LengthConfig.ratios([...])` (fractions in (0, 1], non-increasing); a `MixedLengthConfig` (one per
+            example of every batch); or the saved JSON form.
     """
     encoder = dynamic_encoder(model)
     if isinstance(config, dict):
-        config = LengthConfig.from_json(config)
+        config = length_config_from_json(config)
     resolved = as_length_config(config, encoder.num_layers)
     encoder.length_config = resolved
     setattr(model.config, CONFIG_ATTRIBUTE, None if resolved is None else resolved.to_json())

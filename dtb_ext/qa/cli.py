@@ -10,6 +10,7 @@ from typing import Any
 from dtb_ext.cli import HelpFormatter
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.jsonfile import read_json_file
+from dtb_ext.precision import PRECISION_CHOICES
 
 HOW_TO_TRAIN = (
     "train one with `dtb train --output runs/default-minilm` and pass `--model runs/default-minilm/model` "
@@ -53,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                "feature padded to --max-seq-length (the paper's protocol)")
     evaluate.add_argument("--predictions", default=None, metavar="OUT.json", help="also write {question id: answer text} here")
     evaluate.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda")
+    evaluate.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                          help="numeric precision: fp32; bf16 weights and activations; int8 Linear layers (CPU); "
+                               "auto = bf16 where this machine runs it natively, else fp32 (printed)")
     evaluate.add_argument("--max-seq-length", type=int, default=384, help="tokens per feature window")
     evaluate.add_argument("--doc-stride", type=int, default=128, help="tokens between the starts of consecutive windows")
     evaluate.add_argument("--max-query-length", type=int, default=64, help="longer questions are skipped (counted, scored 0)")
@@ -121,6 +125,7 @@ def load_qa_model(path: str, device: str = "cpu"):
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from dtb_ext.precision import prepare_for_precision, resolve_precision
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
 
     try:
@@ -132,7 +137,9 @@ def run_eval(args: argparse.Namespace) -> int:
         examples = load_squad(data)
         if args.limit is not None:
             examples = examples[:args.limit]
+        precision = resolve_precision(args.precision, args.device)
         model, tokenizer = load_qa_model(args.model, args.device)
+        model = prepare_for_precision(model, precision)
         features = prepare_eval_features(examples, tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length)
         result = evaluate_qa(model, features, length_config=length_config, batch_size=args.batch_size,
                              padding=args.padding, progress=not args.no_progress,

@@ -31,6 +31,7 @@ def evaluate_qa(
     padding: str = "dynamic",
     progress: bool = True,
     return_predictions: bool = False,
+    return_per_question: bool = False,
 ) -> dict[str, Any]:
     """Run `model` (a Hugging Face *ForQuestionAnswering, on any device) over `features` and score it.
 
@@ -39,7 +40,9 @@ def evaluate_qa(
     full-length outputs). padding: "dynamic" (batches of similar length padded to their longest) or
     "max_length" (every batch padded to features.max_seq_length). Deterministic: fixed batch order,
     inference mode. Returns {"exact_match", "f1", "n", "seconds"} (+ "predictions": qid -> text when
-    return_predictions); "seconds" is the wall time of the forward passes and post-processing."""
+    return_predictions; + "per_question_f1": [n] F1 points of each question of features.examples, in their order,
+    whose mean is "f1", when return_per_question); "seconds" is the wall time of the forward passes and
+    post-processing."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -63,4 +66,18 @@ def evaluate_qa(
     result: dict[str, Any] = {**squad_metrics(features.examples, predictions), "seconds": seconds}
     if return_predictions:
         result["predictions"] = predictions
+    if return_per_question:
+        result["per_question_f1"] = per_question_f1(features.examples, predictions)
     return result
+
+
+def per_question_f1(examples: Any, predictions: dict[str, str]) -> list[float]:
+    """[n] official SQuAD F1 (points, 0-100) of each example's prediction, best over its gold answers; a
+    question without a prediction scores 0, as in `squad_metrics`."""
+    from dtb_ext.qa.metric import f1_score
+
+    return [
+        100.0 * max((f1_score(predictions[e.qid], truth) for truth in e.answers), default=0.0)
+        if e.qid in predictions else 0.0
+        for e in examples
+    ]

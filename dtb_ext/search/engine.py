@@ -16,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from dtb_ext.search.evaluation import COST_MODELS, Evaluator
 from dtb_ext.search.front import Front
 from dtb_ext.search.pareto import pareto_indices
-from dtb_ext.search.space import LengthSpace
+from dtb_ext.search.paired import BootstrapSettings
+from dtb_ext.search.space import SearchSpace
 from dtb_ext.search.strategies import (
     STRATEGIES,
     EvolutionSettings,
@@ -89,7 +90,7 @@ def _completed_values(study: optuna.Study) -> list[tuple[tuple[int, ...], tuple[
 
 def run_search(
     evaluator: Evaluator,
-    space: LengthSpace,
+    space: SearchSpace,
     *,
     n_evaluations: int = 100,
     strategy: str = "evolution",
@@ -102,6 +103,7 @@ def run_search(
     evolution: EvolutionSettings | None = None,
     tpe_startup_trials: int = 10,
     max_trials: int | None = None,
+    bootstrap: BootstrapSettings | None = None,
     progress: bool = True,
 ) -> Front:
     """Search length configs maximising F1 and minimising cost; return the front of every evaluated config.
@@ -118,6 +120,7 @@ def run_search(
     seed, worker: the sampler's seed is derived from both, so give each parallel process its own worker index.
     max_trials: cap on started trials (cache hits and failures included) so that a search whose space is
         exhausted ends; default 10 * n_evaluations + 100.
+    bootstrap: how the front's drop intervals are computed from per-question F1 (when the evaluator gives them).
     """
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
@@ -129,13 +132,7 @@ def run_search(
         raise ValueError(f"worker must be >= 0, got {worker}")
     evolution = evolution or EvolutionSettings()
     max_trials = max_trials if max_trials is not None else 10 * n_evaluations + 100
-    full_identity = {
-        **(identity or {}),
-        "cost_model": cost_model,
-        "num_layers": space.num_layers,
-        "max_length": space.max_length,
-        "min_length": space.min_length,
-    }
+    full_identity = {**(identity or {}), "cost_model": cost_model, **space.identity()}
     sampler_seed = worker_seed(seed, worker)
     sampler = make_sampler(strategy, space, sampler_seed, evolution, tpe_startup_trials)
     study = open_study(open_storage(storage), study_name, full_identity, sampler)
@@ -153,7 +150,8 @@ def run_search(
                 study.optimize(objective, n_trials=_remaining(study, monitor), callbacks=[monitor])
     finally:
         monitor.close()
-    return Front.build(cost_model, completed_results(study), space.full, full_identity)
+    return Front.build(cost_model, completed_results(study), space.full, full_identity, space=space.kind,
+                       bootstrap=bootstrap)
 
 
 def _remaining(study: optuna.Study, monitor: _Progress) -> int:

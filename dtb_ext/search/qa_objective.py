@@ -13,8 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from dtb_ext.config import LengthConfig
 from dtb_ext.search.evaluation import COST_MODELS, Evaluation
-from dtb_ext.search.space import Config
+from dtb_ext.search.space import SPACE_KINDS, Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,8 @@ class QAEvaluator:
     features: `prepare_eval_features(...)` of the evaluation questions.
     cost_model: "macs" (always computed: count_macs at every feature's real length, summed) or "latency"
         (additionally measured, see LatencySettings).
+    space: "absolute" (configs are tokens per layer) or "ratios" (fractions of each feature's input length).
+    Each evaluation keeps the F1 of every question (in the order of features.examples) for paired comparisons.
     """
 
     def __init__(
@@ -80,11 +83,14 @@ class QAEvaluator:
         batch_size: int = 32,
         padding: str = "dynamic",
         latency: LatencySettings | None = None,
+        space: str = "absolute",
     ) -> None:
         import dtb_ext
 
         if cost_model not in COST_MODELS:
             raise ValueError(f"cost model must be one of {COST_MODELS}, got {cost_model!r}")
+        if space not in SPACE_KINDS:
+            raise ValueError(f"space must be one of {SPACE_KINDS}, got {space!r}")
         if len(features) == 0:
             raise ValueError("the evaluation features are empty: no question could be featurised")
         if not dtb_ext.is_patched(model):
@@ -94,16 +100,23 @@ class QAEvaluator:
         self.cost_model = cost_model
         self.batch_size = batch_size
         self.padding = padding
+        self.space = space
         self.latency = latency or LatencySettings()
         self._length_counts = Counter(int(n) for n in features.lengths)
         self._latency_features = self._latency_sample() if cost_model == "latency" else None
         self._warmed_up = False
 
-    def macs(self, config: Sequence[int] | None) -> int:
+    def length_spec(self, config: Config | None) -> LengthConfig | None:
+        """`config` of this evaluator's space as the LengthConfig the model runs (None: full length)."""
+        if config is None:
+            return None
+        return LengthConfig.ratios(config) if self.space == "ratios" else LengthConfig.absolute(config)
+
+    def macs(self, config: Config | None) -> int:
         """Encoder MACs of one pass over every feature at its real length under `config` (None: full length)."""
         from dtb_ext.macs import count_macs
 
-        length_config = None if config is None else list(config)
+        length_config = self.length_spec(config)
         return sum(
             count * count_macs(self.model.config, length_config, length).total
             for length, count in self._length_counts.items()
@@ -125,7 +138,7 @@ class QAEvaluator:
             window_length=self.features.window_length[picks],
         )
 
-    def latency_ms(self, config: Sequence[int] | None) -> float:
+    def latency_ms(self, config: Config | None) -> float:
         """Median over repeats of the milliseconds per batch on the fixed latency sample."""
         import dtb_ext
 
@@ -143,7 +156,7 @@ class QAEvaluator:
         self.model.eval()
         timings = []
         try:
-            with torch.inference_mode(), dtb_ext.length_config(self.model, None if config is None else list(config)):
+            with torch.inference_mode(), dtb_ext.length_config(self.model, self.length_spec(config)):
                 for repeat in range(self.latency.warmup + self.latency.repeats):
                     started = time.perf_counter()
                     for inputs in batches:
@@ -161,8 +174,8 @@ class QAEvaluator:
 
         started = time.perf_counter()
         result = evaluate_qa(
-            self.model, self.features, length_config=list(config), batch_size=self.batch_size,
-            padding=self.padding, progress=False,
+            self.model, self.features, length_config=self.length_spec(config), batch_size=self.batch_size,
+            padding=self.padding, progress=False, return_per_question=True,
         )
         latency = self.latency_ms(config) if self.cost_model == "latency" else None
         return Evaluation(
@@ -172,4 +185,5 @@ class QAEvaluator:
             latency_ms=latency,
             n=int(result["n"]),
             seconds=time.perf_counter() - started,
+            per_question_f1=tuple(result["per_question_f1"]),
         )

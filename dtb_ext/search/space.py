@@ -1,18 +1,25 @@
-"""The space of length configurations and LAT's evolutionary operators on it.
+"""The spaces of length configurations and LAT's evolutionary operators on them.
 
-A length configuration is one integer per layer, non-increasing, each in [min_length, max_length]: layer i keeps
-at most `config[i]` tokens. Optuna samples it through one fixed parameter per layer (see `LengthSpace.params`), so
+`LengthSpace` (absolute): one integer per layer, non-increasing, each in [min_length, max_length]: layer i keeps
+at most `config[i]` tokens. `RatioSpace` (ratios): one fraction per layer, non-increasing, each a multiple of
+1/grid in [min_ratio, 1]: layer i keeps `ceil(config[i] * n)` of an example's n input tokens, the kind of config
+LengthDrop trains. Optuna samples either through one fixed parameter per layer (see `LengthSpace.params`), so
 every sampler (TPE, NSGA-II, the evolutionary one) sees the same, fixed search space.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from fractions import Fraction
+from typing import Any, Sequence, Union
 
 import numpy as np
 
-Config = tuple[int, ...]
+from dtb_ext.config import LengthConfig
+
+# A config of either space: ints (absolute lengths) or floats (ratios of the input length).
+Config = tuple[Union[int, float], ...]
+SPACE_KINDS: tuple[str, ...] = ("absolute", "ratios")
 
 
 def _round_half_up(value: float) -> int:
@@ -35,10 +42,20 @@ class LengthSpace:
                 f"need 1 <= min_length <= max_length, got min_length={self.min_length}, max_length={self.max_length}"
             )
 
+    kind = "absolute"
+
     @property
     def full(self) -> Config:
         """The full-length configuration: every layer keeps every token."""
         return (self.max_length,) * self.num_layers
+
+    def identity(self) -> dict[str, Any]:
+        """What a study's configs mean: stored in the study and checked when it is reopened."""
+        return {"num_layers": self.num_layers, "max_length": self.max_length, "min_length": self.min_length}
+
+    def length_spec(self, config: Sequence[int]) -> LengthConfig:
+        """The config as the `LengthConfig` the model runs."""
+        return LengthConfig.absolute(self.check(config))
 
     def check(self, config: Sequence[int]) -> Config:
         """Return `config` as a tuple after checking it belongs to the space (ValueError otherwise)."""
@@ -123,3 +140,95 @@ class LengthSpace:
         """LAT's crossover: the element-wise mean rounded up, (g0 + g1 + 1) // 2 (non-increasing when both are)."""
         first, second = self.check(first), self.check(second)
         return tuple((a + b + 1) // 2 for a, b in zip(first, second))
+
+
+# Ratios are searched on a grid of 1/100: fine enough that neighbouring ratios differ by about one token on a
+# typical 180-token feature, coarse enough that the search does not spend evaluations on near-duplicates and a
+# cached config is found again exactly.
+DEFAULT_RATIO_GRID = 100
+
+
+@dataclass(frozen=True)
+class RatioSpace:
+    """Non-increasing ratio configurations `1 >= r_0 >= ... >= r_{n-1} >= min_ratio`, each a multiple of 1/grid.
+
+    Every operation runs on the integer steps `round(r_i * grid)` through a `LengthSpace` over
+    [ceil(min_ratio * grid), grid], so mutation, crossover and the Optuna parametrisation keep monotonicity
+    exactly as in the absolute space; configs are handed out as floats `steps / grid`.
+    """
+
+    num_layers: int
+    min_ratio: float
+    grid: int = DEFAULT_RATIO_GRID
+
+    kind = "ratios"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, int) or self.grid < 2:
+            raise ValueError(f"the ratio grid must be an integer >= 2, got {self.grid!r}")
+        if not 0.0 < self.min_ratio <= 1.0:
+            raise ValueError(f"min_ratio must lie in (0, 1], got {self.min_ratio}")
+        LengthSpace(self.num_layers, self.grid, self.min_steps)  # validates num_layers
+
+    @property
+    def min_steps(self) -> int:
+        return math.ceil(Fraction(repr(float(self.min_ratio))) * self.grid)
+
+    @property
+    def steps(self) -> LengthSpace:
+        """The same space in integer steps of 1/grid."""
+        return LengthSpace(self.num_layers, self.grid, self.min_steps)
+
+    @property
+    def full(self) -> Config:
+        return self._ratios(self.steps.full)
+
+    def identity(self) -> dict[str, Any]:
+        return {"space": self.kind, "num_layers": self.num_layers, "ratio_grid": self.grid, "min_ratio": self.min_ratio}
+
+    def _ratios(self, steps: Sequence[int]) -> Config:
+        return tuple(step / self.grid for step in steps)
+
+    def _steps(self, config: Sequence[float]) -> tuple[int, ...]:
+        steps = []
+        for value in config:
+            step = round(float(value) * self.grid)
+            if isinstance(value, bool) or abs(step / self.grid - float(value)) > 1e-12:
+                raise ValueError(f"ratio configs in this space are multiples of 1/{self.grid}, got {list(config)}")
+            steps.append(step)
+        return tuple(steps)
+
+    def check(self, config: Sequence[float]) -> Config:
+        """Return `config` as a tuple of floats after checking it belongs to the space (ValueError otherwise)."""
+        if len(config) != self.num_layers:
+            raise ValueError(f"ratio config needs {self.num_layers} entries (one per layer), got {len(config)}: {config}")
+        steps = self._steps(config)
+        if any(not self.min_steps <= step <= self.grid for step in steps):
+            raise ValueError(f"ratio config entries must lie in [{self.min_steps / self.grid}, 1], got {list(config)}")
+        return self._ratios(self.steps.check(steps))
+
+    def length_spec(self, config: Sequence[float]) -> LengthConfig:
+        return LengthConfig.ratios(self.check(config))
+
+    def param_names(self) -> list[str]:
+        return self.steps.param_names()
+
+    def config_from_params(self, params: dict[str, float]) -> Config:
+        return self._ratios(self.steps.config_from_params(params))
+
+    def params(self, config: Sequence[float]) -> dict[str, float]:
+        return self.steps.params(self._steps(self.check(config)))
+
+    def constant_ratio_configs(self, count: int) -> list[Config]:
+        """LAT's initial population on the ratio grid: r_i = ceil(grid * (1 - r) ** (i + 1)) / grid."""
+        return [self._ratios(steps) for steps in self.steps.constant_ratio_configs(count)]
+
+    def mutate(self, config: Sequence[float], probability: float, rng: np.random.Generator) -> Config:
+        return self._ratios(self.steps.mutate(self._steps(self.check(config)), probability, rng))
+
+    def crossover(self, first: Sequence[float], second: Sequence[float]) -> Config:
+        """The element-wise mean of the two configs' steps, rounded up to the grid."""
+        return self._ratios(self.steps.crossover(self._steps(self.check(first)), self._steps(self.check(second))))
+
+
+SearchSpace = Union[LengthSpace, RatioSpace]

@@ -12,7 +12,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from dtb_ext.search.pareto import pareto_indices
-from dtb_ext.search.space import Config, LengthSpace
+from dtb_ext.search.space import Config, SearchSpace
 from dtb_ext.search.study import trial_config
 
 STRATEGIES: tuple[str, ...] = ("evolution", "tpe", "nsga2")
@@ -46,11 +46,11 @@ class EvolutionSettings:
             raise ValueError(f"mutation_prob must lie in [0, 1], got {self.mutation_prob}")
 
 
-def search_space(space: LengthSpace) -> dict[str, BaseDistribution]:
+def search_space(space: SearchSpace) -> dict[str, BaseDistribution]:
     return {name: FloatDistribution(0.0, 1.0) for name in space.param_names()}
 
 
-def taken_configs(study: optuna.Study, space: LengthSpace) -> set[Config]:
+def taken_configs(study: optuna.Study, space: SearchSpace) -> set[Config]:
     configs = {trial_config(t, space) for t in study.get_trials(deepcopy=False, states=TAKEN_STATES)}
     configs.discard(None)
     return configs
@@ -69,7 +69,7 @@ def front_configs(study: optuna.Study) -> list[Config]:
 
 
 def _offspring(
-    space: LengthSpace, parents: list[Config], operation: str, settings: EvolutionSettings,
+    space: SearchSpace, parents: list[Config], operation: str, settings: EvolutionSettings,
     rng: np.random.Generator, taken: set[Config],
 ) -> Config | None:
     """One new config (not in `taken`) by mutation or crossover of `parents`; None after max_attempts."""
@@ -84,7 +84,7 @@ def _offspring(
     return None
 
 
-def enqueue_generation(study: optuna.Study, space: LengthSpace, settings: EvolutionSettings, seed: int) -> int:
+def enqueue_generation(study: optuna.Study, space: SearchSpace, settings: EvolutionSettings, seed: int) -> int:
     """Enqueue the next generation into the study and return how many configs were enqueued.
 
     Generation 0 is the constant-ratio population (the full-length config first). Generation g >= 1 is drawn from
@@ -127,7 +127,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
     already in the study, the trial falls back to a seeded random config. Queued trials keep their enqueued
     parameters."""
 
-    def __init__(self, space: LengthSpace, settings: EvolutionSettings, seed: int) -> None:
+    def __init__(self, space: SearchSpace, settings: EvolutionSettings, seed: int) -> None:
         self._space = space
         self._settings = settings
         self._seed = seed
@@ -154,7 +154,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
 
 
 def make_sampler(
-    strategy: str, space: LengthSpace, seed: int, evolution: EvolutionSettings, tpe_startup_trials: int = 10
+    strategy: str, space: SearchSpace, seed: int, evolution: EvolutionSettings, tpe_startup_trials: int = 10
 ) -> optuna.samplers.BaseSampler:
     """The sampler for `strategy`, seeded (each parallel worker should pass its own seed)."""
     if strategy == "evolution":

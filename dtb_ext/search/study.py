@@ -15,8 +15,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from dtb_ext.search.evaluation import Evaluator
-from dtb_ext.search.space import Config, LengthSpace
+from dtb_ext.search.evaluation import Evaluator, compact_scores
+from dtb_ext.search.space import Config, SearchSpace
 
 IDENTITY_ATTR = "dtb_search_identity"
 DIRECTIONS = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]  # F1 up, cost down
@@ -157,7 +157,7 @@ def open_study(
     return study
 
 
-def trial_config(trial: FrozenTrial, space: LengthSpace | None = None) -> Config | None:
+def trial_config(trial: FrozenTrial, space: SearchSpace | None = None) -> Config | None:
     """The length config of a trial: recorded once it ran; for a trial still waiting in the queue, read from its
     enqueued parameters when `space` is given; None when unknown."""
     recorded = trial.user_attrs.get("length_config")
@@ -170,10 +170,11 @@ def trial_config(trial: FrozenTrial, space: LengthSpace | None = None) -> Config
 
 
 # A trial's user attributes: "length_config" (written first: the claim) and "result", one dict written once
-# (each attribute is a database transaction): f1, exact_match, macs, latency_ms, n, seconds, evaluated (False
-# when copied from trial `cached_from`) and worker (host:pid).
+# (each attribute is a database transaction): f1, exact_match, macs, latency_ms, n, seconds, per_question_f1
+# (rounded, see `compact_scores`; absent in studies made before paired scoring), evaluated (False when copied
+# from trial `cached_from`) and worker (host:pid).
 RESULT_ATTR = "result"
-RECORD_KEYS = ("f1", "exact_match", "macs", "latency_ms", "n", "seconds")
+RECORD_KEYS = ("f1", "exact_match", "macs", "latency_ms", "n", "seconds", "per_question_f1")
 
 
 def trial_result(trial: FrozenTrial) -> dict[str, Any] | None:
@@ -200,7 +201,7 @@ def count_evaluations(study: optuna.Study) -> int:
 
 
 def make_objective(
-    space: LengthSpace,
+    space: SearchSpace,
     evaluator: Evaluator,
     cost_model: str,
     poll_seconds: float = 0.2,
@@ -230,6 +231,7 @@ def make_objective(
                 "latency_ms": evaluation.latency_ms,
                 "n": int(evaluation.n),
                 "seconds": float(evaluation.seconds),
+                "per_question_f1": compact_scores(evaluation.per_question_f1),
                 "evaluated": True,
             }
             values = (float(evaluation.f1), evaluation.cost(cost_model))

@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--init-from", default=None, metavar="DIR",
                         help="start from an already fine-tuned QA model directory (e.g. OUTPUT/model of an earlier run) instead of --model")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=defaults.precision,
+                        help="bf16: autocast (float32 master weights and optimizer state), about 2.5x cheaper per "
+                             "step on CPUs with AVX512-BF16/AMX; auto: bf16 where the hardware runs it natively")
     length_drop = parser.add_argument_group("LengthDrop", "train every length configuration at once (sandwich rule, inplace distillation)")
     length_drop.add_argument("--length-drop", action="store_true",
                              help="each batch also trains the smallest and --num-sandwich random sub-models on the full model's span distributions")
@@ -58,6 +61,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="largest fraction of the tokens a sub-model's layer may drop: r_i ~ U[(1 - bound) r_(i-1), r_(i-1)]")
     length_drop.add_argument("--layer-drop", type=float, nargs="?", const=0.2, default=defaults.layer_drop, metavar="P",
                              help="LayerDrop: skip each layer of a sub-model with probability P (0.2 when given without a value)")
+    length_drop.add_argument("--relevance-scorer", choices=("scorer", "attention+scorer"), default=None,
+                             help="add (or keep training) a learned per-layer relevance scorer and select the tokens "
+                                  "each sub-model keeps by it (alone, or summed with attention received)")
+    length_drop.add_argument("--relevance-weight", type=float, default=defaults.relevance_weight,
+                             help="weight of the scorer's ranking-distillation loss")
+    length_drop.add_argument("--relevance-temperature", type=float, default=defaults.relevance_temperature,
+                             help="temperature of the full model's answer distribution that the scorer learns")
+    length_drop.add_argument("--relevance-question-share", type=float, default=defaults.relevance_question_share,
+                             help="share of the scorer's target spread over the question segment's tokens")
     distill = parser.add_argument_group("distillation", "learn from a teacher QA model (TinyBERT-style)")
     distill.add_argument("--teacher", default=None, metavar="DIR", help="teacher question-answering model directory (same vocabulary)")
     distill.add_argument("--kd-temperature", type=float, default=defaults.kd_temperature, help="softmax temperature T of the soft loss (scaled by T^2)")
@@ -86,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         doc_stride=args.doc_stride, max_query_length=args.max_query_length, fp16_export=args.fp16_export,
         progress=not args.no_progress, init_from=args.init_from, length_drop=args.length_drop,
         num_sandwich=args.num_sandwich, length_drop_ratio_bound=args.length_drop_ratio_bound,
-        layer_drop=args.layer_drop, teacher=args.teacher, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+        layer_drop=args.layer_drop, precision=args.precision, relevance_scorer=args.relevance_scorer,
+        relevance_weight=args.relevance_weight, relevance_temperature=args.relevance_temperature,
+        relevance_question_share=args.relevance_question_share, teacher=args.teacher, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
         kd_hidden_weight=args.kd_hidden_weight, kd_attention_weight=args.kd_attention_weight,
         kd_layer_map=args.kd_layer_map,
     )

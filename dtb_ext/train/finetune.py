@@ -147,6 +147,7 @@ def _check_options(options: TrainOptions) -> None:
     if options.init_from is not None and options.model is not None:
         raise ValueError(f"give --model (a base model) or --init-from (a fine-tuned QA model), not both: "
                          f"got --model {options.model!r} and --init-from {options.init_from!r}")
+    training_precision(options)
     if options.init_from is not None and not os.path.isfile(os.path.join(options.init_from, "config.json")):
         raise ValueError(f"--init-from expects a fine-tuned model directory with a config.json, got {options.init_from!r}")
     from dtb_ext.train.lengthdrop import recipe_settings
@@ -181,10 +182,26 @@ def load_train_examples(options: TrainOptions):
     return examples
 
 
+def training_precision(options: TrainOptions) -> str:
+    """"fp32" or "bf16" for --precision (auto resolved for this machine's CPU or GPU)."""
+    from dtb_ext.precision import resolve_precision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(options.precision, device)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"dtb train runs in fp32 or bf16 (autocast), got --precision {options.precision!r}")
+    return precision
+
+
 def training_arguments(options: TrainOptions, checkpoint_dir: str) -> TrainingArguments:
     """The TrainingArguments of the recipe: AdamW, linear decay after a warmup fraction, safetensors
-    checkpoints every save_steps, length-grouped batches."""
+    checkpoints every save_steps, length-grouped batches; bf16 autocast (float32 master weights and optimizer
+    state) with --precision bf16."""
+    bf16 = training_precision(options) == "bf16"
     return TrainingArguments(
+        bf16=bf16,
+        # Trainer accepts bf16 on a machine without a GPU only when told to run on the CPU
+        use_cpu=bf16 and not torch.cuda.is_available(),
         output_dir=checkpoint_dir,
         per_device_train_batch_size=options.batch_size,
         gradient_accumulation_steps=options.gradient_accumulation,

@@ -12,10 +12,16 @@ r_0 = 1, r_i ~ U[(1 - bound) r_{i-1}, r_{i-1}]; the smallest sub-model has r_i =
 p > 0, each layer of a sub-model is also skipped with probability p (at least one layer always runs).
 The draws come from a generator seeded with (seed, optimizer step, micro-batch), never the global RNG, so a
 resumed run samples exactly what an uninterrupted one would.
+
+With a learned relevance scorer (relevance.py), the sub-models select their tokens by it, and every layer's
+scorer logits in the full model and in the sub-models (over the tokens present there) are pulled toward the
+full model's answer distribution plus a share on the question segment (ranking distillation); that loss is added
+with `RelevanceSettings.weight`. The selection itself is discrete, so the scorer learns from that loss alone.
 """
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from dtb_ext.config import LengthConfig
-from dtb_ext.models.patching import dynamic_encoder, length_config, skip_layers
+from dtb_ext.models.patching import add_relevance_scorer, dynamic_encoder, length_config, set_significance, skip_layers
+from dtb_ext.models.relevance import (
+    ATTENTION,
+    check_source,
+    record_scorer_logits,
+    relevance_targets,
+    scorer_distillation_loss,
+)
 from dtb_ext.train.distill import (
     DistillationTrainer,
     Distiller,
@@ -52,6 +65,26 @@ class LengthDropSettings:
             raise ValueError(f"length_drop_ratio_bound (largest per-layer shrink) must lie in (0, 1), got {self.ratio_bound!r}")
         if not (isinstance(self.layer_drop, (int, float)) and 0.0 <= self.layer_drop < 1.0):
             raise ValueError(f"layer_drop (probability of skipping a layer) must lie in [0, 1), got {self.layer_drop!r}")
+
+
+@dataclass(frozen=True)
+class RelevanceSettings:
+    """The learned relevance scorer of LengthDrop: its selection source and its ranking-distillation loss."""
+
+    significance: str = "attention+scorer"
+    weight: float = 1.0
+    temperature: float = 2.0
+    question_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if check_source(self.significance) == ATTENTION:
+            raise ValueError(f"a relevance scorer selects by 'scorer' or 'attention+scorer', got {self.significance!r}")
+        if not (isinstance(self.weight, (int, float)) and self.weight > 0):
+            raise ValueError(f"relevance_weight (weight of the scorer's loss) must be > 0, got {self.weight!r}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"relevance_temperature must be > 0, got {self.temperature!r}")
+        if not (isinstance(self.question_share, (int, float)) and 0.0 <= self.question_share < 1.0):
+            raise ValueError(f"relevance_question_share must lie in [0, 1), got {self.question_share!r}")
 
 
 @dataclass(frozen=True)
@@ -124,7 +157,8 @@ class LengthDropTrainer(DistillationTrainer):
     micro-batch, sub-models): what a resumed run must reproduce.
     """
 
-    def __init__(self, *args: Any, length_drop: LengthDropSettings | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, length_drop: LengthDropSettings | None = None,
+                 relevance: RelevanceSettings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
             # DataParallel runs replicas in threads, which see neither the length configuration nor LayerDrop
@@ -132,6 +166,9 @@ class LengthDropTrainer(DistillationTrainer):
                              f"got {self.args.n_gpu} GPUs in one process (DataParallel)")
         dynamic_encoder(unwrap_model(self.model))  # ValueError now, not at the first step, for an unpatched model
         self.length_drop = length_drop or LengthDropSettings()
+        self.relevance = relevance
+        if relevance is not None:
+            prepare_relevance_scorer(unwrap_model(self.model), relevance)
         self.sampled: list[tuple[int, int, list[SubModel]]] = []
         self._micro_batch = (-1, 0)  # (optimizer step, micro-batches already drawn in it)
 
@@ -144,18 +181,56 @@ class LengthDropTrainer(DistillationTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         unwrapped = unwrap_model(model)
-        with length_config(unwrapped, None), skip_layers(unwrapped, ()):
-            loss, outputs = self.full_model_loss(model, inputs)
-        if model.training:
-            step, micro, generator = self.next_generator()
-            sandwich = sample_sandwich(dynamic_encoder(unwrapped).num_layers, self.length_drop, generator)
-            self.sampled.append((step, micro, sandwich))
-            features = {name: value for name, value in inputs.items() if name not in ("start_positions", "end_positions")}
-            sub_losses = [inplace_distillation_loss(model, features, outputs, sub_model) for sub_model in sandwich]
-            sub_loss = torch.stack(sub_losses).sum()
-            self.record_parts({"full_loss": loss, "sub_loss": sub_loss / len(sub_losses)})
-            loss = loss + sub_loss
+        encoder = dynamic_encoder(unwrapped)
+        with ExitStack() as stack:
+            records = None
+            if model.training and self.relevance is not None:
+                records = stack.enter_context(record_scorer_logits(encoder))
+            with length_config(unwrapped, None), skip_layers(unwrapped, ()):
+                loss, outputs = self.full_model_loss(model, inputs)
+            if model.training:
+                step, micro, generator = self.next_generator()
+                sandwich = sample_sandwich(encoder.num_layers, self.length_drop, generator)
+                self.sampled.append((step, micro, sandwich))
+                features = {name: value for name, value in inputs.items() if name not in ("start_positions", "end_positions")}
+                sub_losses = [inplace_distillation_loss(model, features, outputs, sub_model) for sub_model in sandwich]
+                sub_loss = torch.stack(sub_losses).sum()
+                parts = {"full_loss": loss, "sub_loss": sub_loss / len(sub_losses)}
+                loss = loss + sub_loss
+                if records is not None:
+                    relevance_loss = self.relevance_loss(records, features, outputs)
+                    parts["relevance_loss"] = relevance_loss
+                    loss = loss + self.relevance.weight * relevance_loss
+                self.record_parts(parts)
         return (loss, outputs) if return_outputs else loss
+
+    def relevance_loss(self, records: list, features: dict[str, Tensor], full_outputs: Any) -> Tensor:
+        """The scorer's ranking-distillation loss over every layer recorded in the full model and the sub-models."""
+        mask = features["attention_mask"].bool()
+        token_types = features.get("token_type_ids")
+        # BERT marks the question segment (with CLS and the first SEP) by token type 0; without token types
+        # (RoBERTa) no token counts as question and the whole target is the answer distribution.
+        question = (token_types == 0) & mask if token_types is not None else torch.zeros_like(mask)
+        targets = relevance_targets(full_outputs.start_logits, full_outputs.end_logits, mask, question,
+                                    self.relevance.temperature, self.relevance.question_share)
+        return scorer_distillation_loss(records, targets)
+
+
+def prepare_relevance_scorer(model: nn.Module, settings: RelevanceSettings) -> None:
+    """Give a patched model a new relevance scorer unless it has one (loaded from --init-from or a checkpoint),
+    and select by `settings.significance`."""
+    if dynamic_encoder(model).relevance is None:
+        add_relevance_scorer(model, settings.significance)
+    else:
+        set_significance(model, settings.significance)
+
+
+def relevance_settings(options: Any) -> RelevanceSettings | None:
+    """The validated RelevanceSettings of TrainOptions, or None without --relevance-scorer."""
+    if options.relevance_scorer is None:
+        return None
+    return RelevanceSettings(options.relevance_scorer, options.relevance_weight, options.relevance_temperature,
+                             options.relevance_question_share)
 
 
 def recipe_settings(options: Any) -> tuple[LengthDropSettings | None, DistillSettings | None]:
@@ -164,7 +239,8 @@ def recipe_settings(options: Any) -> tuple[LengthDropSettings | None, DistillSet
     from dtb_ext.train.options import TrainOptions
 
     defaults = TrainOptions(output="")
-    length_names = ("num_sandwich", "length_drop_ratio_bound", "layer_drop")
+    length_names = ("num_sandwich", "length_drop_ratio_bound", "layer_drop", "relevance_scorer", "relevance_weight",
+                    "relevance_temperature", "relevance_question_share")
     kd_names = ("kd_temperature", "kd_alpha", "kd_hidden_weight", "kd_attention_weight", "kd_layer_map")
     for enabled, names, switch in ((options.length_drop, length_names, "--length-drop"),
                                    (options.teacher is not None, kd_names, "--teacher")):
@@ -177,6 +253,7 @@ def recipe_settings(options: Any) -> tuple[LengthDropSettings | None, DistillSet
     length_drop = None
     if options.length_drop:
         length_drop = LengthDropSettings(options.num_sandwich, options.length_drop_ratio_bound, options.layer_drop)
+        relevance_settings(options)
     distill = None
     if options.teacher is not None:
         layer_map = None if options.kd_layer_map is None else parse_layer_map(options.kd_layer_map)
@@ -197,5 +274,5 @@ def trainer_recipe(options: Any, model: nn.Module) -> tuple[type[QATrainer], dic
         extras["distiller"] = Distiller(teacher, model, distill)
     if length_drop is not None:
         patch(model)
-        return LengthDropTrainer, {**extras, "length_drop": length_drop}
+        return LengthDropTrainer, {**extras, "length_drop": length_drop, "relevance": relevance_settings(options)}
     return (DistillationTrainer if distill is not None else QATrainer), extras

@@ -35,11 +35,17 @@ class TrainOptions:
     fp16_export: bool = False
     progress: bool = True
     init_from: str | None = None  # an already fine-tuned QA model directory to start from (instead of --model)
+    precision: str = "fp32"  # "fp32", or "bf16": autocast with float32 master weights and optimizer state
     # LengthDrop (lengthdrop.py)
     length_drop: bool = False
     num_sandwich: int = 2
     length_drop_ratio_bound: float = 0.2
     layer_drop: float = 0.0
+    # learned relevance scorer, trained inside LengthDrop (dtb_ext/models/relevance.py)
+    relevance_scorer: str | None = None  # None: no scorer; "scorer" or "attention+scorer": the selection source
+    relevance_weight: float = 1.0
+    relevance_temperature: float = 2.0
+    relevance_question_share: float = 0.5
     # knowledge distillation (distill.py)
     teacher: str | None = None
     kd_temperature: float = 2.0

@@ -1,0 +1,155 @@
+"""Learned token relevance: an optional significance source of the dynamic encoder (DESIGN.md §2.7).
+
+Attention received says little about where a span-QA answer is in the first layers (dropping 20 % of the real
+tokens at layer 1 by it costs about as much F1 as dropping a random 20 %). A relevance scorer is one linear map
+per layer, `[B, n, D] attention output -> [B, n]` logits (D MACs per token), trained by ranking distillation:
+at every layer its softmax over the tokens present is pulled toward a target distribution built from the full
+model's answer distribution (see `relevance_targets`).
+
+Significance sources (`config.dtb_significance`, saved in config.json):
+- "attention": attention received from valid queries (the default, and the only source without a scorer);
+- "scorer": the scorer's logits alone;
+- "attention+scorer": the sum of both, each standardised per example over its real tokens (zero mean, unit
+  variance), so neither scale dominates by accident.
+Every source is a per-example function of that example's real tokens, so batch invariance, ties (lower position
+first), ascending order and "padding never chosen" hold exactly as for attention: the combined score goes through
+the same select-and-gather op.
+
+Shapes: B batch, n tokens entering a layer (padded width), D hidden size, L0 input length.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+ATTENTION = "attention"
+SCORER = "scorer"
+ATTENTION_AND_SCORER = "attention+scorer"
+SIGNIFICANCE_SOURCES = (ATTENTION, SCORER, ATTENTION_AND_SCORER)
+# config.json field naming the source; absent (or "attention") for models without a scorer.
+SIGNIFICANCE_ATTRIBUTE = "dtb_significance"
+# Prefix of the scorer's weights inside the base model's state dict (e.g. bert.encoder.relevance.0.weight).
+SCORER_MODULE = "relevance"
+
+
+def check_source(source: str) -> str:
+    """`source` if it names a significance source, else ValueError listing them."""
+    if source not in SIGNIFICANCE_SOURCES:
+        raise ValueError(f"significance source must be one of {', '.join(SIGNIFICANCE_SOURCES)}; got {source!r}")
+    return source
+
+
+class RelevanceScorer(nn.Module):
+    """One linear relevance scorer per encoder layer."""
+
+    def __init__(self, num_layers: int, hidden_size: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(hidden_size, 1) for _ in range(num_layers))
+
+    def forward(self, index: int, hidden: Tensor) -> Tensor:
+        """Layer `index`'s logits: [B, n, D] attention output -> [B, n] float32."""
+        return self.layers[index](hidden).squeeze(-1).float()
+
+
+def standardise(values: Tensor, mask: Tensor) -> Tensor:
+    """Per-example z-scores over the real tokens: [B, n] float, [B, n] bool -> [B, n] float32.
+
+    Padding gets 0 (select-and-gather never picks it while a real token remains, whatever its score). An example
+    whose real tokens all have the same value gets 0 everywhere (no preference), not NaN.
+    """
+    values = values.float()
+    weight = mask.to(values.dtype)
+    count = weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean = (values * weight).sum(dim=1, keepdim=True) / count
+    centred = (values - mean) * weight
+    spread = (centred.square().sum(dim=1, keepdim=True) / count).sqrt()
+    return torch.where(spread > 0, centred / spread.clamp(min=torch.finfo(torch.float32).tiny), torch.zeros_like(centred))
+
+
+def combine_significance(source: str, attention: Tensor | None, scorer_logits: Tensor | None, mask: Tensor) -> Tensor:
+    """The [B, n] float32 selection score of `source` from attention significance and/or scorer logits ([B, n])."""
+    if source == ATTENTION:
+        return attention.float()
+    if source == SCORER:
+        return scorer_logits.float()
+    return standardise(attention, mask) + standardise(scorer_logits, mask)
+
+
+@dataclass
+class ScorerRecord:
+    """One layer's scorer logits from a forward pass, for the training loss.
+
+    logits: [B, n] float32; mask: [B, n] bool (real tokens present); positions: [B, n] original positions of the
+    slots (PAD_POSITION for padding slots), or None when no token had been dropped before this layer (slot = position).
+    """
+
+    layer: int
+    logits: Tensor
+    mask: Tensor
+    positions: Tensor | None
+
+
+# The records of the forward passes run inside `record_scorer_logits`, per encoder (training only).
+_RECORDS: ContextVar[dict[nn.Module, list[ScorerRecord]] | None] = ContextVar("dtb_scorer_records", default=None)
+
+
+@contextmanager
+def record_scorer_logits(encoder: nn.Module) -> Iterator[list[ScorerRecord]]:
+    """Within the block, every layer of `encoder` computes its scorer logits (even where nothing is dropped) and
+    appends them to the yielded list."""
+    records: list[ScorerRecord] = []
+    token = _RECORDS.set({**(_RECORDS.get() or {}), encoder: records})
+    try:
+        yield records
+    finally:
+        _RECORDS.reset(token)
+
+
+def active_records(encoder: nn.Module) -> list[ScorerRecord] | None:
+    """The list `record_scorer_logits` collects into for `encoder` in this context, or None."""
+    records = _RECORDS.get()
+    return None if records is None else records.get(encoder)
+
+
+def relevance_targets(start_logits: Tensor, end_logits: Tensor, mask: Tensor, question: Tensor,
+                      temperature: float, question_share: float) -> Tensor:
+    """Target distribution over the input positions: [B, L0] each -> [B, L0] float32, rows summing to 1.
+
+    (1 - question_share) of the mass is the full model's answer distribution (the mean of its start and end
+    softmaxes at `temperature`, over real tokens), `question_share` is spread evenly over the real tokens of the
+    question segment (`question`, bool), which the answer distribution ignores but every later layer needs.
+    Examples without question tokens put all the mass on the answer distribution.
+    """
+    blocked = torch.finfo(torch.float32).min
+    start = torch.softmax(start_logits.detach().float().masked_fill(~mask, blocked) / temperature, dim=-1)
+    end = torch.softmax(end_logits.detach().float().masked_fill(~mask, blocked) / temperature, dim=-1)
+    answer = (start + end) / 2 * mask
+    question = question & mask
+    count = question.sum(dim=1, keepdim=True)
+    share = torch.where(count > 0, torch.full_like(count, question_share, dtype=torch.float32), torch.zeros_like(count, dtype=torch.float32))
+    on_question = question.float() / count.clamp(min=1)
+    return (1 - share) * answer + share * on_question
+
+
+def scorer_distillation_loss(records: list[ScorerRecord], targets: Tensor) -> Tensor:
+    """Mean over records of the soft cross-entropy of each layer's scorer softmax against `targets` ([B, L0]),
+    restricted to (and renormalised over) the tokens present at that layer."""
+    losses = []
+    for record in records:
+        if record.positions is None:
+            target = targets[:, : record.logits.shape[1]]
+        else:
+            # padding slots (negative positions) read position 0; the mask below zeroes them
+            target = torch.gather(targets, 1, record.positions.clamp(min=0))
+        target = torch.where(record.mask, target, torch.zeros_like(target))
+        total = target.sum(dim=1, keepdim=True)
+        target = torch.where(total > 0, target / total.clamp(min=torch.finfo(torch.float32).tiny), target)
+        log_probs = torch.log_softmax(record.logits.masked_fill(~record.mask, torch.finfo(torch.float32).min), dim=-1)
+        per_token = torch.where(record.mask, target * log_probs, torch.zeros_like(log_probs))
+        losses.append(-per_token.sum(dim=1).mean())
+    return torch.stack(losses).mean()
