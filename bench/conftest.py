@@ -1,11 +1,16 @@
-"""Benchmark session setup: prints one table at the end with each case's median and minimum time next to its
-baselines (`fused / baseline` ratios), grouped as in pytest-benchmark's own report. On a shared machine the minimum
+"""Benchmark session setup: `Interleaved` (several variants timed item by item within each round, for the model
+and QA levels) and, at the end, one table with each ops case's median and minimum time next to its baselines
+(`fused / baseline` ratios), grouped as in pytest-benchmark's own report. On a shared machine the minimum
 is the steadier figure: other processes only ever add time. (The repository's conftest.py skips `cuda` cases
 without a GPU.)"""
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +29,92 @@ def record_times():
             TIMES[group][implementation] = (benchmark.stats.stats.median, benchmark.stats.stats.min)
 
     return record
+
+
+class Interleaved:
+    """Times several variants on the same items, all of them within every round: item by item, each variant runs
+    once on the item, in an order that rotates from item to item and from round to round. A host whose speed
+    drifts then slows every variant alike, where pytest-benchmark's one-case-after-another order would put the
+    drift into the ratios. `run_round` is what one benchmark round calls; `summary` goes into `extra_info`.
+
+    variants: name -> function of one item (for example one batch of model inputs).
+    items: the inputs, the same for every variant.
+    """
+
+    def __init__(self, variants: dict[str, Callable[[Any], Any]], items: Sequence[Any],
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if not variants or not items:
+            raise ValueError(f"Interleaved needs variants and items, got {len(variants)} and {len(items)}")
+        self.variants = variants
+        self.items = items
+        self.clock = clock
+        # variant -> one list per finished round of per-item seconds
+        self.times: dict[str, list[list[float]]] = {name: [] for name in variants}
+
+    def warm_up(self) -> None:
+        """One untimed call of every variant (allocator, thread pool, lazy initialisation)."""
+        for function in self.variants.values():
+            function(self.items[0])
+
+    def run_round(self) -> None:
+        names = list(self.variants)
+        current = {name: [] for name in names}
+        shift = len(next(iter(self.times.values())))
+        for index, item in enumerate(self.items):
+            start = (shift + index) % len(names)
+            for name in names[start:] + names[:start]:
+                started = self.clock()
+                self.variants[name](item)
+                current[name].append(self.clock() - started)
+        for name in names:
+            self.times[name].append(current[name])
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per variant: `median_ms` (median over rounds and items of one call), `round_ms` (median over rounds of
+        the time for all items) and `min_round_ms`."""
+        out = {}
+        for name, rounds in self.times.items():
+            totals = [sum(per_item) for per_item in rounds]
+            out[name] = {
+                "median_ms": 1e3 * statistics.median(t for per_item in rounds for t in per_item),
+                "round_ms": 1e3 * statistics.median(totals),
+                "min_round_ms": 1e3 * min(totals),
+            }
+        return out
+
+
+def _interleaved_clock() -> Callable[[], float]:
+    """DTB_BENCH_CLOCK: "wall" (default, time.perf_counter) or "thread" (time.thread_time: the calling thread's CPU
+    time, which other processes on a loaded machine disturb far less; meaningful with DTB_BENCH_THREADS=1 only,
+    since the other threads' work is not counted)."""
+    choice = os.environ.get("DTB_BENCH_CLOCK", "wall")
+    clocks = {"wall": time.perf_counter, "thread": time.thread_time}
+    if choice not in clocks:
+        raise ValueError(f"DTB_BENCH_CLOCK must be one of {', '.join(clocks)}, got {choice!r}")
+    return clocks[choice]
+
+
+@pytest.fixture
+def time_interleaved(benchmark):
+    """A function (variants, items, rounds, extra=None) that times `rounds` rounds of `Interleaved(variants,
+    items)` as this one pytest-benchmark case (its own stats: a whole round, every variant) and stores the
+    per-variant summary, merged with `extra` (variant -> more fields, e.g. F1), as extra_info["variants"];
+    returns that summary."""
+
+    def run(variants: dict[str, Callable[[Any], Any]], items: Sequence[Any], rounds: int,
+            extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+        timer = Interleaved(variants, items, _interleaved_clock())
+        timer.warm_up()
+        benchmark.pedantic(timer.run_round, rounds=rounds, iterations=1, warmup_rounds=0)
+        summary: dict[str, dict[str, Any]] = timer.summary()
+        for name, fields in (extra or {}).items():
+            summary[name].update(fields)
+        benchmark.extra_info["variants"] = summary
+        benchmark.extra_info["interleaved_items"] = len(items)
+        benchmark.extra_info["clock"] = os.environ.get("DTB_BENCH_CLOCK", "wall")
+        return summary
+
+    return run
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -6,7 +6,9 @@ One section per level (ops, layer, model, qa), one table per benchmark group: ev
 minimum time, its speedup against each baseline of the group (baseline median / its median, so > 1 is faster),
 the ideal speedup from MACs where the benchmark recorded one, and F1 where it did. Baselines: for ops, every
 implementation other than `fused` (the PyTorch chains); elsewhere `hf-eager`, `hf-sdpa`, `onnxruntime` and
-`patched-full` (the dynamic model at full length) when present. The header describes the machine.
+`patched-full` (the dynamic model at full length) when present. Interleaved benchmarks (one benchmark that times
+every variant item by item, `extra_info["variants"]`) get one table of their variants, with speedups against
+HF fp32, HF bf16 and ORT int8 where present. The header describes the machine.
 """
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ import platform
 import re
 import sys
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 LEVELS = ("ops", "layer", "model", "qa")
 BASELINES = ("hf-eager", "hf-sdpa", "onnxruntime", "patched-full")
+# Baselines of interleaved benchmarks (one benchmark timing every variant, extra_info["variants"]) unless the
+# benchmark names its own (extra_info["baselines"]).
+INTERLEAVED_BASELINES = ("hf-fp32-sdpa", "hf-bf16-sdpa", "ort-int8")
 
 
 def level_of(benchmark: dict[str, Any]) -> str:
@@ -90,26 +95,61 @@ def machine_section(data: dict[str, Any], command: str | None) -> list[str]:
     return lines + [""]
 
 
+def quality_columns(infos: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict[str, Any]], list[str]]]:
+    """The optional `MACs ideal x` and `F1` columns of a table whose rows have these fields: their headers, and a
+    function from one row's fields to its cells (empty where the row lacks the field)."""
+    has_macs = any("macs_ratio" in info for info in infos)
+    has_f1 = any("f1" in info for info in infos)
+    header = (["MACs ideal x"] if has_macs else []) + (["F1"] if has_f1 else [])
+
+    def cells(info: dict[str, Any]) -> list[str]:
+        out = [f"{info['macs_ratio']:.2f}" if "macs_ratio" in info else ""] if has_macs else []
+        return out + ([f"{info['f1']:.2f}" if "f1" in info else ""] if has_f1 else [])
+
+    return header, cells
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def interleaved_table(group: str, benchmark: dict[str, Any]) -> list[str]:
+    """One interleaved benchmark: a row per variant with its median ms per item, its median round (all items),
+    its speedup against each baseline present (baseline round / this round), features/s, MACs ideal and F1."""
+    info = benchmark.get("extra_info", {})
+    variants: dict[str, dict[str, Any]] = info["variants"]
+    baselines = [name for name in info.get("baselines", INTERLEAVED_BASELINES) if name in variants]
+    features = info.get("features")
+    quality_header, quality_cells = quality_columns(list(variants.values()))
+    header = ["variant", "median ms / item", "round ms"] + [f"x vs {name}" for name in baselines]
+    header += (["features/s"] if features else []) + quality_header
+    rows = []
+    for name, v in variants.items():
+        cells = [f"`{name}`", f"{v['median_ms']:.3f}", f"{v['round_ms']:.3f}"]
+        cells += [f"{variants[base]['round_ms'] / v['round_ms']:.2f}" for base in baselines]
+        cells += [f"{features / (v['round_ms'] / 1e3):.1f}"] if features else []
+        rows.append(cells + quality_cells(v))
+    note = (f"Interleaved: every variant on each of the {info.get('interleaved_items', '?')} items "
+            f"({info.get('items_are', 'item')}) in turn, rounds: {benchmark['stats'].get('rounds', '?')}; medians "
+            "per variant.")
+    return [f"### {group}", "", note, "", *markdown_table(header, rows), ""]
+
+
 def group_table(level: str, group: str, benchmarks: list[dict[str, Any]]) -> list[str]:
-    rows = {implementation_of(b): b for b in benchmarks}
-    names = list(rows)
-    baselines = baselines_of(level, names)
-    has_macs = any("macs_ratio" in b.get("extra_info", {}) for b in benchmarks)
-    has_f1 = any("f1" in b.get("extra_info", {}) for b in benchmarks)
-    header = ["implementation", "median ms", "min ms"] + [f"x vs {name}" for name in baselines]
-    header += ["MACs ideal x"] if has_macs else []
-    header += ["F1"] if has_f1 else []
-    lines = [f"### {group}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in names:
-        stats, info = rows[name]["stats"], rows[name].get("extra_info", {})
+    interleaved = [b for b in benchmarks if "variants" in b.get("extra_info", {})]
+    if interleaved:
+        return [line for b in interleaved for line in interleaved_table(group, b)]
+    by_name = {implementation_of(b): b for b in benchmarks}
+    baselines = baselines_of(level, list(by_name))
+    quality_header, quality_cells = quality_columns([b.get("extra_info", {}) for b in benchmarks])
+    header = ["implementation", "median ms", "min ms"] + [f"x vs {name}" for name in baselines] + quality_header
+    rows = []
+    for name, benchmark in by_name.items():
+        stats = benchmark["stats"]
         cells = [f"`{name}`", f"{stats['median'] * 1e3:.3f}", f"{stats['min'] * 1e3:.3f}"]
-        cells += [f"{rows[base]['stats']['median'] / stats['median']:.2f}" for base in baselines]
-        if has_macs:
-            cells.append(f"{info['macs_ratio']:.2f}" if "macs_ratio" in info else "")
-        if has_f1:
-            cells.append(f"{info['f1']:.2f}" if "f1" in info else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+        cells += [f"{by_name[base]['stats']['median'] / stats['median']:.2f}" for base in baselines]
+        rows.append(cells + quality_cells(benchmark.get("extra_info", {})))
+    return [f"### {group}", "", *markdown_table(header, rows), ""]
 
 
 def write_report(data: dict[str, Any], command: str | None = None) -> str:

@@ -138,3 +138,19 @@ def test_restore(benchmark, record_times, implementation, batch, width, keep_rat
     function = {"fused": fused, "reference": reference_op, "scatter": scatter}[implementation]
     run(benchmark, function, device, rounds=50)
     record_times(group, implementation, benchmark)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("batch", [1, 32])
+def test_softmax_with_significance_interleaved(benchmark, time_interleaved, batch: int, dtype: str) -> None:
+    """The fused op and torch.softmax alone on identical scores, alternating call by call (the 10 % target is a
+    ratio of these two; timed one after the other, a drifting host lands in the ratio)."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(batch, HEADS, LENGTH, LENGTH, generator=generator).to(DTYPES[dtype])
+    mask = torch.ones(batch, LENGTH, dtype=torch.long)
+    benchmark.group = f"softmax interleaved B={batch} H={HEADS} L={LENGTH} {dtype} cpu"
+    benchmark.extra_info.update(level="ops", interleaved=True, device="cpu", dtype=dtype, batch=batch,
+                                threads=torch.get_num_threads(), items_are="the same scores",
+                                baselines=["softmax_only"])
+    time_interleaved({"fused": lambda s: ops.softmax_with_significance(s, mask),
+                      "softmax_only": lambda s: torch.softmax(s, dim=-1)}, [scores] * 4, 8 if batch > 1 else 30)

@@ -1,19 +1,30 @@
-"""End-to-end span QA: the default QA model over a fixed sample of SQuAD dev-a, on identical inputs, as
-unpatched Hugging Face (eager, sdpa), ONNX Runtime running the unpatched model (when `onnxruntime` is
-importable), and the patched model at full length and at two configs of its shipped front, picked within 1% and
-3% of the full-length F1 (pytest-benchmark; reported, not pass/fail).
+"""End-to-end span QA: the default QA model over a fixed sample of SQuAD dev-a, every variant on identical inputs,
+interleaved feature by feature within each round (pytest-benchmark; reported, not pass/fail).
 
-One timed round runs every feature of the sample once at batch 1 with dynamic padding (each feature at its real
-length), which is the per-question latency protocol of `dtb demo`. `extra_info` carries each variant's F1/EM on
-the sample (computed once from that variant's own logits, so a wrong export shows), the MACs ratio at the real
-lengths (ideal speedup over full length) and the length config.
+Variants: unpatched Hugging Face with SDPA in fp32 and bf16; ONNX Runtime running the unpatched model in fp32 and
+dynamically quantized to int8 (`onnxruntime.quantization.quantize_dynamic`; both when `onnxruntime` is
+importable); the patched model ("ours") in each precision of DTB_BENCH_QA_PRECISIONS (default fp32,bf16,int8;
+`dtb_ext.prepare_for_precision`) at full length (no config, as the unpatched model runs) and at the shipped
+front's picks within DTB_BENCH_QA_PICKS percent of the full-length F1 (default 1,3; a pick that is full length
+is not timed twice).
 
-Model: DTB_BENCH_QA_MODEL (default dtb_ext/default_model), skipped when missing; front: DTB_BENCH_QA_FRONT
-(default MODEL/front.json), the two front cases are skipped when it is missing. Sample: DTB_BENCH_QA_QUESTIONS questions (default 48) of dev-a, seed 0.
+One benchmark per batch size: each round runs every feature (batch 1) or every length-grouped batch (batch 32,
+dynamic padding) through every variant in turn, the variant order rotating from item to item (bench/conftest.py
+`Interleaved`), so a host whose speed drifts slows every variant alike. The benchmark's own time is a whole
+round; `extra_info["variants"]` holds each variant's median ms per item, median round ms (the whole sample), its
+F1/EM on the sample (computed once from that variant's own logits, so a wrong export or a lossy precision shows),
+the MACs ratio at the real lengths (ideal speedup over full length) and its length config. `bench/report.py`
+renders them with speedups against HF fp32, HF bf16 and ORT int8.
+
+Model: DTB_BENCH_QA_MODEL (default dtb_ext/default_model), skipped when missing; front: MODEL/front.json (picks
+skipped when it is missing). Sample: DTB_BENCH_QA_QUESTIONS questions of dev-a (default 48), seed 0; rounds:
+DTB_BENCH_QA_ROUNDS (default 3). Quick check: `DTB_BENCH_QA_QUESTIONS=8 DTB_BENCH_QA_ROUNDS=1`.
 Run: `.venv/bin/python -m pytest bench/test_bench_qa.py --benchmark-only`.
 """
 from __future__ import annotations
 
+import copy
+import json
 import os
 import warnings
 from collections import Counter
@@ -27,23 +38,28 @@ import dtb_ext
 from dtb_ext.demo import DEFAULT_MODEL_DIR, FRONT_FILE
 
 MODEL_DIR = os.environ.get("DTB_BENCH_QA_MODEL", DEFAULT_MODEL_DIR)
-FRONT = os.environ.get("DTB_BENCH_QA_FRONT", os.path.join(MODEL_DIR, FRONT_FILE))
+FRONT = os.path.join(MODEL_DIR, FRONT_FILE)
 QUESTIONS = int(os.environ.get("DTB_BENCH_QA_QUESTIONS", "48"))
-ROUNDS = 3
+ROUNDS = int(os.environ.get("DTB_BENCH_QA_ROUNDS", "3"))
+PRECISIONS = os.environ.get("DTB_BENCH_QA_PRECISIONS", "fp32,bf16,int8").split(",")
+PICKS = [float(p) for p in os.environ.get("DTB_BENCH_QA_PICKS", "1,3").split(",") if p]
 MAX_SEQ_LENGTH = 384  # window length when no front says otherwise (the front records its search's windows)
-VARIANTS = ["hf-eager", "hf-sdpa", "onnxruntime", "patched-full", "front-1pct", "front-3pct"]
+ONNX_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
 pytestmark = pytest.mark.skipif(
     not os.path.isfile(os.path.join(MODEL_DIR, "config.json")),
     reason=f"no QA model at {MODEL_DIR} (the default model is made by `dtb train`, see dtb_ext/default_model)",
 )
 
+Logits = tuple[torch.Tensor, torch.Tensor]
+
 
 @lru_cache(maxsize=1)
 def _setup() -> dict[str, Any]:
-    """Models (HF eager, HF sdpa, patched), the sample's features and their batch-1 inputs, the front configs."""
+    """The models of every variant, the sample's features, and the configs (None = full length) by name."""
     from transformers import AutoModelForQuestionAnswering
 
+    from dtb_ext.precision import prepare_for_precision
     from dtb_ext.qa import load_squad, prepare_eval_features
     from dtb_ext.qa.cli import load_qa_model
     from dtb_ext.qa.data import default_squad_file
@@ -53,112 +69,148 @@ def _setup() -> dict[str, Any]:
 
     patched, tokenizer = load_qa_model(MODEL_DIR)
     dtb_ext.patch(patched).eval()
-    models = {"patched": patched}
-    for implementation in ("eager", "sdpa"):
-        models[implementation] = AutoModelForQuestionAnswering.from_pretrained(
-            MODEL_DIR, dtype=torch.float32, attn_implementation=implementation
-        ).eval()
-    configs = {"patched-full": [MAX_SEQ_LENGTH] * patched.config.num_hidden_layers}
-    identity = {}
+    hf_fp32 = AutoModelForQuestionAnswering.from_pretrained(MODEL_DIR, dtype=torch.float32,
+                                                            attn_implementation="sdpa").eval()
+    models = {"hf-fp32-sdpa": hf_fp32, "hf-bf16-sdpa": copy.deepcopy(hf_fp32).to(torch.bfloat16)}
+    ours = {precision: prepare_for_precision(copy.deepcopy(patched), precision).eval() for precision in PRECISIONS}
+    configs: dict[str, Any] = {"full": None}
+    picks: dict[str, str] = {}
+    identity: dict[str, Any] = {}
     if os.path.isfile(FRONT):
         front = load_front(FRONT)
-        configs = {
-            "patched-full": list(front.full_length.length_config),
-            "front-1pct": list(pick(front, max_f1_drop_percent=1.0).length_config),
-            "front-3pct": list(pick(front, max_f1_drop_percent=3.0).length_config),
-        }
         identity = front.identity
+        for percent in PICKS:
+            point = pick(front, max_f1_drop_percent=percent)
+            name = f"front-{percent:g}pct"
+            picks[name] = "full length" if point.length_config == front.full_length.length_config else str(
+                list(point.length_config))
+            if picks[name] != "full length":
+                configs[name] = point.length_spec
     examples = sample_questions(load_squad(default_squad_file("dev-a-v1.1.json")), QUESTIONS, 0)
     features = prepare_eval_features(examples, tokenizer, int(identity.get("max_seq_length", MAX_SEQ_LENGTH)),
                                      int(identity.get("doc_stride", 128)), int(identity.get("max_query_length", 64)))
-    batches = list(features.batches(1, "dynamic"))
-    return {"models": models, "configs": configs, "features": features, "batches": batches}
+    return {"models": models, "ours": ours, "configs": configs, "picks": picks, "features": features,
+            "model_config": patched.config}
 
 
-@lru_cache(maxsize=1)
-def _onnx_session(path: str) -> Any:
-    """An ONNX Runtime session of the unpatched eager model, exported once (TorchScript exporter, dynamic axes)."""
+def _onnx_sessions(directory: str) -> dict[str, Any]:
+    """ONNX Runtime sessions of the unpatched model: fp32 (TorchScript export, dynamic axes) and int8
+    (`quantize_dynamic` of that file, default settings)."""
     import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     setup = _setup()
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    sample = setup["batches"][0][1]
+    fp32_path, int8_path = os.path.join(directory, "model.onnx"), os.path.join(directory, "model-int8.onnx")
+    sample = next(iter(setup["features"].batches(1, "dynamic")))[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            setup["models"]["eager"], tuple(sample[n] for n in names), path, input_names=names,
+            setup["models"]["hf-fp32-sdpa"], tuple(sample[n] for n in ONNX_NAMES), fp32_path, input_names=ONNX_NAMES,
             output_names=["start_logits", "end_logits"], dynamo=False,
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["start_logits", "end_logits"]},
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ONNX_NAMES + ["start_logits", "end_logits"]},
         )
+        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    # ORT's intra-op threads spin (busy-wait) after each run by default; interleaved with PyTorch variants, that
+    # spinning steals the cores from the variant timed next (it measured up to 1.7x slower here, issue 11).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    return {"ort-fp32": onnxruntime.InferenceSession(fp32_path, options, providers=providers),
+            "ort-int8": onnxruntime.InferenceSession(int8_path, options, providers=providers)}
 
 
-def _runner(variant: str, tmp_dir: str) -> Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
-    """inputs -> (start_logits, end_logits) for one variant."""
+@lru_cache(maxsize=1)
+def _variants(tmp_dir: str) -> dict[str, tuple[Callable[[dict[str, torch.Tensor]], Logits], Any]]:
+    """name -> (inputs -> (start_logits, end_logits), length config or None)."""
     setup = _setup()
-    if variant == "onnxruntime":
-        pytest.importorskip("onnxruntime")
-        session = _onnx_session(os.path.join(tmp_dir, "model.onnx"))
+    variants: dict[str, tuple[Callable[[dict[str, torch.Tensor]], Logits], Any]] = {}
+    for name, model in setup["models"].items():
+        variants[name] = (_hf_runner(model), None)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        for name, session in _onnx_sessions(tmp_dir).items():
+            variants[name] = (_onnx_runner(session), None)
+    for precision, model in setup["ours"].items():
+        for config_name, config in setup["configs"].items():
+            variants[f"ours-{precision}-{config_name}"] = (_patched_runner(model, config), config)
+    return variants
 
-        def run_onnx(inputs):
-            start, end = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
-            return torch.from_numpy(start), torch.from_numpy(end)
 
-        return run_onnx
-    if variant.startswith("hf-"):
-        model = setup["models"][variant.removeprefix("hf-")]
+def _hf_runner(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], Logits]:
+    def run(inputs):
+        outputs = model(**inputs)
+        return outputs.start_logits, outputs.end_logits
 
-        def run_hf(inputs):
-            outputs = model(**inputs)
-            return outputs.start_logits, outputs.end_logits
+    return run
 
-        return run_hf
-    model, config = setup["models"]["patched"], setup["configs"][variant]
 
-    def run_patched(inputs):
+def _onnx_runner(session: Any) -> Callable[[dict[str, torch.Tensor]], Logits]:
+    def run(inputs):
+        start, end = session.run(None, {name: inputs[name].numpy() for name in ONNX_NAMES})
+        return torch.from_numpy(start), torch.from_numpy(end)
+
+    return run
+
+
+def _patched_runner(model: torch.nn.Module, config: Any) -> Callable[[dict[str, torch.Tensor]], Logits]:
+    def run(inputs):
         with dtb_ext.length_config(model, config):
             outputs = model(**inputs)
         return outputs.start_logits, outputs.end_logits
 
-    return run_patched
+    return run
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_qa_sample(benchmark, tmp_path_factory, variant: str) -> None:
+def _scores_and_macs(variants, batches) -> dict[str, dict[str, Any]]:
+    """Per variant: F1/EM on the sample from its own logits, the MACs ratio, the length config."""
     from dtb_ext.macs import count_macs
     from dtb_ext.qa.metric import squad_metrics
     from dtb_ext.qa.postprocess import SpanCollector
 
     setup = _setup()
-    if variant.startswith("front-") and variant not in setup["configs"]:
-        pytest.skip(f"no front at {FRONT} (`dtb search` writes it)")
-    features, batches = setup["features"], setup["batches"]
-    run = _runner(variant, str(tmp_path_factory.getbasetemp()))
-    config = setup["configs"].get(variant)
-    model_config = setup["models"]["patched"].config
+    features, model_config = setup["features"], setup["model_config"]
     lengths = Counter(int(n) for n in features.lengths)
     full = sum(c * count_macs(model_config, None, n).total for n, c in lengths.items())
-    reduced = sum(c * count_macs(model_config, config, n).total for n, c in lengths.items())
-
-    collector = SpanCollector(features)
+    extra = {}
     with torch.inference_mode():
-        for indices, inputs in batches:
-            collector.add(indices, *run(inputs))
-    scores = squad_metrics(features.examples, collector.predictions())
+        for name, (run, config) in variants.items():
+            collector = SpanCollector(features)
+            for indices, inputs in batches:
+                start, end = run(inputs)
+                collector.add(indices, start.float(), end.float())
+            scores = squad_metrics(features.examples, collector.predictions())
+            reduced = sum(c * count_macs(model_config, config, n).total for n, c in lengths.items())
+            extra[name] = {"f1": round(scores["f1"], 2), "exact_match": round(scores["exact_match"], 2),
+                           "macs_ratio": round(full / reduced, 3),
+                           "length_config": None if config is None else json.dumps(config.to_json())}
+    return extra
 
-    def evaluate_sample():
-        with torch.inference_mode():
-            for _, inputs in batches:
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_qa_interleaved(benchmark, time_interleaved, tmp_path_factory, batch: int) -> None:
+    setup = _setup()
+    features = setup["features"]
+    batches = list(features.batches(batch, "dynamic"))
+    variants = _variants(str(tmp_path_factory.getbasetemp()))
+    extra = _scores_and_macs(variants, batches)
+    benchmark.group = f"qa {os.path.basename(os.path.normpath(MODEL_DIR))} dev-a {QUESTIONS}q B={batch} dynamic"
+    benchmark.extra_info.update(
+        level="qa", interleaved=True, questions=QUESTIONS, features=len(features), batch=batch, padding="dynamic",
+        items_are="features" if batch == 1 else f"length-grouped batches of {batch} features",
+        mean_length=float(features.lengths.mean()), device="cpu", threads=torch.get_num_threads(),
+        kernels=dtb_ext.has_kernels(), picks=setup["picks"],
+    )
+
+    def call(run):
+        def timed(inputs):
+            with torch.inference_mode():
                 run(inputs)
 
-    benchmark.group = f"qa {os.path.basename(os.path.normpath(MODEL_DIR))} dev-a {QUESTIONS}q B=1 dynamic"
-    benchmark.extra_info.update(
-        level="qa", variant=variant, questions=QUESTIONS, features=len(features), batch=1, padding="dynamic",
-        mean_length=float(features.lengths.mean()), device="cpu", dtype="float32",
-        threads=torch.get_num_threads(), kernels=dtb_ext.has_kernels(),
-        length_config=None if config is None else str(config), macs_ratio=round(full / reduced, 3),
-        f1=round(scores["f1"], 2), exact_match=round(scores["exact_match"], 2),
-    )
-    benchmark.pedantic(evaluate_sample, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+        return timed
+
+    time_interleaved({name: call(run) for name, (run, _) in variants.items()},
+                     [inputs for _, inputs in batches], ROUNDS, extra)

@@ -1,5 +1,11 @@
 // Argument checks shared by the CPU and CUDA implementations of the dtb ops. Every failure is a TORCH_CHECK
 // (a RuntimeError in Python) whose message names the argument, what was expected and what was given.
+//
+// Each op's check comes in two parts: `*_shapes` reads only metadata (shapes, dtypes, devices, scalar
+// arguments); `check_keep_counts` / `check_position_range` / `check_distinct_positions` read tensor values, which
+// on CUDA costs a device-to-host copy. `check_select_inputs` and `check_restore_inputs` run both parts (the CPU
+// kernels call them); the CUDA binding runs the value part only while its stream is not being captured into a CUDA
+// graph.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,6 +14,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace dtb {
 
@@ -24,8 +31,8 @@ inline void check_floating(const char* op, const at::Tensor& tensor, const char*
 }
 
 // Smallest and largest value of an integer tensor with at least one element. On CUDA this costs one small
-// device-to-host copy (a synchronisation); it is what lets bad counts and positions fail with a message
-// instead of reading or writing out of bounds.
+// device-to-host copy (a synchronisation), which is why the CUDA binding calls the value checks only outside
+// CUDA-graph capture; it is what lets bad counts and positions fail with a message.
 inline std::pair<int64_t, int64_t> min_max_values(const at::Tensor& values) {
   if (values.is_cpu()) {
     // A plain loop: the int64 counts and positions are small, and ATen reductions would cost more in dispatch.
@@ -50,7 +57,7 @@ inline void check_softmax_inputs(const at::Tensor& scores, const at::Tensor& mas
   check_same_device(op, scores, "scores", mask, "mask");
 }
 
-inline void check_select_inputs(const at::Tensor& hidden, const at::Tensor& significance, const at::Tensor& mask,
+inline void check_select_shapes(const at::Tensor& hidden, const at::Tensor& significance, const at::Tensor& mask,
                                 const at::Tensor& keep, int64_t max_keep) {
   constexpr const char* op = "dtb::select_and_gather";
   TORCH_CHECK(hidden.dim() == 3, op, ": hidden must be [B, L, D], got shape ", hidden.sizes());
@@ -70,7 +77,12 @@ inline void check_select_inputs(const at::Tensor& hidden, const at::Tensor& sign
   check_same_device(op, hidden, "hidden", keep, "keep");
   TORCH_CHECK(max_keep >= 0 && max_keep <= length, op, ": max_keep must be in [0, L] = [0, ", length, "], got ",
               max_keep);
-  if (batch == 0) {
+}
+
+// keep: [B] int64; every count must be in [1, length] and at most max_keep.
+inline void check_keep_counts(const at::Tensor& keep, int64_t length, int64_t max_keep) {
+  constexpr const char* op = "dtb::select_and_gather";
+  if (keep.numel() == 0) {
     return;
   }
   const auto [fewest, most] = min_max_values(keep);
@@ -79,7 +91,13 @@ inline void check_select_inputs(const at::Tensor& hidden, const at::Tensor& sign
   TORCH_CHECK(most <= max_keep, op, ": max_keep must be at least max(keep) = ", most, ", got ", max_keep);
 }
 
-inline void check_restore_inputs(const at::Tensor& base, const at::Tensor& src, const at::Tensor& positions) {
+inline void check_select_inputs(const at::Tensor& hidden, const at::Tensor& significance, const at::Tensor& mask,
+                                const at::Tensor& keep, int64_t max_keep) {
+  check_select_shapes(hidden, significance, mask, keep, max_keep);
+  check_keep_counts(keep, hidden.size(1), max_keep);
+}
+
+inline void check_restore_shapes(const at::Tensor& base, const at::Tensor& src, const at::Tensor& positions) {
   constexpr const char* op = "dtb::restore";
   TORCH_CHECK(base.dim() == 3, op, ": base must be [B, L0, D], got shape ", base.sizes());
   TORCH_CHECK(src.dim() == 3 && src.size(0) == base.size(0) && src.size(2) == base.size(2), op,
@@ -93,12 +111,44 @@ inline void check_restore_inputs(const at::Tensor& base, const at::Tensor& src, 
   check_floating(op, src, "src");
   check_same_device(op, base, "base", src, "src");
   check_same_device(op, base, "base", positions, "positions");
+}
+
+// positions: [B, K] int64; every value must be -1 (skip) or in [0, length).
+inline void check_position_range(const at::Tensor& positions, int64_t length) {
   if (positions.numel() == 0) {
     return;
   }
   const auto [lowest, highest] = min_max_values(positions);
-  TORCH_CHECK(lowest >= -1 && highest < base.size(1), op, ": positions must be -1 (skip) or in [0, L0) = [0, ",
-              base.size(1), "), got values from ", lowest, " to ", highest);
+  TORCH_CHECK(lowest >= -1 && highest < length, "dtb::restore: positions must be -1 (skip) or in [0, L0) = [0, ",
+              length, "), got values from ", lowest, " to ", highest);
+}
+
+inline void check_restore_inputs(const at::Tensor& base, const at::Tensor& src, const at::Tensor& positions) {
+  check_restore_shapes(base, src, positions);
+  check_position_range(positions, base.size(1));
+}
+
+// positions: [B, K] int64 on the CPU, already in range (check_position_range); no example may name one position
+// twice. The CPU restore finds duplicates while building its slot table; the CUDA one calls this on the host only
+// after its kernel has flagged one, to name it.
+inline void check_distinct_positions(const at::Tensor& positions, int64_t length) {
+  TORCH_INTERNAL_ASSERT(positions.is_cpu(), "check_distinct_positions reads positions on the host");
+  const at::Tensor contiguous = positions.contiguous();
+  const int64_t* data = contiguous.const_data_ptr<int64_t>();
+  const int64_t slots = contiguous.size(1);
+  std::vector<int64_t> slot_of(length);
+  for (int64_t b = 0; b < contiguous.size(0); ++b) {
+    std::fill(slot_of.begin(), slot_of.end(), -1);
+    for (int64_t k = 0; k < slots; ++k) {
+      const int64_t position = data[b * slots + k];
+      if (position < 0) {
+        continue;
+      }
+      TORCH_CHECK(slot_of[position] < 0, "dtb::restore: positions must be distinct within an example; example ", b,
+                  " has position ", position, " at slots ", slot_of[position], " and ", k);
+      slot_of[position] = k;
+    }
+  }
 }
 
 }  // namespace dtb

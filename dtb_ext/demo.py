@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from dtb_ext.cli import HelpFormatter
+from dtb_ext.config import LengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.precision import PRECISION_CHOICES
 
@@ -190,7 +191,10 @@ def run_spec(length_config: tuple[int, ...], full_length: tuple[int, ...]) -> li
     """The length config a demo row runs (and counts MACs) with. Full length runs without one, as the unpatched
     model does: every layer at the input width, padding included (the baseline of the paper's protocol). Any
     config drops the padding at its first gather (DESIGN.md §2.1)."""
-    return None if length_config == full_length else list(length_config)
+    if length_config == full_length:
+        return None
+    # a ratio front's configs are floats (see dtb_ext.search.front.Point.length_spec)
+    return LengthConfig.ratios(length_config) if isinstance(length_config[0], float) else list(length_config)
 
 
 def measure_latency(
@@ -335,7 +339,7 @@ def run_demo(
             if progress:
                 print(f"F1/EM at {config.label} {list(config.length_config)}, {name}", file=sys.stderr)
             scores[name, config.length_config] = evaluate_qa(
-                candidate, features, length_config=list(config.length_config), batch_size=batch_size,
+                candidate, features, length_config=run_spec(config.length_config, None), batch_size=batch_size,
                 padding="dynamic", progress=progress,
             )
     full = front.full_length.length_config

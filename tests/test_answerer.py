@@ -15,33 +15,18 @@ from dtb_ext.qa.cli import DEFAULT_MODEL_DIR
 from dtb_ext.qa.data import default_squad_file, load_squad
 from dtb_ext.qa.latency import LatencyModel
 from dtb_ext.search.front import Front
+from serving import TINY_FRONT_CONFIGS, save_tiny_model_with_front
 from tiny_qa import save_tiny_qa_model
 
 DEV_A = default_squad_file("dev-a-v1.1.json")
 HAS_DEFAULT = os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "model.safetensors"))
 CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
            "France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway.")
-# A tiny model's front: full length and three cheaper configurations, F1 falling with cost.
-TINY_FRONT_CONFIGS = {(384, 384): 60.0, (200, 120): 58.0, (120, 60): 55.0, (40, 20): 40.0}
-
-
-def tiny_front(config) -> Front:
-    results = [
-        (lengths, {"f1": f1, "exact_match": f1 - 10, "macs": count_macs(config, list(lengths), 384).total,
-                   "latency_ms": None})
-        for lengths, f1 in TINY_FRONT_CONFIGS.items()
-    ]
-    return Front.build("macs", results, (384, 384))
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    directory = save_tiny_qa_model(str(tmp_path_factory.mktemp("tiny_qa")))
-    from transformers import AutoConfig
-
-    with open(os.path.join(directory, "front.json"), "w") as handle:
-        json.dump(tiny_front(AutoConfig.from_pretrained(directory)).to_json(), handle)
-    return directory
+    return save_tiny_model_with_front(str(tmp_path_factory.mktemp("tiny_qa")))
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +56,15 @@ def test_full_length_gives_dtb_eval_answers(default_answerer, tmp_path):
     for example, answer in zip(examples, answers):
         assert example.context[answer.start_char:answer.end_char] == answer.answer
         assert answer.length_config is None
+
+
+def test_the_shipped_front_serves_budgets_in_its_own_space(default_answerer):
+    ladder = default_answerer.configs_for({"min_speedup": 1.2}, default_answerer.prepare("Where is Normandy?", CONTEXT))
+    expected = [p.length_spec for p in default_answerer.front.points if p.length_config in
+                {tuple(c.values) for c in ladder}]
+    assert ladder and all(config in expected for config in ladder)
+    answer = default_answerer.answer("Where is Normandy?", CONTEXT, {"min_speedup": 1.2})
+    assert answer.length_config == ladder[0] and CONTEXT[answer.start_char:answer.end_char] == answer.answer
 
 
 def test_mixed_budgets_in_one_call_equal_each_question_alone(tiny):

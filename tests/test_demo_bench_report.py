@@ -63,3 +63,31 @@ def test_groups_without_stats_are_left_out():
 @pytest.mark.parametrize(("names", "expected"), [(["fused", "a", "b"], ["a", "b"]), (["a"], [])])
 def test_ops_baselines_are_the_non_fused_chains(names, expected):
     assert report.baselines_of("ops", names) == expected
+
+
+def test_interleaved_benchmarks_get_one_table_of_their_variants():
+    variants = {"hf-fp32-sdpa": {"median_ms": 20.0, "round_ms": 100.0, "macs_ratio": 1.0, "f1": 68.6},
+                "hf-bf16-sdpa": {"median_ms": 10.0, "round_ms": 50.0, "macs_ratio": 1.0, "f1": 68.7},
+                "ours-int8-front-3pct": {"median_ms": 5.0, "round_ms": 25.0, "macs_ratio": 1.2, "f1": 67.7}}
+    benchmark = _benchmark("bench/test_bench_qa.py::test_qa_interleaved[1]", "qa B=1", 0.175, level="qa",
+                           variants=variants, features=50, interleaved_items=50, items_are="features")
+    benchmark["stats"]["rounds"] = 3
+    text = report.write_report({**DATA, "benchmarks": [benchmark]})
+    assert "every variant on each of the 50 items (features) in turn, rounds: 3" in text
+    assert "| variant | median ms / item | round ms | x vs hf-fp32-sdpa | x vs hf-bf16-sdpa | features/s |" in text
+    assert "| `ours-int8-front-3pct` | 5.000 | 25.000 | 4.00 | 2.00 | 2000.0 | 1.20 | 67.70 |" in text
+
+
+def test_interleaved_timer_rotates_the_variant_order_and_summarises_each_variant():
+    spec = importlib.util.spec_from_file_location("bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    calls, ticks = [], iter(range(1000))
+    variants = {name: (lambda item, name=name: calls.append((name, item))) for name in "abc"}
+    timer = conftest.Interleaved(variants, ["x", "y"], clock=lambda: next(ticks))
+    timer.run_round()
+    timer.run_round()
+    assert calls == [("a", "x"), ("b", "x"), ("c", "x"), ("b", "y"), ("c", "y"), ("a", "y"),
+                     ("b", "x"), ("c", "x"), ("a", "x"), ("c", "y"), ("a", "y"), ("b", "y")]
+    summary = timer.summary()
+    assert set(summary) == set("abc") and summary["a"] == {"median_ms": 1e3, "round_ms": 2e3, "min_round_ms": 2e3}

@@ -309,3 +309,25 @@ def test_reference_ops_context_routes_every_op_to_the_reference(monkeypatch) -> 
     assert len(calls) == 3  # the context ended: kernels again
     for kernel_output, reference_output in zip(with_kernels, with_reference):
         torch.testing.assert_close(kernel_output, reference_output)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_softmax_nan_score_at_a_valid_key_makes_the_row_nan_up_to_the_last_valid_key(dtype: torch.dtype) -> None:
+    """The rule the CUDA kernel copies (issue 15): NaN at every key before the example's last valid key, holes
+    included, 0 after it; the significance of those keys is NaN only when a valid query's row is; a NaN at a masked
+    key changes nothing."""
+    generator = torch.Generator().manual_seed(8)
+    scores = torch.randn(2, 2, 10, 10, generator=generator)
+    mask = torch.tensor([[1, 1, 0, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]])
+    scores[0, 1, 4, 5] = float("nan")  # a valid query of example 0
+    scores[1, 0, 8, 3] = float("nan")  # a padding query of example 1
+    scores[1, 1, :, 7] = float("nan")  # a masked key of example 1
+    probs, significance = ops.softmax_with_significance(scores.to(dtype), mask)
+    nan_probs = torch.zeros(2, 2, 10, 10, dtype=torch.bool)
+    nan_probs[0, 1, 4, :7] = True
+    nan_probs[1, 0, 8, :6] = True
+    assert torch.equal(probs.isnan(), nan_probs)
+    assert (probs[0, 1, 4, 7:] == 0).all() and (probs[1, 0, 8, 6:] == 0).all()
+    nan_significance = torch.zeros(2, 10, dtype=torch.bool)
+    nan_significance[0, :7] = True
+    assert torch.equal(significance.isnan(), nan_significance)

@@ -301,3 +301,28 @@ def test_relevance_scorer_needs_length_drop(tmp_path, model_dir):
 
     with pytest.raises(ValueError, match="--relevance-scorer apply only with --length-drop"):
         build_trainer(_options(tmp_path / "x", model_dir, length_drop=False))
+
+
+def test_relevance_only_trains_the_scorer_alone(tmp_path):
+    model = dtb_ext.patch(_model())
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", seed=5, use_cpu=True)
+    trainer = LengthDropTrainer(model=model, args=args, length_drop=LengthDropSettings(num_sandwich=1),
+                                relevance=RelevanceSettings("scorer", only=True))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == {f"bert.encoder.relevance.layers.{i}.{name}" for i in range(3) for name in ("weight", "bias")}
+    batch = {**_batch(), "start_positions": torch.tensor([1, 2, 3]), "end_positions": torch.tensor([2, 4, 3])}
+    model.train()
+    trainer.compute_loss(model, batch).backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    after = model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before if "relevance" not in name)
+    assert any(not torch.equal(before[name], after[name]) for name in before if "relevance" in name)
+
+
+@needs_data
+def test_relevance_only_needs_a_scorer(tmp_path, model_dir):
+    from dtb_ext.train.finetune import build_trainer
+
+    with pytest.raises(ValueError, match="--relevance-only trains the relevance scorer"):
+        build_trainer(_options(tmp_path / "x", model_dir, relevance_scorer=None, relevance_only=True))

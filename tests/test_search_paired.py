@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -130,6 +131,12 @@ def test_pick_takes_the_fastest_config_whose_upper_bound_is_within_the_budget():
     assert choice["drop_percent"][1] < choice["drop_percent"][0] < choice["drop_percent"][2]
 
 
+def test_confirmation_candidates_keep_the_tight_configs_a_lucky_one_pushed_off_the_front():
+    front = _synthetic_front()
+    assert [p.length_config for p in front.front] == [(32, 16), (48, 32)]  # the lucky one dominates
+    assert front.confirmation_candidates() == [FULL, (32, 16), (48, 32), (64, 32), (64, 48)]
+
+
 def test_pick_decides_on_the_confirmation_part_when_the_front_was_confirmed():
     front = _synthetic_front()
     full = np.zeros(N)
@@ -177,9 +184,16 @@ def test_interval_front_round_trips_and_old_fronts_keep_the_point_estimate_rule(
     assert describe_choice(legacy, legacy.full_length)["rule"].startswith("point estimate")
 
 
-def test_the_shipped_default_front_still_loads_and_picks():
+def test_a_format_1_front_still_loads_and_picks():
+    # v3's shipped front (format 1, absolute space), kept as a fixture when v4's replaced it
+    front = load_front(os.path.join(os.path.dirname(__file__), "data", "front_v3_format1.json"))
+    assert front.space == "absolute" and len(front.points) >= 2
+    assert pick(front, max_f1_drop_percent=1.0).length_config != ()
+
+
+def test_the_shipped_default_front_loads_and_picks():
     from dtb_ext.search.pick import DEFAULT_FRONT_PATH
 
     front = load_front(DEFAULT_FRONT_PATH)
-    assert front.space == "absolute" and len(front.points) >= 2
-    assert pick(front, max_f1_drop_percent=1.0).length_config != ()
+    assert front.space == "ratios" and len(front.points) >= 2
+    assert pick(front, max_f1_drop_percent=3.0).speedup > 1.0

@@ -162,3 +162,23 @@ def test_search_and_pick_commands_in_the_ratio_space(tmp_path, capsys):
         assert json.load(handle)["dtb_length_config"] == {"ratios": chosen["length_config"]}
     assert main(["search", "--model", model_dir, "--min-length", "16", "--out", out, "--no-progress"]) == 2
     assert "min_length applies to the absolute space" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isfile(DEV), reason="shared SQuAD data not found")
+def test_demo_runs_a_ratio_front(tmp_path, capsys):
+    from dtb_ext.cli import main
+    from dtb_ext.search.front import Front
+
+    model_dir = save_tiny_qa_model(str(tmp_path / "model"))
+    records = [((1.0, 1.0), 80.0), ((0.8, 0.6), 79.5), ((0.6, 0.4), 78.0), ((0.4, 0.2), 60.0)]
+    results = [(config, dict(f1=f1, exact_match=f1 - 10, macs=sum(config), latency_ms=None)) for config, f1 in records]
+    Front.build("macs", results, (1.0, 1.0), {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64},
+                space="ratios").save(model_dir)
+    out = str(tmp_path / "demo")
+    assert main(["demo", "--model", model_dir, "--data", DEV, "--questions", "4", "--latency-features", "2",
+                 "--precision", "fp32", "--out", out, "--no-progress"]) == 0
+    with open(os.path.join(out, "demo.json")) as handle:
+        rows = json.load(handle)["rows"]
+    assert [row["length_config"] for row in rows][:3] == [[1.0, 1.0], [0.8, 0.6], [0.6, 0.4]]
+    ratios = [row["macs_ratio"]["dynamic"] for row in rows]
+    assert ratios[0] == 1.0 and ratios == sorted(ratios) and ratios[-1] > 1.0

@@ -76,9 +76,9 @@ Vectorized<acc_t> mask_keys(const Vectorized<acc_t>& x, const acc_t* masked_bits
 
 // First half of the softmax of one row over its first `n` keys (the rest are padding, handled by the caller):
 // writes exp(x - max) to `work` and returns 1 / sum, or 0 when no valid key has a finite score (the row then ends
-// up all zeros rather than 0/0). Both passes read the scores (widening reduced precision on the fly, which costs
-// less than storing and reloading a widened copy); `work` is the output row itself for float and double, a float
-// buffer otherwise.
+// up all zeros rather than 0/0). `work` is the output row itself for float and double, and both passes read the
+// scores; for reduced precision it is a float buffer, into which the first pass stores the widened scores, so the
+// row is read and widened once.
 template <typename scalar_t, typename acc_t>
 acc_t exponentiate_row(const scalar_t* in, acc_t* work, int64_t n, const acc_t* masked_bits) {
   using Vec = Vectorized<acc_t>;
@@ -89,6 +89,9 @@ acc_t exponentiate_row(const scalar_t* in, acc_t* work, int64_t n, const acc_t* 
     const int64_t count = std::min(width, n - k);
     const Vec x = mask_keys(load_scores<scalar_t, acc_t>(in, k, count), masked_bits, k, count);
     running_max = at::vec::maximum(running_max, x);
+    if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+      x.store(work + k, count);
+    }
   }
   const acc_t row_max =
       at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running_max);
@@ -98,9 +101,29 @@ acc_t exponentiate_row(const scalar_t* in, acc_t* work, int64_t n, const acc_t* 
   }
   const Vec shift(row_max);
   Vec running_sum(0);
-  for (int64_t k = 0; k < n; k += width) {
+  int64_t k = 0;
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    // Reduced precision: the widened, masked scores that the first pass stored are exponentiated in place, two
+    // vectors per step, which gives the out-of-order core two independent exp chains to overlap.
+    Vec running_sum_odd(0);
+    for (; k + 2 * width <= n; k += 2 * width) {
+      const Vec e = fast_exp(Vec::loadu(work + k) - shift);
+      const Vec e_odd = fast_exp(Vec::loadu(work + k + width) - shift);
+      e.store(work + k);
+      e_odd.store(work + k + width);
+      running_sum = running_sum + e;
+      running_sum_odd = running_sum_odd + e_odd;
+    }
+    running_sum = running_sum + running_sum_odd;
+  }
+  for (; k < n; k += width) {
     const int64_t count = std::min(width, n - k);
-    const Vec x = mask_keys(load_scores<scalar_t, acc_t>(in, k, count), masked_bits, k, count);
+    Vec x;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      x = mask_keys(load_scores<scalar_t, acc_t>(in, k, count), masked_bits, k, count);
+    } else {
+      x = count == width ? Vec::loadu(work + k) : Vec::set(neg_inf, Vec::loadu(work + k, count), count);
+    }
     const Vec e = fast_exp(x - shift);
     e.store(work + k, count);
     running_sum = running_sum + e;

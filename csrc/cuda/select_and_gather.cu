@@ -2,6 +2,9 @@
 // keys (selection_key.h) in shared memory, bitonic-sorts them descending, keeps the first keep[b], sorts those
 // positions ascending (second bitonic sort), then gathers its tile of output rows. Recomputing the selection per
 // tile (a few microseconds for L <= 4096) lets batch 1 spread the gather over many blocks.
+//
+// The binding checks the keep counts on the host except while the stream is captured into a CUDA graph; for that
+// case the kernel guards itself: an example whose count is outside [1, max_keep] is poisoned (kernels.h).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -37,6 +40,23 @@ __device__ void bitonic_sort(uint64_t* keys, int64_t count, bool descending) {
   }
 }
 
+// Output rows [row_begin, row_end) of example b for an invalid keep count: every byte of kept_hidden kPoisonByte
+// (NaN), marked valid, at positions row_begin.. (distinct and in range), so that the NaN rows reach whatever
+// restores or attends to them instead of passing for padding.
+template <typename unit_t>
+__device__ void poison_rows(unit_t* kept_hidden, bool* kept_valid, int64_t* positions, int64_t b, int64_t row_begin,
+                            int64_t row_end, int64_t max_keep, int64_t units_per_row) {
+  for (int64_t j = row_begin + threadIdx.x; j < row_end; j += blockDim.x) {
+    positions[b * max_keep + j] = j;
+    kept_valid[b * max_keep + j] = true;
+  }
+  const unit_t poison = filled_unit<unit_t>(kPoisonByte);
+  const int64_t units = (row_end - row_begin) * units_per_row;
+  for (int64_t i = threadIdx.x; i < units; i += blockDim.x) {
+    kept_hidden[(b * max_keep + row_begin) * units_per_row + i] = poison;
+  }
+}
+
 template <typename unit_t>
 __global__ void select_and_gather_kernel(const unit_t* __restrict__ hidden, const float* __restrict__ significance,
                                          const bool* __restrict__ valid, const int64_t* __restrict__ keep,
@@ -48,6 +68,14 @@ __global__ void select_and_gather_kernel(const unit_t* __restrict__ hidden, cons
   const int64_t b = blockIdx.x;
   const float* sig_row = significance + b * length;
   const bool* valid_row = valid + b * length;
+  const int64_t count = keep[b];
+  const int64_t row_begin = blockIdx.y * kRowsPerBlock;
+  const int64_t row_end = row_begin + kRowsPerBlock < max_keep ? row_begin + kRowsPerBlock : max_keep;
+  if (count < 1 || count > max_keep) {
+    // Uniform across the block (one count per example), so no thread is left waiting at a barrier.
+    poison_rows(kept_hidden, kept_valid, positions, b, row_begin, row_end, max_keep, units_per_row);
+    return;
+  }
   for (int64_t i = threadIdx.x; i < padded_length; i += blockDim.x) {
     // Key 0 sorts below every real key (their high half is at least ordered_bits(-inf) > 0).
     keys[i] = i < length ? selection_key(sig_row[i], valid_row[i], keep_first && i == 0, i, length) : 0;
@@ -55,15 +83,12 @@ __global__ void select_and_gather_kernel(const unit_t* __restrict__ hidden, cons
   __syncthreads();
   bitonic_sort(keys, padded_length, /*descending=*/true);
 
-  const int64_t count = keep[b];
   for (int64_t i = threadIdx.x; i < padded_length; i += blockDim.x) {
     keys[i] = i < count ? static_cast<uint64_t>(position_of_key(keys[i], length)) : UINT64_MAX;
   }
   __syncthreads();
   bitonic_sort(keys, padded_length, /*descending=*/false);
 
-  const int64_t row_begin = blockIdx.y * kRowsPerBlock;
-  const int64_t row_end = row_begin + kRowsPerBlock < max_keep ? row_begin + kRowsPerBlock : max_keep;
   for (int64_t j = row_begin + threadIdx.x; j < row_end; j += blockDim.x) {
     const bool kept = j < count;
     const int64_t position = kept ? static_cast<int64_t>(keys[j]) : -1;
@@ -74,7 +99,7 @@ __global__ void select_and_gather_kernel(const unit_t* __restrict__ hidden, cons
   for (int64_t i = threadIdx.x; i < units; i += blockDim.x) {
     const int64_t j = row_begin + i / units_per_row;
     const int64_t unit = i % units_per_row;
-    unit_t value = zero_unit<unit_t>();
+    unit_t value = filled_unit<unit_t>(0);
     if (j < count) {
       value = hidden[(b * length + static_cast<int64_t>(keys[j])) * units_per_row + unit];
     }
@@ -87,6 +112,9 @@ cudaError_t launch(const void* hidden, const float* significance, const bool* va
                    bool keep_first, void* kept_hidden, bool* kept_valid, int64_t* positions, int64_t batch,
                    int64_t length, int64_t max_keep, int64_t row_bytes, cudaStream_t stream) {
   using unit_t = typename CopyUnit<kUnit>::type;
+  if (batch > kMaxGridBlocks) {
+    return cudaErrorInvalidConfiguration;  // the binding checks first, with a message
+  }
   int64_t padded_length = 1;
   while (padded_length < length) {
     padded_length <<= 1;

@@ -3,6 +3,11 @@
 // warp's significance row in shared memory (lanes own columns, so no atomics). The block sums its warps' rows into
 // one scratch row, and a second small kernel sums the scratch rows over heads and tiles in a fixed order, so the
 // significance is deterministic.
+//
+// Non-finite scores follow the CPU op: a valid key scoring NaN or +inf poisons its row (softmax is undefined
+// there), which then reads NaN at every key before the example's last valid key and 0 after it, and adds NaN to
+// the significance of those keys when the query is valid. Masked keys never poison a row, whatever their score;
+// -inf at a valid key is an ordinary score (probability 0).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -49,7 +54,8 @@ __device__ inline T from_acc(double x) { return x; }
 __device__ inline float exp_acc(float x) { return expf(x); }
 __device__ inline double exp_acc(double x) { return exp(x); }
 
-// Merges (max, sum of exp(x - max)) pairs; a pair with max = -inf holds no keys.
+// Merges (max, sum of exp(x - max)) pairs; a pair with max = -inf holds no keys. Only finite scores enter these
+// pairs (NaN and +inf poison the row before they get here), so max = -inf is exactly "no keys" and sum is finite.
 template <typename acc_t>
 __device__ inline void merge(acc_t& max, acc_t& sum, acc_t other_max, acc_t other_sum) {
   if (other_max == -INFINITY) {
@@ -91,9 +97,21 @@ __global__ void softmax_with_significance_kernel(const T* __restrict__ scores, c
   const int64_t b = task / (tiles * heads);
   const int64_t h = (task / tiles) % heads;
 
-  for (int64_t k = threadIdx.x; k < length; k += blockDim.x) {
-    key_valid[k] = valid[b * length + k];
+  // key_end: one past the example's last valid key, the extent of a poisoned row's NaNs (as on CPU).
+  __shared__ int key_end;
+  if (threadIdx.x == 0) {
+    key_end = 0;
   }
+  __syncthreads();
+  int last_valid_end = 0;
+  for (int64_t k = threadIdx.x; k < length; k += blockDim.x) {
+    const bool is_valid = valid[b * length + k];
+    key_valid[k] = is_valid;
+    if (is_valid) {
+      last_valid_end = static_cast<int>(k) + 1;
+    }
+  }
+  atomicMax(&key_end, last_valid_end);
   for (int64_t i = threadIdx.x; i < warps * length; i += blockDim.x) {
     warp_significance[i] = 0.0f;
   }
@@ -107,9 +125,17 @@ __global__ void softmax_with_significance_kernel(const T* __restrict__ scores, c
     const T* row = scores + offset;
     acc_t max = -INFINITY;
     acc_t sum = 0;
+    bool poisoned = false;
     for (int64_t k = lane; k < length; k += kWarp) {
+      if (!key_valid[k]) {
+        continue;
+      }
       const acc_t x = to_acc(row[k]);
-      if (!key_valid[k] || x == -INFINITY) {
+      if (!(x < acc_t(INFINITY))) {  // NaN or +inf
+        poisoned = true;
+        continue;
+      }
+      if (x == -INFINITY) {
         continue;
       }
       // Online softmax: rescale the running sum when the maximum grows; one exp per key.
@@ -127,6 +153,16 @@ __global__ void softmax_with_significance_kernel(const T* __restrict__ scores, c
     }
     const bool query_valid = key_valid[q];
     T* out = probs + offset;
+    if (__any_sync(0xFFFFFFFFu, poisoned)) {
+      for (int64_t k = lane; k < length; k += kWarp) {
+        const acc_t p = k < key_end ? acc_t(NAN) : acc_t(0);
+        out[k] = from_acc<T>(p);
+        if (query_valid) {
+          my_significance[k] += static_cast<float>(p);
+        }
+      }
+      continue;
+    }
     if (max == -INFINITY) {
       // No valid key with a finite score: the row is all zeros rather than 0/0.
       for (int64_t k = lane; k < length; k += kWarp) {
@@ -175,25 +211,38 @@ cudaError_t launch(const void* scores, const bool* valid, void* probs, float* sc
                    int64_t batch, int64_t heads, int64_t length, cudaStream_t stream) {
   const int warps = warps_per_block(length);
   const int64_t tiles = tiles_per_head(length);
+  const int64_t softmax_blocks = batch * heads * tiles;
+  constexpr int threads = 256;
+  const int64_t sum_blocks = (batch * length + threads - 1) / threads;
+  // The binding checks softmax_blocks (a clear message); sum_blocks is smaller (at most 32 rows per tile, 256
+  // threads per block). Refusing here as well means a grid is never truncated by the cast to unsigned.
+  if (softmax_blocks > kMaxGridBlocks || sum_blocks > kMaxGridBlocks) {
+    return cudaErrorInvalidConfiguration;
+  }
   const size_t shared_bytes = static_cast<size_t>(warps) * length * sizeof(float) + length;
-  softmax_with_significance_kernel<T><<<static_cast<unsigned>(batch * heads * tiles), warps * kWarp, shared_bytes,
+  softmax_with_significance_kernel<T><<<static_cast<unsigned>(softmax_blocks), warps * kWarp, shared_bytes,
                                         stream>>>(static_cast<const T*>(scores), valid, static_cast<T*>(probs),
                                                   scratch, heads, length, tiles);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) {
     return status;
   }
-  constexpr int threads = 256;
-  const int64_t blocks = (batch * length + threads - 1) / threads;
-  sum_significance_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(scratch, significance, batch,
-                                                                                 heads * tiles, length);
+  sum_significance_kernel<<<static_cast<unsigned>(sum_blocks), threads, 0, stream>>>(scratch, significance, batch,
+                                                                                     heads * tiles, length);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 int64_t softmax_scratch_elements(int64_t batch, int64_t heads, int64_t length) {
-  return batch * heads * tiles_per_head(length) * length;
+  return softmax_grid_blocks(batch, heads, length) * length;
+}
+
+int64_t softmax_grid_blocks(int64_t batch, int64_t heads, int64_t length) {
+  if (length == 0) {
+    return 0;  // no rows, and tiles_per_head would divide by zero
+  }
+  return batch * heads * tiles_per_head(length);
 }
 
 cudaError_t launch_softmax_with_significance(FloatKind kind, const void* scores, const bool* valid, void* probs,

@@ -49,8 +49,8 @@ def prepare_for_precision(model: nn.Module, precision: str) -> nn.Module:
     """Convert a loaded (optionally patched) model for inference at `precision`; returns the model to use.
 
     fp32 and bf16 convert the parameters in place and return `model` itself. int8 returns a quantized copy
-    whose encoder Linear layers are int8 (see `dtb_ext.precision.int8.quantize_int8`); a patched model stays patched, so int8
-    composes with length dropping. `precision` must be concrete: call `resolve_precision` for "auto".
+    whose encoder Linear layers are int8 (see `dtb_ext.precision.int8.quantize_int8`); a patched model stays
+    patched, so int8 composes with length dropping. `precision` must be concrete: call `resolve_precision` for "auto".
     """
     import torch
 

@@ -93,13 +93,14 @@ class Int8Linear(nn.Module):
 
 
 def encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
-    """(qualified name, module) of every nn.Linear inside the model's encoder layers, in model order.
+    """(qualified name, module) of every nn.Linear inside the model's encoder layers (`encoder.layer.N.*`), in
+    model order.
 
-    The QA/classification head and the pooler are not included: they are tiny, and their outputs are the
-    scores themselves.
+    The QA/classification head, the pooler and a relevance scorer are not included: they are tiny, and their
+    outputs are the scores themselves.
     """
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and ".layer." in f".{name}":
+        if isinstance(module, nn.Linear) and ".encoder.layer." in f".{name}":
             yield name, module
 
 
@@ -113,9 +114,12 @@ def quantize_int8(model: nn.Module, keep_float: Iterable[str] = (),
             "bert.encoder.layer.5.output.dense"); every pattern must match some encoder Linear.
         smoothing: {qualified name: [K] factors} from `calibrate_smoothing`, for the layers to smooth.
     """
-    dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:
-        raise ValueError(f"quantize_int8 expects a float32 model; got {dtype}")
+    first = next(model.parameters())
+    if first.dtype != torch.float32:
+        raise ValueError(f"quantize_int8 expects a float32 model; got {first.dtype}")
+    if first.device.type != "cpu":
+        raise ValueError(f"int8 runs on the CPU only (its int8 matmul is torch._int_mm on CPU); got a model on "
+                         f"{first.device}")
     names = [name for name, _ in encoder_linears(model)]
     patterns = list(keep_float)
     unmatched = [pattern for pattern in patterns if not fnmatch.filter(names, pattern)]

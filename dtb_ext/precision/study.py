@@ -9,8 +9,8 @@ Steps (each on the same fixed sample of dev-a, seed 0, full length, batch 64, dy
 4. 3 with the most sensitive Linear layers kept in fp32: sensitivity = the KL divergence of the span logits
    when that layer alone is quantized, measured on training-file questions (never on dev);
 5. 3 with SmoothQuant factors, calibrated on training-file questions, for each alpha given;
-6. the int8 recipe that `prepare_for_precision(model, "int8")` ships, at the front's within-1 % pick, against fp32
-   at that pick (INT8 composes with token dropping).
+6. step 3, the recipe `prepare_for_precision(model, "int8")` ships, at the front's picks (within 1 % and 3 %),
+   against fp32 at the same pick (INT8 composes with token dropping); a pick that is full length is step 3.
 
 Quantization-aware training (QuaLA-MiniLM's recipe) is not part of this study.
 """
@@ -86,8 +86,9 @@ def _features(path: str, questions: int, seed: int, tokenizer: Any, identity: di
 
 
 def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: int = 1000, seed: int = 0,
-              calibration_questions: int = 256, keep_counts: Sequence[int] = (1, 2, 4),
-              alphas: Sequence[float] = (0.5,), batch_size: int = 64,
+              sensitivity_questions: int = 64, calibration_questions: int = 128,
+              keep_counts: Sequence[int] = (1, 2, 4), alphas: Sequence[float] = (0.5, 0.8),
+              picks: Sequence[float] = (1.0, 3.0), batch_size: int = 64,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every step of the module docstring; returns {"settings", "sensitivity", "steps": [{step, f1, ...}]}."""
     from dtb_ext.models.patching import patch
@@ -103,6 +104,7 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
     model, tokenizer = load_qa_model(model_dir)
     model.eval()
     dev = _features(dev_path, questions, seed, tokenizer, identity)
+    sensitivity_features = _features(calibration_path, sensitivity_questions, seed, tokenizer, identity)
     calibration = _features(calibration_path, calibration_questions, seed, tokenizer, identity)
     steps: list[dict[str, Any]] = []
 
@@ -111,7 +113,8 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
         result = evaluate_qa(candidate, dev, length_config=length_config, batch_size=batch_size, progress=False)
         base = next((s["f1"] for s in steps if s["step"] == reference), result["f1"])
         row = {"step": step, "f1": round(result["f1"], 2), "exact_match": round(result["exact_match"], 2),
-               "f1_drop": round(base - result["f1"], 2), "relative_drop_percent": round(100 * (base - result["f1"]) / base, 2),
+               "f1_drop": round(base - result["f1"], 2),
+               "relative_drop_percent": round(100 * (base - result["f1"]) / base, 2),
                "vs": reference, "eval_seconds": round(time.perf_counter() - started, 1)}
         steps.append(row)
         log(json.dumps(row))
@@ -122,7 +125,7 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
     score("torch dynamic, per-channel weights", torch_dynamic(model, per_channel=True))
     score("int8 per-channel weights, per-token activations", quantize_int8(model))
 
-    sensitivity = linear_sensitivity(model, calibration, batch_size)
+    sensitivity = linear_sensitivity(model, sensitivity_features, batch_size)
     log("sensitivity (span-logit KL, training questions): " + json.dumps([(n, round(s, 5)) for n, s in sensitivity]))
     for count in keep_counts:
         kept = [name for name, _ in sensitivity[:count]]
@@ -130,18 +133,24 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
 
     ranges = input_channel_ranges(model, (inputs for _, inputs in calibration.batches(batch_size, "dynamic")))
     for alpha in alphas:
-        score(f"int8 + SmoothQuant alpha {alpha}", quantize_int8(model, smoothing=smoothing_factors(model, ranges, alpha)))
+        smoothed = quantize_int8(model, smoothing=smoothing_factors(model, ranges, alpha))
+        score(f"int8 + SmoothQuant alpha {alpha}", smoothed)
 
-    shipped = prepare_for_precision(model, "int8")
-    score("int8 as shipped (prepare_for_precision)", shipped)
     if front is not None:
-        config = pick(front, max_f1_drop_percent=1.0).length_config
         patch(model)
-        score(f"fp32 at the within-1% pick {config}", model, config)
-        score("int8 as shipped at the within-1% pick", patch(shipped), config, reference=steps[-1]["step"])
+        for percent in picks:
+            point = pick(front, max_f1_drop_percent=percent)
+            if point.length_config == front.full_length.length_config:
+                log(f"the within-{percent:g}% pick is full length: its int8 score is step 3's")
+                continue
+            fp32_step = f"fp32 at the within-{percent:g}% pick {list(point.length_config)}"
+            score(fp32_step, model, point.length_spec)
+            score(f"int8 at the within-{percent:g}% pick", prepare_for_precision(model, "int8"), point.length_spec,
+                  reference=fp32_step)
     settings = {"model": os.path.abspath(model_dir), "dev": os.path.abspath(dev_path), "questions": questions,
                 "features": len(dev), "seed": seed, "calibration": os.path.abspath(calibration_path),
-                "calibration_questions": calibration_questions, "batch_size": batch_size,
+                "sensitivity_questions": sensitivity_questions, "calibration_questions": calibration_questions,
+                "batch_size": batch_size,
                 "torch": torch.__version__, "threads": torch.get_num_threads()}
     return {"settings": settings, "sensitivity": sensitivity, "steps": steps}
 
@@ -162,15 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", default=default_squad_file("train-subset-v1.1.json"),
                         help="training-file questions for the sensitivity and SmoothQuant calibration")
     parser.add_argument("--questions", type=int, default=1000)
-    parser.add_argument("--calibration-questions", type=int, default=256)
+    parser.add_argument("--sensitivity-questions", type=int, default=64,
+                        help="training questions the per-layer sensitivity is measured on (36 forward passes)")
+    parser.add_argument("--calibration-questions", type=int, default=128,
+                        help="training questions SmoothQuant's activation ranges are taken from")
     parser.add_argument("--keep-counts", default="1,2,4", help="how many sensitive layers to keep fp32, per step")
-    parser.add_argument("--alphas", default="0.5", help="SmoothQuant migration strengths, one step each")
+    parser.add_argument("--alphas", default="0.5,0.8", help="SmoothQuant migration strengths, one step each")
+    parser.add_argument("--picks", default="1,3", help="front picks (F1 drop budgets, percent) scored in int8")
     parser.add_argument("--out", default=os.path.join("runs", "int8-study.json"))
     args = parser.parse_args(argv)
     result = run_study(args.model, args.dev, args.calibration, args.questions,
+                       sensitivity_questions=args.sensitivity_questions,
                        calibration_questions=args.calibration_questions,
                        keep_counts=[int(v) for v in args.keep_counts.split(",") if v],
                        alphas=[float(v) for v in args.alphas.split(",") if v],
+                       picks=[float(v) for v in args.picks.split(",") if v],
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as handle:

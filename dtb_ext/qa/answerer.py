@@ -22,6 +22,7 @@ from dtb_ext.config import LengthConfig, MixedLengthConfig
 from dtb_ext.qa.budget import (
     FULL_LENGTH,
     LATENCY_BUDGET_MS,
+    MIN_SPEEDUP,
     SPEED_FLOORS,
     Budget,
     InputError,
@@ -83,6 +84,7 @@ class QuestionAnswerer:
         max_seq_length, doc_stride, max_query_length: the sliding windows, as in `dtb eval`.
         latency_model: predicts a request's model time (for `latency_budget_ms`); default: calibrated on this
             machine on first use, then updated from every forward pass.
+        patched: False runs the Hugging Face model as loaded (the unpatched baseline): full length only, no front.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class QuestionAnswerer:
         doc_stride: int = 128,
         max_query_length: int = 64,
         latency_model: LatencyModel | None = None,
+        patched: bool = True,
     ) -> None:
         import dtb_ext
         from dtb_ext.precision import prepare_for_precision, resolve_precision
@@ -107,14 +110,19 @@ class QuestionAnswerer:
         self.model_dir = DEFAULT_MODEL_DIR if model_dir is None else model_dir
         self.precision = resolve_precision(precision, device)
         model, self.tokenizer = load_qa_model(self.model_dir, device)
-        self.model = prepare_for_precision(dtb_ext.patch(model), self.precision).eval()
+        if not patched and front is not None:
+            raise ValueError("an unpatched model runs at full length only: it takes no front")
+        self.patched = patched
+        self.model = prepare_for_precision(dtb_ext.patch(model) if patched else model, self.precision).eval()
         self.device = torch.device(device)
         self.num_layers = int(self.model.config.num_hidden_layers)
         self.batch_size = batch_size
         self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
-        self.front = self._load_front(front)
+        self.front = self._load_front(front) if patched else None
         self.latency_model = LatencyModel() if latency_model is None else latency_model
         self._macs = functools.lru_cache(maxsize=1 << 16)(self._macs_uncached)
+        # Front-only ladders (every budget but latency_budget_ms) depend on the budget alone.
+        self._front_ladder = functools.lru_cache(maxsize=1024)(lambda name, value: self._ladder(self.front, name, value))
 
     # --- the public answering API ----------------------------------------------------------------------------
 
@@ -172,28 +180,22 @@ class QuestionAnswerer:
 
     def configs_for(self, budget: BudgetLike, prepared: PreparedQuestion) -> list[LengthConfig | None]:
         """The configurations `budget` allows for `prepared`, the one to use first: the budget's pick from the
-        front (`dtb_ext.pick`), then, for speed floors (min_speedup, latency_budget_ms), the faster front points
-        in order of speed, where a loaded server may move the request. None stands for full length.
+        front (`dtb_ext.pick`), then, for speed floors (min_speedup, latency_budget_ms), pick's choice among the
+        strictly faster ones, and so on: where a loaded server may move the request. None stands for full length.
 
         Raises InputError naming the budget when it is invalid or no configuration meets it."""
         budget = as_budget(budget)
         if budget.name == FULL_LENGTH:
             return [None]
+        if not self.patched:
+            raise InputError(budget.name, "this is the unpatched model, which runs at full length only: send no budget")
         if self.front is None:
             raise InputError(budget.name, f"this model has no front ({self.model_dir}/front.json), so only full "
                                           "length is available: search one with `dtb search` or send no budget")
-        from dtb_ext.search.pick import pick
-
-        front = self._front_with_latency(prepared) if budget.name == LATENCY_BUDGET_MS else self.front
-        try:
-            chosen = pick(front, **{budget.name: budget.value})
-        except ValueError as error:
-            raise InputError(budget.name, str(error)) from None
-        ladder = [chosen]
-        if budget.name in SPEED_FLOORS:
-            ladder += sorted((p for p in front.front if p.speedup > chosen.speedup), key=lambda p: p.speedup)
-            if budget.name == LATENCY_BUDGET_MS:
-                ladder = [p for p in ladder if p.latency_ms <= budget.value]
+        if budget.name == LATENCY_BUDGET_MS:
+            ladder = self._ladder(self._front_with_latency(prepared), budget.name, budget.value)
+        else:
+            ladder = self._front_ladder(budget.name, budget.value)
         return [self._config_of(point) for point in ladder]
 
     def predicted_ms(self, prepared: PreparedQuestion, config: LengthConfig | None) -> float:
@@ -244,8 +246,14 @@ class QuestionAnswerer:
         """Start and end logits, [B, T] float32 on the CPU, of one padded batch under `spec`."""
         import dtb_ext
 
-        with dtb_ext.length_config(self.model, spec):
-            outputs = self.model(**{name: tensor.to(self.device) for name, tensor in inputs.items()})
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        if not self.patched:
+            if spec is not None:
+                raise ValueError("an unpatched model runs at full length only")
+            outputs = self.model(**inputs)
+        else:
+            with dtb_ext.length_config(self.model, spec):
+                outputs = self.model(**inputs)
         return outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
 
     def _answer(self, features: EvalFeatures, collector: SpanCollector, e: int, config: LengthConfig | None) -> Answer:
@@ -278,10 +286,31 @@ class QuestionAnswerer:
             raise ValueError(f"the front's configurations have {layers} layers but the model has {self.num_layers}")
         return front
 
+    @staticmethod
+    def _ladder(front: Front, name: str, value: float) -> list[Point]:
+        """`pick`'s choice for the budget; for a speed floor, then pick's choice among the strictly faster
+        configurations, and so on (each one what pick would choose were the floor just above the last)."""
+        from dtb_ext.search.pick import pick
+
+        try:
+            ladder = [pick(front, **{name: value})]
+        except ValueError as error:
+            raise InputError(name, str(error)) from None
+        while name in SPEED_FLOORS:
+            last = ladder[-1]
+            try:
+                if name == MIN_SPEEDUP:
+                    ladder.append(pick(front, min_speedup=last.speedup * (1 + 1e-9)))
+                else:
+                    ladder.append(pick(front, latency_budget_ms=last.latency_ms * (1 - 1e-9)))
+            except ValueError:  # nothing faster
+                break
+        return ladder
+
     def _config_of(self, point: Point) -> LengthConfig | None:
         if point.length_config == self.front.full_length.length_config:
             return None  # full length runs as the unpatched model does, without a configuration
-        return LengthConfig.absolute(point.length_config)
+        return point.length_spec
 
     def _front_with_latency(self, prepared: PreparedQuestion) -> Front:
         """The front with each point's latency_ms set to `prepared`'s predicted time under it."""

@@ -172,6 +172,17 @@ class Front:
         return Front(cost_model, tuple(points), tuple(points[i] for i in on_front), full, identity, reevaluated_on,
                      space, rule, confirmed_on)
 
+    def confirmation_candidates(self) -> list[Config]:
+        """Configs worth confirming: full length, the front, and (with per-question scores) the front of the
+        drop's upper bound against speedup. The second front keeps the configs with tight intervals that a
+        lucky, noisy config pushed off the first one, and those are the ones a bounded pick can take."""
+        chosen = [self.full_length] + list(self.front)
+        if self.rule is not None:
+            bounded = [p for p in self.points if p.drop is not None]
+            on_bound_front = pareto_indices([-p.drop.high for p in bounded], [1.0 / p.speedup for p in bounded])
+            chosen += [bounded[i] for i in on_bound_front]
+        return list(dict.fromkeys(p.length_config for p in chosen))
+
     def _with_points(self, update, **fields: Any) -> "Front":
         points = tuple(update(p) for p in self.points)
         merged = {"reevaluated_on": self.reevaluated_on, "confirmed_on": self.confirmed_on, **fields}

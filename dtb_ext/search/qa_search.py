@@ -147,10 +147,10 @@ def reevaluate_front(front: Front, evaluator: QAEvaluator, description: dict[str
 
 def confirm_front(front: Front, evaluator: QAEvaluator, description: dict[str, Any],
                   study: optuna.Study | None = None, progress: bool = True) -> Front:
-    """Score every front config and the full-length config on the confirmation part (`evaluator`), with paired
-    drop intervals against full length there; `pick` then decides on these scores. Cached in `study` like
-    `reevaluate_front`."""
-    scores = _score_configs(_front_and_full(front), evaluator, "confirmation/", description, study,
+    """Score the front's candidates (`Front.confirmation_candidates`: full length, the front, the front of the
+    drop's upper bound) on the confirmation part (`evaluator`), with paired drop intervals against full length
+    there; `pick` then decides on these scores. Cached in `study` like `reevaluate_front`."""
+    scores = _score_configs(front.confirmation_candidates(), evaluator, "confirmation/", description, study,
                             "confirm front", progress)
     return front.with_confirmation(scores, description)
 

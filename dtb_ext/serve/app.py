@@ -50,8 +50,7 @@ class _Server:
         # Bad questions get a 422 naming the field; the featuriser's warning about each would only repeat it.
         logging.getLogger("dtb_ext.qa.data").setLevel(logging.ERROR)
         if self.answerer is None:
-            self.answerer = QuestionAnswerer(settings.model_dir, settings.precision, settings.front,
-                                             batch_size=settings.max_batch_size)
+            self.answerer = answerer_for(settings)
         if not self.answerer.latency_model.calibrated:
             self.answerer.calibrate()
         self.batcher = Batcher(self.answerer, settings.max_batch_size, settings.max_wait_ms, settings.slo_ms,
@@ -77,6 +76,7 @@ class _Server:
             "model": os.path.abspath(answerer.model_dir),
             "precision": answerer.precision,
             "front": answerer.front is not None,
+            "patched": answerer.patched,
             "slo_ms": self.settings.slo_ms,
         })
 
@@ -124,6 +124,12 @@ class _Server:
         return self.error(request.url.path, error.status_code, None, str(error.detail), headers)
 
 
+def answerer_for(settings: ServeSettings) -> QuestionAnswerer:
+    """The QuestionAnswerer `settings` describe (loads the model)."""
+    return QuestionAnswerer(settings.model_dir, settings.precision, settings.front,
+                            batch_size=settings.max_batch_size, patched=not settings.unpatched)
+
+
 def create_app(settings: ServeSettings | None = None, answerer: QuestionAnswerer | None = None) -> Starlette:
     """The server application. `answerer`: an already loaded QuestionAnswerer (else loaded from `settings` when the
     application starts)."""
@@ -133,7 +139,8 @@ def create_app(settings: ServeSettings | None = None, answerer: QuestionAnswerer
         Route("/answer", server.answer, methods=["POST"]),
         Route("/metrics", server.metrics_text, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers={HTTPException: server.http_error, Exception: server.internal_error})
+    handlers = {HTTPException: server.http_error, Exception: server.internal_error}
+    app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers=handlers)
     app.state.server = server
     return app
 

@@ -6,6 +6,9 @@ import os
 import sys
 
 
+WORKER_HEALTHCHECK_TIMEOUT_S = 60
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from dtb_ext.cli import HelpFormatter
     from dtb_ext.precision import PRECISION_CHOICES
@@ -47,14 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="uvicorn worker processes, each with its own copy of the model (set OMP_NUM_THREADS "
                        "to the cores per worker)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--unpatched", action="store_true",
+                       help="serve the Hugging Face model as loaded, full length only: the baseline to compare with")
     serve.set_defaults(run=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from dtb_ext.qa.answerer import QuestionAnswerer
-    from dtb_ext.serve.app import create_app
+    from dtb_ext.serve.app import answerer_for, create_app
     from dtb_ext.serve.settings import SETTINGS_ENVIRONMENT_VARIABLE, ServeSettings
 
     try:
@@ -62,16 +66,18 @@ def run_serve(args: argparse.Namespace) -> int:
             model_dir=args.model, front=args.front, host=args.host, port=args.port, precision=args.precision,
             slo_ms=args.slo_ms, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
             max_context_chars=args.max_context_chars, max_queue=args.max_queue, workers=args.workers,
-            access_log=args.access_log,
+            access_log=args.access_log, unpatched=args.unpatched,
         )
         if settings.workers > 1:
             os.environ[SETTINGS_ENVIRONMENT_VARIABLE] = settings.to_json()
+            # A worker answers the supervisor's health pings only once its interpreter is up; loading torch and
+            # the model on a busy host can take longer than uvicorn's default 5 s, which would restart it forever.
             uvicorn.run("dtb_ext.serve.app:app_from_environment", factory=True, host=settings.host,
-                        port=settings.port, workers=settings.workers, access_log=settings.access_log)
+                        port=settings.port, workers=settings.workers, access_log=settings.access_log,
+                        timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S)
             return 0
         # One process: load before the port opens, so that a bad model or front fails here with its message.
-        answerer = QuestionAnswerer(settings.model_dir, settings.precision, settings.front,
-                                    batch_size=settings.max_batch_size)
+        answerer = answerer_for(settings)
     except ValueError as error:
         print(f"dtb serve: error: {error}", file=sys.stderr)
         return 2

@@ -16,7 +16,8 @@ SETTINGS_ENVIRONMENT_VARIABLE = "DTB_SERVE_SETTINGS"
 class ServeSettings:
     """model_dir / front: None for the bundled default model and its shipped front. slo_ms: the p99 latency
     objective for load-adaptive degradation (None: off). max_queue: requests admitted but not answered at most;
-    past it the server answers 503 (with or without --slo-ms). max_context_chars: longer contexts get a 422."""
+    past it the server answers 503 (with or without --slo-ms). max_context_chars: longer contexts get a 422.
+    unpatched: serve the Hugging Face model as loaded, full length only (the baseline of the load benchmark)."""
 
     model_dir: str | None = None
     front: str | None = None
@@ -30,6 +31,7 @@ class ServeSettings:
     max_queue: int = 1024
     workers: int = 1
     access_log: bool = False
+    unpatched: bool = False
 
     def __post_init__(self) -> None:
         _check_int("max_batch_size", self.max_batch_size, 1)
@@ -40,6 +42,8 @@ class ServeSettings:
         if self.port > 65535:
             raise ValueError(f"port must be at most 65535, got {self.port}")
         _check_number("max_wait_ms", self.max_wait_ms, allow_zero=True)
+        if self.unpatched and self.front is not None:
+            raise ValueError("unpatched: the unpatched model runs at full length only, so it takes no front")
         if self.slo_ms is not None:
             _check_number("slo_ms", self.slo_ms, allow_zero=False)
         for name in ("model_dir", "front"):

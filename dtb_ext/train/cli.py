@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="temperature of the full model's answer distribution that the scorer learns")
     length_drop.add_argument("--relevance-question-share", type=float, default=defaults.relevance_question_share,
                              help="share of the scorer's target spread over the question segment's tokens")
+    length_drop.add_argument("--relevance-only", action="store_true",
+                             help="train the relevance scorer alone, every other weight frozen: the model's "
+                                  "full-length outputs stay exactly as they were")
     distill = parser.add_argument_group("distillation", "learn from a teacher QA model (TinyBERT-style)")
     distill.add_argument("--teacher", default=None, metavar="DIR", help="teacher question-answering model directory (same vocabulary)")
     distill.add_argument("--kd-temperature", type=float, default=defaults.kd_temperature, help="softmax temperature T of the soft loss (scaled by T^2)")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         num_sandwich=args.num_sandwich, length_drop_ratio_bound=args.length_drop_ratio_bound,
         layer_drop=args.layer_drop, precision=args.precision, relevance_scorer=args.relevance_scorer,
         relevance_weight=args.relevance_weight, relevance_temperature=args.relevance_temperature,
-        relevance_question_share=args.relevance_question_share, teacher=args.teacher, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+        relevance_question_share=args.relevance_question_share, relevance_only=args.relevance_only, teacher=args.teacher, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
         kd_hidden_weight=args.kd_hidden_weight, kd_attention_weight=args.kd_attention_weight,
         kd_layer_map=args.kd_layer_map,
     )

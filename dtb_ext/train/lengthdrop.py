@@ -75,6 +75,7 @@ class RelevanceSettings:
     weight: float = 1.0
     temperature: float = 2.0
     question_share: float = 0.5
+    only: bool = False  # train the scorer alone (every other parameter frozen)
 
     def __post_init__(self) -> None:
         if check_source(self.significance) == ATTENTION:
@@ -223,14 +224,20 @@ def prepare_relevance_scorer(model: nn.Module, settings: RelevanceSettings) -> N
         add_relevance_scorer(model, settings.significance)
     else:
         set_significance(model, settings.significance)
+    if settings.only:
+        scorer = set(map(id, dynamic_encoder(model).relevance.parameters()))
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in scorer)
 
 
 def relevance_settings(options: Any) -> RelevanceSettings | None:
     """The validated RelevanceSettings of TrainOptions, or None without --relevance-scorer."""
     if options.relevance_scorer is None:
+        if options.relevance_only:
+            raise ValueError("--relevance-only trains the relevance scorer: give --relevance-scorer too")
         return None
     return RelevanceSettings(options.relevance_scorer, options.relevance_weight, options.relevance_temperature,
-                             options.relevance_question_share)
+                             options.relevance_question_share, options.relevance_only)
 
 
 def recipe_settings(options: Any) -> tuple[LengthDropSettings | None, DistillSettings | None]:
@@ -240,7 +247,7 @@ def recipe_settings(options: Any) -> tuple[LengthDropSettings | None, DistillSet
 
     defaults = TrainOptions(output="")
     length_names = ("num_sandwich", "length_drop_ratio_bound", "layer_drop", "relevance_scorer", "relevance_weight",
-                    "relevance_temperature", "relevance_question_share")
+                    "relevance_temperature", "relevance_question_share", "relevance_only")
     kd_names = ("kd_temperature", "kd_alpha", "kd_hidden_weight", "kd_attention_weight", "kd_layer_map")
     for enabled, names, switch in ((options.length_drop, length_names, "--length-drop"),
                                    (options.teacher is not None, kd_names, "--teacher")):

@@ -46,6 +46,7 @@ class TrainOptions:
     relevance_weight: float = 1.0
     relevance_temperature: float = 2.0
     relevance_question_share: float = 0.5
+    relevance_only: bool = False  # train the scorer alone: every other parameter frozen (full length unchanged)
     # knowledge distillation (distill.py)
     teacher: str | None = None
     kd_temperature: float = 2.0

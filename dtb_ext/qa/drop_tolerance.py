@@ -1,0 +1,128 @@
+"""Drop tolerance of a QA model: F1 and real-length MACs at a fixed set of ratio configurations.
+
+`python -m dtb_ext.qa.drop_tolerance --model DIR` scores the model on a fixed sample of dev-a questions (batch 32,
+dynamic padding) at full length and at each configuration of `DROP_CONFIGS`: the per-layer sensitivity rows
+("0.8 from layer k on": 20 % of the real tokens go at layer k and no more after it, so the row prices one layer's
+drop) and a few schedules. MACs are analytic (dtb_ext.macs) at each feature's real length, summed over the
+sample, and reported as full length / config. Prints a Markdown table and writes JSON with `--out`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+# (label, per-layer keep ratios of each example's real input length); 6-layer models
+DROP_CONFIGS: tuple[tuple[str, tuple[float, ...]], ...] = (
+    ("0.8 from layer 1 on", (0.8,) * 6),
+    ("0.8 from layer 2 on", (1, 0.8, 0.8, 0.8, 0.8, 0.8)),
+    ("0.8 from layer 3 on", (1, 1, 0.8, 0.8, 0.8, 0.8)),
+    ("0.8 from layer 4 on", (1, 1, 1, 0.8, 0.8, 0.8)),
+    ("0.8 from layer 5 on", (1, 1, 1, 1, 0.8, 0.8)),
+    ("0.8 at layer 6", (1, 1, 1, 1, 1, 0.8)),
+    ("1,1,1,1,0.5,0.5", (1, 1, 1, 1, 0.5, 0.5)),
+    ("0.95 .. 0.7 (-0.05 per layer)", (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)),
+    ("0.9, 0.8, 0.72, 0.65, 0.59, 0.53", (0.9, 0.8, 0.72, 0.65, 0.59, 0.53)),
+    ("0.5 from layer 1 on", (0.5,) * 6),
+)
+
+
+def real_length_macs_ratio(model_config: Any, features: Any, ratios: Sequence[float] | None) -> float:
+    """Full-length MACs / MACs under `ratios` (None: 1.0), each feature at its real length, summed."""
+    from dtb_ext.config import LengthConfig
+    from dtb_ext.macs import count_macs
+
+    if ratios is None:
+        return 1.0
+    config = LengthConfig.ratios(ratios)
+    full = sum(count_macs(model_config, None, len(ids)).total for ids in features.input_ids)
+    reduced = sum(count_macs(model_config, config, len(ids)).total for ids in features.input_ids)
+    return full / reduced
+
+
+def drop_tolerance(model: Any, features: Any, configs: Sequence[tuple[str, Sequence[float]]] = DROP_CONFIGS,
+                   batch_size: int = 32, progress: bool = True) -> list[dict[str, Any]]:
+    """Rows {"label", "ratios", "f1", "exact_match", "f1_drop_percent", "macs_ratio"}, full length first."""
+    from dtb_ext.config import LengthConfig
+    from dtb_ext.qa.evaluate import evaluate_qa
+
+    rows = []
+    full_f1 = None
+    for label, ratios in (("full length", None), *configs):
+        config = None if ratios is None else LengthConfig.ratios(ratios)
+        result = evaluate_qa(model, features, length_config=config, batch_size=batch_size, progress=progress)
+        full_f1 = result["f1"] if full_f1 is None else full_f1
+        rows.append({"label": label, "ratios": None if ratios is None else list(ratios), "f1": result["f1"],
+                     "exact_match": result["exact_match"], "f1_drop_percent": 100 * (1 - result["f1"] / full_f1),
+                     "macs_ratio": real_length_macs_ratio(model.config, features, ratios)})
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| ratios per layer | F1 | EM | F1 drop % | MACs x |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['label']} | {row['f1']:.2f} | {row['exact_match']:.2f} | {row['f1_drop_percent']:.2f} "
+                     f"| {row['macs_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="QA model directory (default: the bundled default model)")
+    parser.add_argument("--data", default=None, help="SQuAD file (default: dev-a; with --part, the training file)")
+    parser.add_argument("--part", default=None, choices=("search", "confirmation"),
+                        help="score one part of the held-out search split (dtb_ext/data/search_split.json) instead")
+    parser.add_argument("--questions", type=int, default=None,
+                        help="random questions of the file or part (seed --seed; default: 1000 of a file, all of a part)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the question sample")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8", "auto"),
+                        help="inference precision (dtb_ext.prepare_for_precision)")
+    parser.add_argument("--significance", default=None, choices=("attention", "scorer", "attention+scorer"),
+                        help="selection source (default: the model's own)")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    import dtb_ext
+    from dtb_ext.models.patching import dynamic_encoder
+    from dtb_ext.qa.cli import DEFAULT_MODEL_DIR, load_qa_model
+    from dtb_ext.qa.data import default_squad_file, load_squad, search_split_articles
+    from dtb_ext.qa.features import prepare_eval_features
+    from dtb_ext.search.qa_objective import sample_questions
+    from dtb_ext.search.split import split_part
+
+    try:
+        model, tokenizer = load_qa_model(args.model or DEFAULT_MODEL_DIR)
+        dtb_ext.patch(model)
+        if args.significance is not None:
+            dtb_ext.set_significance(model, args.significance)
+        model = dtb_ext.prepare_for_precision(model, dtb_ext.resolve_precision(args.precision))
+        if args.part is None:
+            data = args.data or default_squad_file("dev-a-v1.1.json")
+            examples = sample_questions(load_squad(data), args.questions or 1000, args.seed)
+        else:
+            data = args.data or default_squad_file("train-subset-v1.1.json")
+            held_out = split_part(load_squad(data, articles=search_split_articles()), args.part)
+            examples = sample_questions(held_out, args.questions, args.seed)
+        print(f"data: {data}" + (f" ({args.part} part)" if args.part else "") + f", {len(examples)} questions",
+              file=sys.stderr)
+    except ValueError as error:
+        print(f"drop_tolerance: error: {error}", file=sys.stderr)
+        return 2
+    features = prepare_eval_features(examples, tokenizer)
+    rows = drop_tolerance(model, features, progress=not args.no_progress)
+    print(format_table(rows))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump({"model": args.model or DEFAULT_MODEL_DIR, "data": data, "part": args.part,
+                       "questions": len(examples),
+                       "seed": args.seed, "precision": args.precision,
+                       "significance": dynamic_encoder(model).significance, "rows": rows},
+                      handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""`python -m dtb_ext.qa.drop_tolerance`: F1 and real-length MACs ratios at fixed ratio configurations."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dtb_ext.qa.drop_tolerance import DROP_CONFIGS, format_table, main, real_length_macs_ratio
+
+DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "squad", "dev-a-v1.1.json")
+
+
+class _Features:
+    def __init__(self, lengths):
+        self.input_ids = [[0] * n for n in lengths]
+
+
+def test_macs_ratio_is_full_over_reduced_at_real_lengths():
+    from transformers import BertConfig
+
+    from dtb_ext.config import LengthConfig
+    from dtb_ext.macs import count_macs
+
+    config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=2)
+    features = _Features([10, 40])
+    ratios = (1, 1, 1, 1, 0.5, 0.5)
+    full = sum(count_macs(config, None, n).total for n in (10, 40))
+    reduced = sum(count_macs(config, LengthConfig.ratios(ratios), n).total for n in (10, 40))
+    assert real_length_macs_ratio(config, features, ratios) == pytest.approx(full / reduced)
+    assert real_length_macs_ratio(config, features, None) == 1.0
+    assert all(len(ratios) == 6 for _, ratios in DROP_CONFIGS)
+
+
+def test_table_lists_every_row():
+    rows = [{"label": "full length", "f1": 70.0, "exact_match": 60.0, "f1_drop_percent": 0.0, "macs_ratio": 1.0},
+            {"label": "x", "f1": 63.0, "exact_match": 50.0, "f1_drop_percent": 10.0, "macs_ratio": 1.25}]
+    table = format_table(rows).splitlines()
+    assert len(table) == 4 and table[3] == "| x | 63.00 | 50.00 | 10.00 | 1.25 |"
+
+
+@pytest.mark.skipif(not os.path.isfile(DEV), reason="shared SQuAD data not found at ../shared/data/squad")
+def test_command_scores_a_model_on_a_dev_sample(tmp_path, capsys):
+    from tiny_qa import save_tiny_qa_model
+    from transformers import AutoConfig
+
+    model_dir = save_tiny_qa_model(str(tmp_path / "model"))
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_hidden_layers = 6
+    config.save_pretrained(model_dir)  # 6 layers (the extra ones randomly initialised), as DROP_CONFIGS expect
+    out = tmp_path / "rows.json"
+    assert main(["--model", model_dir, "--questions", "4", "--no-progress", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["questions"] == 4 and [row["label"] for row in saved["rows"]][0] == "full length"
+    assert len(saved["rows"]) == 1 + len(DROP_CONFIGS)
+    assert saved["rows"][0]["f1_drop_percent"] == 0.0 and all(row["macs_ratio"] >= 1.0 for row in saved["rows"])
+    assert "| full length |" in capsys.readouterr().out
+
+
+def test_command_reports_bad_input(capsys):
+    assert main(["--model", "/nonexistent"]) == 2
+    assert "error" in capsys.readouterr().err
