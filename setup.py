@@ -1,9 +1,12 @@
 """Builds the `dtb_ext._C` extension: CPU sources always, CUDA sources when the installed torch has CUDA
 and a CUDA toolkit (CUDA_HOME) is found. Install with `pip install --no-build-isolation .`.
 
-The CPU kernels use ATen's at::vec::Vectorized, whose instruction set is fixed at compile time. The build picks
-the widest set this machine supports (the extension is built where it runs); `DTB_CPU_ISA=avx512|avx2|default`
-overrides the choice, for example to build for an older machine."""
+The CPU kernels use ATen's at::vec::Vectorized, whose instruction set is fixed at compile time. As ATen does with
+CPU_CAPABILITY, each kernel file (csrc/cpu/*.cpp) is compiled once per instruction set, with that set's flags and
+-DCPU_CAPABILITY=<set>, and the library chooses one at load time from the CPU and ATEN_CPU_CAPABILITY
+(csrc/cpu_capability.h); the glue (op schemas, the choice, the Python module, the CUDA binding) is compiled for
+the baseline. So a wheel built here runs on any x86-64 CPU. On x86-64 every set is built;
+`DTB_CPU_CAPABILITIES=default,avx512` (for example) builds fewer, which shortens a development build."""
 from __future__ import annotations
 
 import glob
@@ -17,17 +20,15 @@ from torch.utils import cpp_extension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# instruction set -> (CPU flags it needs, compiler flags); the defines select ATen's matching Vectorized code.
-CPU_ISAS: dict[str, tuple[set[str], list[str]]] = {
-    "avx512": (
-        {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"},
-        ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
-    ),
-    "avx2": (
-        {"avx2", "fma", "f16c"},
-        ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-    ),
-    "default": (set(), []),
+# instruction set -> compiler flags of its kernel files. The defines select ATen's matching Vectorized code and
+# name the namespace the copy is compiled into; csrc/cpu_capability.cpp checks the same CPU features at run time.
+CPU_CAPABILITIES: dict[str, list[str]] = {
+    "default": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": [
+        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+        "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
+    ],
 }
 
 
@@ -35,59 +36,93 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
-def _host_cpu_flags() -> set[str]:
+KERNEL_SOURCES = _sources("csrc/cpu/*.cpp")
+HEADERS = _sources("csrc/*.h") + _sources("csrc/cuda/*.h")
+
+
+def _capabilities_to_build() -> list[str]:
+    """The instruction sets to compile the kernels for, in increasing order (DEFAULT first: see build_extension)."""
+    if "DTB_CPU_ISA" in os.environ:
+        print("dtb_ext: DTB_CPU_ISA is no longer read: the kernels are built for every instruction set and chosen "
+              "at run time (ATEN_CPU_CAPABILITY); DTB_CPU_CAPABILITIES limits the sets built")
     if platform.machine() not in ("x86_64", "AMD64"):
-        return set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+        return ["default"]
+    requested = os.environ.get("DTB_CPU_CAPABILITIES")
+    if requested is None:
+        return list(CPU_CAPABILITIES)
+    names = [name.strip() for name in requested.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(CPU_CAPABILITIES))
+    if unknown or "default" not in names:
+        raise ValueError(
+            f"DTB_CPU_CAPABILITIES must be a comma-separated list of {', '.join(CPU_CAPABILITIES)} that includes "
+            f"default (the kernels every CPU runs); got {requested!r}"
+        )
+    return [name for name in CPU_CAPABILITIES if name in names]
 
 
-def _cpu_isa() -> str:
-    requested = os.environ.get("DTB_CPU_ISA", "auto")
-    if requested != "auto":
-        if requested not in CPU_ISAS:
-            raise ValueError(f"DTB_CPU_ISA must be one of auto, {', '.join(CPU_ISAS)}; got {requested!r}")
-        return requested
-    host = _host_cpu_flags()
-    return next(name for name, (needed, _) in CPU_ISAS.items() if needed <= host)
+CAPABILITIES = _capabilities_to_build()
+
+
+class BuildExtensionPerCapability(cpp_extension.BuildExtension):
+    """torch's BuildExtension, plus the kernel files compiled once per instruction set (each into its own object
+    folder, with its own flags) and linked after the glue. Link order matters: where the copies share an inline
+    function or template instance (ATen's, the standard library's), the linker keeps the first one it sees, so the
+    glue's and DEFAULT's baseline code is kept, and AVX2's before AVX512's; code a CPU cannot run is never shared."""
+
+    def build_extension(self, ext) -> None:
+        macros = ext.define_macros + [(name,) for name in ext.undef_macros]
+        kernel_objects = []
+        for capability in CAPABILITIES:
+            flags = dict(ext.extra_compile_args)
+            flags["cxx"] = ext.extra_compile_args["cxx"] + CPU_CAPABILITIES[capability]
+            kernel_objects += self.compiler.compile(
+                KERNEL_SOURCES, output_dir=os.path.join(self.build_temp, f"cpu_{capability}"), macros=macros,
+                include_dirs=ext.include_dirs, debug=self.debug, extra_postargs=flags, depends=ext.depends,
+            )
+        ext.extra_objects = kernel_objects
+        super().build_extension(ext)
 
 
 def _extension():
-    cpu_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    glue_sources = _sources("csrc/*.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
-    isa = _cpu_isa()
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"] + CPU_ISAS[isa][1]
+    built = [f"-DDTB_HAVE_{name.upper()}_KERNELS" for name in CAPABILITIES if name != "default"]
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"] + built
+    # Kernel files and headers: a change to any of them relinks the extension.
+    depends = KERNEL_SOURCES + HEADERS
+    cpu_kernels = f"CPU kernels for {', '.join(CAPABILITIES)} (chosen at run time)"
     build_cuda = (
         torch.version.cuda is not None
         and cpp_extension.CUDA_HOME is not None
         and os.environ.get("DTB_NO_CUDA", "0") != "1"
     )
     if build_cuda:
-        print(f"dtb_ext: building CPU ({isa}) and CUDA kernels (torch CUDA {torch.version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME})")
+        print(f"dtb_ext: building {cpu_kernels} and CUDA kernels (torch CUDA {torch.version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME})")
         return cpp_extension.CUDAExtension(
             "dtb_ext._C",
-            cpu_sources + cuda_sources,
+            glue_sources + cuda_sources,
             extra_compile_args={"cxx": cxx_flags + ["-DDTB_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17", "-DDTB_WITH_CUDA"]},
             extra_link_args=["-fopenmp"],
+            depends=depends,
             py_limited_api=False,
         )
-    reason = "torch has no CUDA" if torch.version.cuda is None else "no CUDA toolkit found (CUDA_HOME)"
-    print(f"dtb_ext: building CPU kernels only ({isa}; {reason})")
+    if torch.version.cuda is None:
+        reason = "torch has no CUDA"
+    elif cpp_extension.CUDA_HOME is None:
+        reason = "no CUDA toolkit found (CUDA_HOME)"
+    else:
+        reason = "DTB_NO_CUDA=1"
+    print(f"dtb_ext: building {cpu_kernels} only ({reason})")
     return cpp_extension.CppExtension(
         "dtb_ext._C",
-        cpu_sources,
+        glue_sources,
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
+        depends=depends,
     )
 
 
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    cmdclass={"build_ext": BuildExtensionPerCapability},
 )

@@ -1,9 +1,46 @@
-// Makes `dtb_ext._C` importable as a Python module. The module itself is empty: importing it loads this shared
-// library, whose static initialisers register the dtb operators with the dispatcher (torch.ops.dtb.*).
+// Makes `dtb_ext._C` importable as a Python module. Importing it loads this shared library, whose static
+// initialisers register the dtb operators with the dispatcher (torch.ops.dtb.*); the module itself only tells
+// what was built and which CPU kernels were chosen (`_C.build_info()`, read by dtb_ext.ops.kernel_info).
 #include <Python.h>
+
+#include "cpu_capability.h"
+
+namespace {
+
+#ifdef DTB_WITH_CUDA
+constexpr bool kCudaBuilt = true;
+#else
+constexpr bool kCudaBuilt = false;
+#endif
+
+PyObject* build_info(PyObject*, PyObject*) {
+  const dtb::cpu::CapabilityChoice& choice = dtb::cpu::active_capability();
+  const std::vector<dtb::cpu::Capability> built = dtb::cpu::built_capabilities();
+  PyObject* built_names = PyList_New(static_cast<Py_ssize_t>(built.size()));
+  if (built_names == nullptr) {
+    return nullptr;
+  }
+  for (size_t i = 0; i < built.size(); ++i) {
+    PyList_SET_ITEM(built_names, static_cast<Py_ssize_t>(i), PyUnicode_FromString(dtb::cpu::capability_name(built[i])));
+  }
+  // "N" hands the list's reference to the dict; "O" takes a new reference to the bool.
+  return Py_BuildValue("{s:s,s:N,s:s,s:s,s:s,s:O}", "cpu_capability", dtb::cpu::capability_name(choice.chosen),
+                       "cpu_capabilities_built", built_names, "cpu_supports", dtb::cpu::capability_name(choice.cpu_best),
+                       "requested", choice.requested.c_str(), "warning", choice.warning.c_str(), "cuda_built",
+                       kCudaBuilt ? Py_True : Py_False);
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS,
+     "{cpu_capability, cpu_capabilities_built, cpu_supports, requested, warning, cuda_built}: the instruction set "
+     "whose CPU kernels are registered, the sets compiled in, the widest this CPU runs, ATEN_CPU_CAPABILITY, why "
+     "it was not followed, and whether the CUDA kernels were compiled"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "dtb operator kernels (torch.ops.dtb)", -1,
-                                          nullptr};
+                                          methods};
   return PyModule_Create(&module_def);
 }

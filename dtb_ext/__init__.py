@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "has_kernels": "dtb_ext.ops",
+    "kernel_info": "dtb_ext.ops",
     "evaluate_qa": "dtb_ext.qa",
     "load_squad": "dtb_ext.qa",
     "prepare_eval_features": "dtb_ext.qa",

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 from dtb_ext.cli import HelpFormatter
 from dtb_ext.config import LengthConfig
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.precision import PRECISION_CHOICES
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 FRONT_FILE = "front.json"
 DEFAULT_OUT = os.path.join("runs", "demo")
 # Measured (MiniLM-L6 QA, 4 configs, 1 thread, CPU seconds): 0.19 s per question for the four F1/EM passes,
@@ -47,7 +47,7 @@ Make it from the repository root (about 40 minutes of training on a 2-core CPU, 
 MAKE_DEFAULT_FRONT = """\
 Search it from the repository root (an hour or more on a 2-core CPU, see dtb_ext/search/README.md):
   .venv/bin/python -m dtb_ext.cli search --model dtb_ext/default_model --out runs/default-search \\
-      --reevaluate-on ../shared/data/squad/dev-a-v1.1.json
+      --reevaluate-on dtb_ext/data/squad/dev-a-v1.1.json
   cp runs/default-search/front.json runs/default-search/front.csv runs/default-search/front.png dtb_ext/default_model/
 """
 OWN_MODEL = "or run the demo on a model and front of your own: dtb demo --model DIR [--front FRONT.json]"
@@ -279,7 +279,7 @@ def run_demo(
 
     model_dir: a QA model directory loadable by `dtb eval --model` (None: dtb_ext/default_model).
     front_path: a front JSON written by `dtb search` (None: MODEL_DIR/front.json).
-    data: the SQuAD file (None: ../shared/data/squad/dev-a-v1.1.json); questions: fixed random sample of it,
+    data: the SQuAD file (None: dev-a, shipped in the package: data_paths.DEV_FILE); questions: fixed random sample of it,
         chosen by sample_seed (None: every question).
     latency_features: features (evenly spaced in length) timed per config and padding protocol.
     out_dir: where demo.png and demo.json go (None: nothing written).
@@ -294,7 +294,6 @@ def run_demo(
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
     from dtb_ext.precision import prepare_for_precision, resolve_precision
     from dtb_ext.qa.cli import load_qa_model
-    from dtb_ext.qa.data import default_squad_file
     from dtb_ext.search.front import load_front
     from dtb_ext.search.qa_objective import sample_questions
 
@@ -303,9 +302,11 @@ def run_demo(
     missing = missing_default_files(model_dir, front_path)
     if missing:
         raise ValueError(missing_message(model_dir, front_path, missing))
-    data = data or default_squad_file("dev-a-v1.1.json")
+    data = data or DEV_FILE
     if not os.path.isfile(data):
         raise ValueError(f"SQuAD file not found: {data}")
+    if progress:
+        print(f"data: {data}", file=sys.stderr)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     second = resolve_precision(precision, device)
@@ -382,6 +383,7 @@ def run_demo(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "kernels": dtb_ext.has_kernels(),
+        "cpu_capability": dtb_ext.kernel_info().get("cpu_capability"),
         "seconds": round(time.perf_counter() - started, 1),
     }
     plot_path = json_path = None
@@ -400,7 +402,7 @@ def format_table(result: DemoResult) -> str:
     """The demo's results as a text table, with a header saying what was measured and how."""
     s = result.settings
     lines = [
-        f"{s['questions']} questions ({s['features']} features) of {os.path.basename(s['data'])}, sample seed "
+        f"{s['questions']} questions ({s['features']} features) of {s['data']}, sample seed "
         f"{s['sample_seed']}; {s['device']}, {s['threads']} threads, torch {s['torch']}, "
         f"{'compiled' if s['kernels'] else 'reference (no compiled)'} dtb kernels.",
         f"Latency: median ms per feature at batch 1 over {s['latency_features']} features evenly spaced in length "
@@ -478,7 +480,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--model", default=None, help="QA model directory (default: dtb_ext/default_model)")
     demo.add_argument("--front", default=None, help="front JSON from `dtb search` (default: MODEL/front.json)")
-    demo.add_argument("--data", default=None, help="SQuAD file (default: ../shared/data/squad/dev-a-v1.1.json)")
+    demo.add_argument("--data", default=None,
+                      help="SQuAD file (default: dev-a, shipped in the package as dtb_ext/data/squad/dev-a-v1.1.json)")
     demo.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS, help="questions in the fixed sample")
     demo.add_argument("--full", action="store_true", help="score every question of the file (4,961 for dev-a); "
                       "latency still uses --latency-features features")

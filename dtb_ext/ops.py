@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,11 +24,19 @@ from torch import Tensor
 from dtb_ext import reference
 
 try:
-    from dtb_ext import _C  # noqa: F401  (registers torch.ops.dtb.*)
+    from dtb_ext import _C  # registers torch.ops.dtb.*, with the CPU kernels of the instruction set chosen at load
 
     _HAS_KERNELS = True
+    if hasattr(_C, "build_info"):
+        _BUILD_INFO: dict[str, Any] = _C.build_info()
+    else:  # an extension built from sources older than the run-time choice of instruction set
+        _BUILD_INFO = {"warning": "dtb_ext._C was built from older sources and reports nothing about its build: "
+                                  "rebuild it (pip install --no-build-isolation --no-deps -e .)"}
+    if _BUILD_INFO["warning"]:
+        warnings.warn(f"dtb_ext: {_BUILD_INFO['warning']}", stacklevel=2)
 except ImportError as error:
     _HAS_KERNELS = False
+    _BUILD_INFO = {"error": str(error)}
     warnings.warn(f"dtb_ext: compiled kernels not available ({error}); using the PyTorch reference ops", stacklevel=2)
 
 PAD_POSITION = reference.PAD_POSITION
@@ -40,6 +49,15 @@ _reference_only = False
 def has_kernels() -> bool:
     """True when the compiled extension is loaded and the ops run its kernels."""
     return _HAS_KERNELS
+
+
+def kernel_info() -> dict[str, Any]:
+    """What the ops run on: {"kernels": bool, "cpu_capability": the instruction set whose CPU kernels run
+    ("default", "avx2" or "avx512"), "cpu_capabilities_built": the sets compiled in, "cpu_supports": the widest set
+    this CPU runs, "requested": ATEN_CPU_CAPABILITY ("" when unset), "warning": why it was not followed (""
+    when it was), "cuda_built": whether the CUDA kernels were compiled}. Without the extension: {"kernels":
+    False, "error": why it did not load}."""
+    return {"kernels": _HAS_KERNELS, **_BUILD_INFO}
 
 
 @contextlib.contextmanager

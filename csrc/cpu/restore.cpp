@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../cpu_capability.h"
 #include "../op_checks.h"
 
-namespace dtb {
+// Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
+namespace dtb::CPU_CAPABILITY {
 namespace {
 
 // Bytes of row copies per parallel task: below this a copy stays on the calling thread, since waking the
@@ -72,8 +74,8 @@ at::Tensor restore_cpu(const at::Tensor& base_in, const at::Tensor& src_in, cons
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dtb, CPU, m) {
+DTB_CPU_KERNELS(m) {
   m.impl("restore", &restore_cpu);
 }
 
-}  // namespace dtb
+}  // namespace dtb::CPU_CAPABILITY

@@ -11,10 +11,12 @@
 #include <functional>
 #include <vector>
 
+#include "../cpu_capability.h"
 #include "../op_checks.h"
 #include "../selection_key.h"
 
-namespace dtb {
+// Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
+namespace dtb::CPU_CAPABILITY {
 namespace {
 
 // Bytes of row copies per parallel task: below this a copy stays on the calling thread, since waking the
@@ -112,8 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_gather_cpu(const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dtb, CPU, m) {
+DTB_CPU_KERNELS(m) {
   m.impl("select_and_gather", &select_and_gather_cpu);
 }
 
-}  // namespace dtb
+}  // namespace dtb::CPU_CAPABILITY

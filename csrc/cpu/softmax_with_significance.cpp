@@ -16,9 +16,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cpu_capability.h"
 #include "../op_checks.h"
 
-namespace dtb {
+// Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
+namespace dtb::CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
@@ -292,8 +294,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_with_significance_cpu(const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dtb, CPU, m) {
+DTB_CPU_KERNELS(m) {
   m.impl("softmax_with_significance", &softmax_with_significance_cpu);
 }
 
-}  // namespace dtb
+}  // namespace dtb::CPU_CAPABILITY

@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 from dtb_ext.cli import HelpFormatter
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.jsonfile import read_json_file
 from dtb_ext.precision import PRECISION_CHOICES
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
 HOW_TO_TRAIN = (
     "train one with `dtb train --output runs/default-minilm` and pass `--model runs/default-minilm/model` "
     "(or copy that folder to dtb_ext/default_model/)"
@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "post-processing wall time, excluding loading and tokenisation.",
         formatter_class=HelpFormatter,
     )
-    evaluate.add_argument("--data", required=True, metavar="DATA.json", help="SQuAD-1.1-format file to evaluate on")
+    evaluate.add_argument("--data", default=None, metavar="DATA.json",
+                          help="SQuAD-1.1-format file to evaluate on (default: dev-a, shipped in the package as "
+                               "dtb_ext/data/squad/dev-a-v1.1.json)")
     evaluate.add_argument("--model", default=DEFAULT_MODEL_DIR, help="model directory (config, tokenizer, safetensors weights)")
     lengths = evaluate.add_mutually_exclusive_group()
     lengths.add_argument("--length-config", default=None, metavar="L1,L2,...",
@@ -130,7 +132,9 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be a positive number of questions, got {args.limit}")
         length_config = parse_length_option(args.length_config, args.length_ratios)
-        examples = load_squad(args.data)
+        data = args.data or DEV_FILE
+        print(f"dtb eval: data {data}", file=sys.stderr)
+        examples = load_squad(data)
         if args.limit is not None:
             examples = examples[:args.limit]
         precision = resolve_precision(args.precision, args.device)

@@ -13,22 +13,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from dtb_ext.data_paths import SEARCH_ARTICLES_FILE
+# The shared SQuAD folder beside a checkout, under the name the tests and benchmarks import it by.
+from dtb_ext.data_paths import shared_squad_file as default_squad_file  # noqa: F401
 from dtb_ext.jsonfile import read_json_file
 
 logger = logging.getLogger(__name__)
-
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SEARCH_ARTICLES_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "search_articles.json")
-
-
-def default_squad_dir() -> str:
-    """The shared SQuAD folder, found relative to the repository root (`../shared/data/squad`)."""
-    return os.path.normpath(os.path.join(_REPO_ROOT, "..", "shared", "data", "squad"))
-
-
-def default_squad_file(name: str) -> str:
-    """Path of one file of the shared SQuAD folder, e.g. `default_squad_file("dev-a-v1.1.json")`."""
-    return os.path.join(default_squad_dir(), name)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     search.add_argument("--model", default=None, help="saved QA model directory (default: dtb_ext/default_model)")
-    search.add_argument("--data", default=None, help="SQuAD training file holding the held-out split "
-                        "(default: ../shared/data/squad/train-subset-v1.1.json)")
+    search.add_argument("--data", default=None, help="SQuAD training file holding the held-out split's articles: "
+                        "the official train-v1.1.json or any file with them (default: the training subset beside a "
+                        "repository checkout, ../shared/data/squad/train-subset-v1.1.json; not shipped in the package)")
     search.add_argument("--space", choices=("ratios", "absolute"), default="ratios",
                         help="ratios: fractions of each input's length per layer, on a 1/100 grid (what LengthDrop "
                         "trains); absolute: tokens per layer")

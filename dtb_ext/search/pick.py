@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
 from dtb_ext.search.front import Front, Point, load_front
 from dtb_ext.search.paired import DropInterval
 
 # A front shipped with the default model; written by the default-model pipeline, read by `dtb pick`.
-DEFAULT_FRONT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model", "front.json")
+DEFAULT_FRONT_PATH = os.path.join(DEFAULT_MODEL_DIR, "front.json")
 
 
 def as_front(front: Front | str | dict[str, Any] | None) -> Front:

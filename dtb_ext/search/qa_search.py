@@ -7,10 +7,12 @@ import copy
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Sequence
 
 import optuna
 
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR, training_file
 from dtb_ext.search.engine import run_search
 from dtb_ext.search.front import Front
 from dtb_ext.search.paired import BootstrapSettings
@@ -26,7 +28,6 @@ from dtb_ext.search.split import SPLIT_FILE, split_part
 from dtb_ext.search.strategies import EvolutionSettings
 from dtb_ext.search.study import open_storage
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
 # Dynamic-TinyBERT searched lengths in [91, 384]. Features average ~180 real tokens, so a floor of 91 caps the
 # achievable MACs speedup near 2x; 32 leaves room for the aggressive end of the front.
 DEFAULT_MIN_LENGTH = 32
@@ -222,7 +223,8 @@ def search_lengths(
 
     model: a saved model directory, a loaded *ForQuestionAnswering model (then pass `tokenizer`; it is patched
         in place, and converted for `precision` on a copy), or None for the bundled default model.
-    data: the SQuAD training file holding the held-out split (default: the shared train subset). The search
+    data: the SQuAD training file holding the held-out split (None: the training subset beside a repository
+        checkout; where it is absent, ValueError says what to pass). The search
         scores every config on the split's search part (`questions` of it, fixed by `sample_seed`; None: all,
         the default), on the same questions for every config, keeping each question's F1.
     space: "ratios" (fractions of each input's length, on a 1/100 grid in [min_ratio, 1]; default, what
@@ -238,9 +240,11 @@ def search_lengths(
     out_dir: where front.json, front.csv and front.png are written (None: not written).
     device: where a model loaded from a directory runs (a loaded model stays where it is).
     """
-    from dtb_ext.qa.data import default_squad_file
     from dtb_ext.search.split import read_split
 
+    data = training_file(data, "the search split's articles (dtb_ext/data/search_articles.json)", "--data")
+    if progress:
+        print(f"data: {data}", file=sys.stderr)
     loaded_here = isinstance(model, str) or model is None
     if loaded_here:
         model, tokenizer = load_qa_model(model, device)
@@ -249,8 +253,6 @@ def search_lengths(
     search_space = make_space(space, model.config.num_hidden_layers, max_seq_length, min_length, min_ratio)
     model, fingerprint, precision = _prepare_model(model, loaded_here, precision)
     latency = latency or LatencySettings()
-    data = data or default_squad_file("train-subset-v1.1.json")
-
     def evaluator_on(path: str, examples: Sequence[Any], cost: str) -> tuple[QAEvaluator, dict[str, Any]]:
         return _evaluator_for(model, tokenizer, path, examples, space, cost, max_seq_length, doc_stride,
                               max_query_length, batch_size, latency)

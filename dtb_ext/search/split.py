@@ -10,14 +10,14 @@ share their context and are correlated) stay in one part. The ids are stored in 
 """
 from __future__ import annotations
 
-import os
 import random
 from typing import Any, Sequence
 
+from dtb_ext.data_paths import SEARCH_SPLIT_FILE
 from dtb_ext.jsonfile import read_json_file
 
 PARTS: tuple[str, ...] = ("search", "confirmation")
-SPLIT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "search_split.json")
+SPLIT_FILE = SEARCH_SPLIT_FILE
 SPLIT_SEED = 0
 HOW_CHOSEN = (
     "dtb_ext.search.split.make_split(load_squad('train-subset-v1.1.json', articles=search_split_articles()), "

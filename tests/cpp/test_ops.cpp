@@ -13,6 +13,8 @@
 #include <tuple>
 #include <vector>
 
+#include "../../csrc/cpu_capability.h"
+
 namespace {
 
 int failures = 0;
@@ -162,6 +164,7 @@ int main() {
     std::cerr << failures << " check(s) failed\n";
     return 1;
   }
-  std::cout << "dtb C++ op tests passed\n";
+  std::cout << "dtb C++ op tests passed (CPU kernels: "
+            << dtb::cpu::capability_name(dtb::cpu::active_capability().chosen) << ")\n";
   return 0;
 }

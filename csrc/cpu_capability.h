@@ -1,0 +1,67 @@
+// Run-time choice of the instruction set of the CPU kernels, as ATen does with CPU_CAPABILITY.
+//
+// Every kernel file csrc/cpu/*.cpp is compiled once per instruction set (setup.py, CMakeLists.txt), each time with
+// that set's compiler flags and -DCPU_CAPABILITY=DEFAULT|AVX2|AVX512 (which also selects ATen's at::vec code), into
+// the namespace dtb::CPU_CAPABILITY. Each copy ends in DTB_CPU_KERNELS(m) { m.impl(...); } instead of
+// TORCH_LIBRARY_IMPL(dtb, CPU, m): when the library is loaded, only the copy of the chosen instruction set
+// registers its kernels, so the dispatcher calls the chosen kernels directly and a call costs what it did
+// before. This file and csrc/cpu_capability.cpp are compiled for the baseline instruction set.
+//
+// The choice: the widest set that was built and that this CPU (and its operating system) runs. The environment
+// variable ATEN_CPU_CAPABILITY (default, avx2 or avx512; the one PyTorch reads) lowers it; a request this CPU
+// cannot run, or an unknown value, is not followed and leaves a warning (dtb_ext.ops raises it as a Python warning).
+#pragma once
+
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dtb::cpu {
+
+// Ordered: each set includes the ones before it. The names match the values of the CPU_CAPABILITY macro.
+enum class Capability : int { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
+
+// "default", "avx2" or "avx512": the spelling of ATEN_CPU_CAPABILITY.
+const char* capability_name(Capability capability);
+
+struct CapabilityChoice {
+  Capability chosen;
+  Capability cpu_best;    // the widest set this CPU runs
+  std::string requested;  // the value of ATEN_CPU_CAPABILITY; empty when unset
+  std::string warning;    // why the request was not followed; empty when it was (or when there was none)
+};
+
+// The decision alone, for any CPU: `built` lists the sets compiled into the library (DEFAULT always).
+CapabilityChoice choose_capability(const std::string& requested, Capability cpu_best,
+                                   const std::vector<Capability>& built);
+
+// The widest set the CPU this process runs on supports, with the operating system's support for its registers.
+Capability cpu_best_capability();
+
+// The sets compiled into this library, in increasing order.
+std::vector<Capability> built_capabilities();
+
+// The choice for this process, made once (on first use) from ATEN_CPU_CAPABILITY and the CPU.
+const CapabilityChoice& active_capability();
+
+// Registers one kernel file's kernels for the CPU dispatch key when `capability` is the active one; the other
+// copies of the file register nothing. Constructed by DTB_CPU_KERNELS at load time.
+class KernelRegistration {
+ public:
+  KernelRegistration(Capability capability, void (*init)(torch::Library&), const char* file, uint32_t line);
+
+ private:
+  std::optional<torch::Library> library_;
+};
+
+}  // namespace dtb::cpu
+
+#define DTB_CPU_KERNELS(m) DTB_CPU_KERNELS_UNIQUE(m, C10_UID)
+#define DTB_CPU_KERNELS_UNIQUE(m, uid)                                                                       \
+  static void C10_CONCATENATE(dtb_cpu_kernels_init_, uid)(torch::Library&);                                 \
+  static const ::dtb::cpu::KernelRegistration C10_CONCATENATE(dtb_cpu_kernels_registration_, uid)(          \
+      ::dtb::cpu::Capability::CPU_CAPABILITY, &C10_CONCATENATE(dtb_cpu_kernels_init_, uid), __FILE__, __LINE__); \
+  void C10_CONCATENATE(dtb_cpu_kernels_init_, uid)(torch::Library & m)
