@@ -9,6 +9,10 @@ part (for example `dtb score`) does not load the others.
 from __future__ import annotations
 
 from dtb_ext._lazy import lazy_exports
+from dtb_ext.onednn_cache import set_default_capacity
+
+# Before the first bf16 forward pass: see onednn_cache.py.
+set_default_capacity()
 
 __version__ = "0.1.0"
 
