@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
+from dtb_ext.models.fused_projection import QKVProjection
 from dtb_ext.models.padding_mask import padding_mask_from_hf
 from dtb_ext.models.relevance import (
     ATTENTION,
@@ -55,6 +56,7 @@ class DynamicEncoder(nn.Module):
         self.length_config: LengthConfig | None = None
         self.significance = ATTENTION
         self.relevance: RelevanceScorer | None = None
+        self._qkv = QKVProjection()
 
     @property
     def num_layers(self) -> int:
@@ -178,10 +180,10 @@ class DynamicEncoder(nn.Module):
         layer = self.layer[index]
         if not drops_real or self.significance == SCORER:
             # No attention significance is needed, so the fused SDPA kernel can run.
-            attention_output = self._attention_all_kept(layer, hidden, mask if padded else None)
+            attention_output = self._attention_all_kept(index, hidden, mask if padded else None)
             attention_significance = None
         else:
-            attention_output, attention_significance = self._attention_with_significance(layer, hidden, mask)
+            attention_output, attention_significance = self._attention_with_significance(index, hidden, mask)
         scorer_logits = self._scorer_logits(index, attention_output, mask, drops_real, positions)
         if not drops_real:
             if keep is None:
@@ -207,22 +209,21 @@ class DynamicEncoder(nn.Module):
             records.append(ScorerRecord(index, logits, mask.bool(), positions))
         return logits
 
-    def _project_heads(self, layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """[B, n, D] -> query, key, value, each [B, H, n, d]."""
-        attention = layer.attention.self
+    def _project_heads(self, index: int, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Layer `index`'s projections, [B, n, D] -> query, key, value, each [B, H, n, d] (one fused matmul at
+        inference: fused_projection.py)."""
+        attention = self.layer[index].attention.self
         shape = (*hidden.shape[:2], -1, attention.attention_head_size)
-        query = attention.query(hidden).view(shape).transpose(1, 2)
-        key = attention.key(hidden).view(shape).transpose(1, 2)
-        value = attention.value(hidden).view(shape).transpose(1, 2)
-        return query, key, value
+        return tuple(projected.view(shape).transpose(1, 2) for projected in self._qkv(index, attention, hidden))
 
-    def _attention_all_kept(self, layer: nn.Module, hidden: Tensor, mask: Tensor | None) -> Tensor:
-        """Self-attention block with torch SDPA, no significance: [B, n, D] -> [B, n, D].
+    def _attention_all_kept(self, index: int, hidden: Tensor, mask: Tensor | None) -> Tensor:
+        """Layer `index`'s self-attention block with torch SDPA, no significance: [B, n, D] -> [B, n, D].
 
         `mask` is the [B, n] key mask, or None when no example is padded (lets SDPA pick its fastest kernel).
         """
+        layer = self.layer[index]
         attention = layer.attention.self
-        query, key, value = self._project_heads(layer, hidden)
+        query, key, value = self._project_heads(index, hidden)
         context = nn.functional.scaled_dot_product_attention(
             query,
             key,
@@ -234,10 +235,12 @@ class DynamicEncoder(nn.Module):
         context = context.transpose(1, 2).reshape(hidden.shape)
         return layer.attention.output(context, hidden)
 
-    def _attention_with_significance(self, layer: nn.Module, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Explicit self-attention block: [B, n, D], [B, n] mask -> ([B, n, D] output, [B, n] significance)."""
+    def _attention_with_significance(self, index: int, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer `index`'s explicit self-attention block: [B, n, D], [B, n] mask -> ([B, n, D] output, [B, n]
+        significance)."""
+        layer = self.layer[index]
         attention = layer.attention.self
-        query, key, value = self._project_heads(layer, hidden)
+        query, key, value = self._project_heads(index, hidden)
         group = _examples_per_score_block(query)
         if group >= query.shape[0] or torch.is_grad_enabled() or attention.training:
             # Scaled in place: the same arithmetic as HF eager without a second [B, H, n, n] buffer.
