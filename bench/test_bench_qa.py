@@ -5,8 +5,9 @@ Variants: unpatched Hugging Face with SDPA in fp32 and bf16; ONNX Runtime runnin
 dynamically quantized to int8 (`onnxruntime.quantization.quantize_dynamic`; both when `onnxruntime` is
 importable); the patched model ("ours") in each precision of DTB_BENCH_QA_PRECISIONS (default fp32,bf16,int8;
 `dtb_ext.prepare_for_precision`) at full length (no config, as the unpatched model runs) and at the shipped
-front's picks within DTB_BENCH_QA_PICKS percent of the full-length F1 (default 1,3; a pick that is full length
-is not timed twice).
+front's picks within DTB_BENCH_QA_PICKS percent of the full-length F1 (default 1,3) and its most accurate configs
+with a MACs speedup of at least DTB_BENCH_QA_SPEEDUPS (default 1.4; shows what dropping buys in each precision
+where the F1 picks stay near full length); a pick that is full length is not timed twice.
 
 One benchmark per batch size: each round runs every feature (batch 1) or every length-grouped batch (batch 32,
 dynamic padding) through every variant in turn, the variant order rotating from item to item (bench/conftest.py
@@ -43,6 +44,7 @@ QUESTIONS = int(os.environ.get("DTB_BENCH_QA_QUESTIONS", "48"))
 ROUNDS = int(os.environ.get("DTB_BENCH_QA_ROUNDS", "3"))
 PRECISIONS = os.environ.get("DTB_BENCH_QA_PRECISIONS", "fp32,bf16,int8").split(",")
 PICKS = [float(p) for p in os.environ.get("DTB_BENCH_QA_PICKS", "1,3").split(",") if p]
+SPEEDUPS = [float(s) for s in os.environ.get("DTB_BENCH_QA_SPEEDUPS", "1.4").split(",") if s]
 MAX_SEQ_LENGTH = 384  # window length when no front says otherwise (the front records its search's windows)
 ONNX_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -79,9 +81,9 @@ def _setup() -> dict[str, Any]:
     if os.path.isfile(FRONT):
         front = load_front(FRONT)
         identity = front.identity
-        for percent in PICKS:
-            point = pick(front, max_f1_drop_percent=percent)
-            name = f"front-{percent:g}pct"
+        chosen = [(f"front-{percent:g}pct", pick(front, max_f1_drop_percent=percent)) for percent in PICKS]
+        chosen += [(f"front-{speedup:g}x", pick(front, min_speedup=speedup)) for speedup in SPEEDUPS]
+        for name, point in chosen:
             picks[name] = "full length" if point.length_config == front.full_length.length_config else str(
                 list(point.length_config))
             if picks[name] != "full length":
