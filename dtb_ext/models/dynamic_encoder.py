@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
-from dtb_ext.models.fused_projection import QKVProjection
+from dtb_ext.models.packed_linear import PackedLinears
 from dtb_ext.models.padding_mask import padding_mask_from_hf
 from dtb_ext.models.relevance import (
     ATTENTION,
@@ -56,7 +56,7 @@ class DynamicEncoder(nn.Module):
         self.length_config: LengthConfig | None = None
         self.significance = ATTENTION
         self.relevance: RelevanceScorer | None = None
-        self._qkv = QKVProjection()
+        self._linears = PackedLinears()
 
     @property
     def num_layers(self) -> int:
@@ -187,7 +187,7 @@ class DynamicEncoder(nn.Module):
         scorer_logits = self._scorer_logits(index, attention_output, mask, drops_real, positions)
         if not drops_real:
             if keep is None:
-                return self._feed_forward(layer, attention_output), mask, None
+                return self._feed_forward(index, attention_output), mask, None
             # Only padding goes: every real token outranks every padding slot, so they are all kept, in order.
             significance = mask.to(torch.float32)
         else:
@@ -195,7 +195,7 @@ class DynamicEncoder(nn.Module):
         kept_hidden, kept_mask, kept_positions = ops.select_and_gather(
             attention_output, significance, mask, keep, width, self.keep_first
         )
-        return self._feed_forward(layer, kept_hidden), kept_mask, kept_positions
+        return self._feed_forward(index, kept_hidden), kept_mask, kept_positions
 
     def _scorer_logits(self, index: int, attention_output: Tensor, mask: Tensor, drops_real: bool,
                        positions: Tensor | None) -> Tensor | None:
@@ -211,10 +211,11 @@ class DynamicEncoder(nn.Module):
 
     def _project_heads(self, index: int, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Layer `index`'s projections, [B, n, D] -> query, key, value, each [B, H, n, d] (one fused matmul at
-        inference: fused_projection.py)."""
+        inference: packed_linear.py)."""
         attention = self.layer[index].attention.self
         shape = (*hidden.shape[:2], -1, attention.attention_head_size)
-        return tuple(projected.view(shape).transpose(1, 2) for projected in self._qkv(index, attention, hidden))
+        projected = self._linears.projections((index, "qkv"), (attention.query, attention.key, attention.value), hidden)
+        return tuple(output.view(shape).transpose(1, 2) for output in projected)
 
     def _attention_all_kept(self, index: int, hidden: Tensor, mask: Tensor | None) -> Tensor:
         """Layer `index`'s self-attention block with torch SDPA, no significance: [B, n, D] -> [B, n, D].
@@ -233,7 +234,7 @@ class DynamicEncoder(nn.Module):
             scale=attention.scaling,
         )
         context = context.transpose(1, 2).reshape(hidden.shape)
-        return layer.attention.output(context, hidden)
+        return self._linears.output((index, "attention"), layer.attention.output, context, hidden)
 
     def _attention_with_significance(self, index: int, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Layer `index`'s explicit self-attention block: [B, n, D], [B, n] mask -> ([B, n, D] output, [B, n]
@@ -259,12 +260,13 @@ class DynamicEncoder(nn.Module):
                 probs, significance[rows] = ops.softmax_with_significance(scores, mask[rows])
                 torch.matmul(probs, value[rows], out=context[rows])
         context = context.transpose(1, 2).reshape(hidden.shape)
-        return layer.attention.output(context, hidden), significance
+        return self._linears.output((index, "attention"), layer.attention.output, context, hidden), significance
 
-    @staticmethod
-    def _feed_forward(layer: nn.Module, hidden: Tensor) -> Tensor:
-        """The layer's intermediate + output blocks: [B, K, D] -> [B, K, D]."""
-        return layer.output(layer.intermediate(hidden), hidden)
+    def _feed_forward(self, index: int, hidden: Tensor) -> Tensor:
+        """Layer `index`'s intermediate + output blocks: [B, K, D] -> [B, K, D] (packed_linear.py at inference)."""
+        layer = self.layer[index]
+        intermediate = self._linears.intermediate((index, "intermediate"), layer.intermediate, hidden)
+        return self._linears.output((index, "output"), layer.output, intermediate, hidden)
 
 
 # Scores block size for batched CPU inference: small enough to stay in the L2/L3 caches of a server core.
