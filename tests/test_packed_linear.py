@@ -4,6 +4,9 @@ conversions), and the blocks run as HF wrote them wherever packing would change 
 training mode, hooks, other activation or layer types)."""
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -137,3 +140,24 @@ def test_hooks_and_other_layer_types_run_the_modules_themselves():
     block.dense = scaled
     with torch.no_grad():
         torch.testing.assert_close(PackedLinears().intermediate(0, block, hidden), expected.detach())
+
+
+class _PackedIntermediate(nn.Module):
+    """A module holding a filled cache, as a patched encoder does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.intermediate = _blocks(torch.float32)["intermediate"]
+        self.packed = PackedLinears()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.packed.intermediate(0, self.intermediate, hidden)
+
+
+def test_a_model_with_a_filled_cache_can_be_copied_and_pickled():
+    layer, hidden = _PackedIntermediate(), _inputs(torch.float32)
+    with torch.no_grad():
+        expected = layer(hidden)
+        for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            assert clone.packed._entries == {}
+            torch.testing.assert_close(clone(hidden), expected)

@@ -47,6 +47,14 @@ class PackedLinears:
     def __init__(self) -> None:
         self._entries: dict[Hashable, _Entry] = {}
 
+    # A copied or pickled model starts with an empty cache: oneDNN-packed tensors have no storage to copy, and
+    # the copy's own weights are what its entries must come from.
+    def __deepcopy__(self, memo: dict) -> PackedLinears:
+        return PackedLinears()
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}
+
     def projections(self, key: Hashable, linears: Sequence[nn.Module], hidden: Tensor) -> tuple[Tensor, ...]:
         """[B, n, D] -> one [B, n, N_i] output per Linear of `linears` (all on the same input: query, key, value),
         from a single matmul at inference, else from the modules themselves."""
