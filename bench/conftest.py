@@ -52,9 +52,11 @@ class Interleaved:
         self.times: dict[str, list[list[float]]] = {name: [] for name in variants}
 
     def warm_up(self) -> None:
-        """One untimed call of every variant (allocator, thread pool, lazy initialisation)."""
-        for function in self.variants.values():
-            function(self.items[0])
+        """One untimed call of every variant on every item: oneDNN compiles a kernel per matmul shape on first use
+        (and token dropping makes new shapes at every layer), besides allocator, thread pool and lazy set-up."""
+        for item in self.items:
+            for function in self.variants.values():
+                function(item)
 
     def run_round(self) -> None:
         names = list(self.variants)

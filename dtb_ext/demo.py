@@ -205,8 +205,9 @@ def measure_latency(
     patched model), config and padding protocol.
 
     Every feature is run under every (precision, config) and protocol in turn (the order rotating from feature to
-    feature), so a change of machine load during the measurement hits all of them alike. One untimed pass per
-    case and protocol comes first (allocator and thread-pool warm-up). Returns {(precision, config): {padding: ms}}."""
+    feature), so a change of machine load during the measurement hits all of them alike. One untimed pass of every
+    feature through every case and protocol comes first (kernel compilation, allocator and thread-pool warm-up).
+    Returns {(precision, config): {padding: ms}}."""
     import torch
     from tqdm.auto import tqdm
 
@@ -234,9 +235,12 @@ def measure_latency(
     for model in models.values():
         model.eval()
     with torch.inference_mode():
-        for padding in PADDINGS:
+        # Steady state, as a serving process reaches it: oneDNN compiles a kernel per matmul shape on first use
+        # (token dropping makes a new shape at every layer), so every feature runs every case once untimed.
+        for index in tqdm(range(len(features)), desc="warm-up", unit="feature", disable=not progress):
             for case in cases:
-                forward(case, inputs[padding][0])
+                for padding in PADDINGS:
+                    forward(case, inputs[padding][index])
         for index in tqdm(range(len(features)), desc="latency (batch 1)", unit="feature", disable=not progress):
             shift = index % len(cases)
             for case in cases[shift:] + cases[:shift]:

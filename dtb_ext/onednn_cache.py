@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 
 CAPACITY_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-# Room for every token count up to 512 for six weight shapes (3,072 kernels), with margin.
-DEFAULT_CAPACITY = 4096
+# Room for every token count up to 384 for the five weight shapes of a model in two precisions in one process
+# (demo, benchmarks: 3,840 kernels), with margin.
+DEFAULT_CAPACITY = 8192
 
 
 def set_default_capacity() -> str:

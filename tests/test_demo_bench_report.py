@@ -91,3 +91,15 @@ def test_interleaved_timer_rotates_the_variant_order_and_summarises_each_variant
                      ("b", "x"), ("c", "x"), ("a", "x"), ("c", "y"), ("a", "y"), ("b", "y")]
     summary = timer.summary()
     assert set(summary) == set("abc") and summary["a"] == {"median_ms": 1e3, "round_ms": 2e3, "min_round_ms": 2e3}
+
+
+def test_interleaved_warm_up_runs_every_variant_on_every_item_untimed():
+    spec = importlib.util.spec_from_file_location("bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    calls = []
+    variants = {name: (lambda item, name=name: calls.append((name, item))) for name in "ab"}
+    timer = conftest.Interleaved(variants, ["x", "y", "z"])
+    timer.warm_up()
+    assert sorted(calls) == sorted((name, item) for name in "ab" for item in "xyz")
+    assert timer.times == {"a": [], "b": []}
