@@ -18,7 +18,8 @@ quiet machine: the load generator shares it with the server. Run:
 Settings (environment): DTB_BENCH_SERVE_MODEL (default dtb_ext/default_model; "tiny": the tiny random model of
 the tests, a quick check of the harness whose numbers mean nothing), DTB_BENCH_SERVE_SECONDS (default 20),
 DTB_BENCH_SERVE_RATES (default 2,4,8,16,32,64), DTB_BENCH_SERVE_THREADS (server torch threads, default all
-cores), DTB_BENCH_SERVE_OUT (default runs/bench-serve.json), DTB_BENCH_SERVE_START_TIMEOUT (seconds a server may
+cores), DTB_BENCH_SERVE_PRECISION (both servers', default auto: bf16 where the CPU runs it natively, the
+strongest plain baseline), DTB_BENCH_SERVE_OUT (default runs/bench-serve.json), DTB_BENCH_SERVE_START_TIMEOUT (seconds a server may
 take to load, default 300). Quick check:
     DTB_BENCH_SERVE_MODEL=tiny DTB_BENCH_SERVE_SECONDS=1 DTB_BENCH_SERVE_RATES=10,40 \\
         .venv/bin/python -m pytest bench/test_bench_serve.py -s
@@ -49,6 +50,7 @@ SECONDS = float(os.environ.get("DTB_BENCH_SERVE_SECONDS", "20"))
 RATES = [float(rate) for rate in os.environ.get("DTB_BENCH_SERVE_RATES", "2,4,8,16,32,64").split(",")]
 THREADS = int(os.environ.get("DTB_BENCH_SERVE_THREADS", str(os.cpu_count() or 1)))
 QUESTIONS = int(os.environ.get("DTB_BENCH_SERVE_QUESTIONS", "200"))
+PRECISION = os.environ.get("DTB_BENCH_SERVE_PRECISION", "auto")
 START_TIMEOUT_S = float(os.environ.get("DTB_BENCH_SERVE_START_TIMEOUT", "300"))
 OUT = os.environ.get("DTB_BENCH_SERVE_OUT", os.path.join(REPO_ROOT, "runs", "bench-serve.json"))
 P99_OBJECTIVE_MS = 100.0
@@ -139,7 +141,7 @@ def test_serving_load(tmp_path):
     if not os.path.isfile(os.path.join(model, "config.json")):
         pytest.skip(f"no QA model at {model}")
     questions = _questions()
-    common = ["--model", model, "--precision", "fp32", "--max-batch-size", "32", "--max-wait-ms", "5"]
+    common = ["--model", model, "--precision", PRECISION, "--max-batch-size", "32", "--max-wait-ms", "5"]
     results: list[dict[str, Any]] = []
     print(f"\n{'case':<34} {'offered':>7} {'done/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'503 %':>6} {'degr %':>6}")
 
@@ -164,7 +166,8 @@ def test_serving_load(tmp_path):
             results.append(_run(server, slo_rate, _with_budgets(questions, budgets), f"--slo-ms 100, {name}", 0))
 
     summary = {
-        "model": model, "seconds_per_step": SECONDS, "server_threads": THREADS, "rates": sorted(RATES),
+        "model": model, "precision": PRECISION, "seconds_per_step": SECONDS, "server_threads": THREADS,
+        "rates": sorted(RATES),
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "full_length_breaks_p99_100ms_at_rps": break_rate, "slo_rate_rps": slo_rate, "results": results,
     }
