@@ -335,6 +335,23 @@ def test_shutdown_answers_every_admitted_request(model_dir, tmp_path):
         httpx.get(f"{running.url}/health", timeout=TIMEOUT)
 
 
+def test_two_workers_serve_the_same_answers_and_shut_down(model_dir, answerer, tmp_path):
+    args = ["--model", model_dir, "--precision", "fp32", "--workers", "2", "--max-wait-ms", "5"]
+    bodies = [{"question": q, "context": c, **budget} for (q, c), budget in zip(CASES * 4, BUDGETS * 4)]
+    with ServerProcess(args, str(tmp_path / "serve.log")) as running:
+        # /health answers once one worker is up; wait (bounded) until both have started.
+        assert wait_until(lambda: running.log().count("Started server process") >= 2, 120.0, 0.2), running.log()
+        responses = asyncio.run(_post_all(running.url, bodies, concurrency=16))
+        for body, response in zip(bodies, responses):
+            assert response.status_code == 200, response.text
+            budget = {k: v for k, v in body.items() if k not in ("question", "context")}
+            _check_same_answer(response.json(), _expected(answerer, body["question"], body["context"], budget))
+        running.process.terminate()
+        assert running.process.wait(60) in (0, -signal.SIGTERM)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{running.url}/health", timeout=TIMEOUT)
+
+
 # --- units -----------------------------------------------------------------------------------------------------
 
 
