@@ -81,3 +81,12 @@ def test_search_command_writes_the_front(tmp_path, tiny_model_dir, capsys):
     assert len(json.loads(capsys.readouterr().out)["length_config"]) == 2
     assert main(arguments[:-1] + ["--no-progress", "--cost", "latency"]) == 2
     assert "differing fields" in capsys.readouterr().err
+
+
+def test_seed_config_flag_parses_ratios_and_token_counts_and_names_bad_values():
+    from dtb_ext.search.cli import _seed_config
+
+    assert _seed_config("1,1,0.7,0.5", "ratios") == (1.0, 1.0, 0.7, 0.5)
+    assert _seed_config("384,300,200", "absolute") == (384, 300, 200)
+    with pytest.raises(ValueError, match="comma-separated token counts, got '384,0.5'"):
+        _seed_config("384,0.5", "absolute")

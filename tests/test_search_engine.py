@@ -456,3 +456,26 @@ def test_evolution_continues_a_study_started_by_another_strategy():
     evaluator = AnalyticEvaluator()
     front = run_search(evaluator, SPACE, n_evaluations=12, evolution=settings, storage=storage, progress=False)
     assert len(evaluator.calls) == 6 and len(front.points) == 12
+
+
+def test_seed_configs_are_evaluated_right_after_full_length_once_each(tmp_path):
+    seeds = [(64, 64, 32, 16), (64, 64, 64, 8), (64, 64, 32, 16)]
+    evaluator = AnalyticEvaluator()
+    storage = str(tmp_path / "study.db")
+    front = run_search(evaluator, SPACE, n_evaluations=8, strategy="evolution", storage=storage, progress=False,
+                       seed_configs=seeds)
+    assert evaluator.calls[:3] == [SPACE.full, (64, 64, 32, 16), (64, 64, 64, 8)]
+    assert evaluator.calls.count((64, 64, 32, 16)) == 1
+    trials = optuna.load_study(study_name="dtb-length-search", storage=f"sqlite:///{storage}").get_trials()
+    assert [t.user_attrs.get("origin") for t in trials[:3]] == ["full_length", "seed", "seed"]
+    assert {(64, 64, 32, 16), (64, 64, 64, 8)} <= {point.length_config for point in front.points}
+    # resuming with the same seeds evaluates none of them again
+    again = AnalyticEvaluator()
+    run_search(again, SPACE, n_evaluations=10, strategy="evolution", storage=storage, progress=False,
+               seed_configs=seeds)
+    assert not set(again.calls) & set(seeds)
+
+
+def test_a_seed_config_outside_the_space_is_refused():
+    with pytest.raises(ValueError, match="one per layer"):
+        run_search(AnalyticEvaluator(), SPACE, n_evaluations=3, progress=False, seed_configs=[(64, 64, 32)])

@@ -70,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--latency-batch-size", type=int, default=1)
     search.add_argument("--latency-sample", type=int, default=16, help="features timed per config")
     search.add_argument("--latency-repeats", type=int, default=5)
+    search.add_argument("--seed-config", action="append", default=[], metavar="R1,R2,...",
+                        help="a config evaluated first, before the strategy's own (repeatable), in the space's "
+                             "terms: per-layer ratios, or tokens with --space absolute; e.g. 1,1,1,0.7,0.5,0.3 "
+                             "(LAT's initial population always drops from the first layer on)")
     search.add_argument("--population-size", type=int, default=10)
     search.add_argument("--mutation-size", type=int, default=30)
     search.add_argument("--crossover-size", type=int, default=30)
@@ -106,6 +110,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _fail(command: str, error: Exception) -> int:
     print(f"dtb {command}: error: {error}", file=sys.stderr)
     return 2
+
+
+def _seed_config(text: str, space: str) -> tuple[float, ...] | tuple[int, ...]:
+    """`--seed-config R1,R2,...` as numbers: ratios (floats) in the ratio space, token counts (ints) in the absolute
+    one; whether it belongs to the space is checked by the search."""
+    kind, name = (float, "ratios") if space == "ratios" else (int, "token counts")
+    try:
+        return tuple(kind(value) for value in text.split(","))
+    except ValueError:
+        raise ValueError(f"--seed-config takes comma-separated {name}, got {text!r}") from None
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -146,6 +160,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             evolution=EvolutionSettings(args.population_size, args.mutation_size, args.crossover_size,
                                         args.mutation_prob),
             bootstrap=BootstrapSettings(confidence=args.confidence),
+            seed_configs=[_seed_config(text, args.space) for text in args.seed_config],
             confirm=not args.no_confirmation,
             confirmation_questions=args.confirmation_questions,
             reevaluate_on=args.reevaluate_on,

@@ -6,7 +6,7 @@ open the same storage share one search (Optuna's own distributed optimisation).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import optuna
@@ -104,6 +104,7 @@ def run_search(
     tpe_startup_trials: int = 10,
     max_trials: int | None = None,
     bootstrap: BootstrapSettings | None = None,
+    seed_configs: Sequence[Sequence[float]] = (),
     progress: bool = True,
 ) -> Front:
     """Search length configs maximising F1 and minimising cost; return the front of every evaluated config.
@@ -121,6 +122,9 @@ def run_search(
     max_trials: cap on started trials (cache hits and failures included) so that a search whose space is
         exhausted ends; default 10 * n_evaluations + 100.
     bootstrap: how the front's drop intervals are computed from per-question F1 (when the evaluator gives them).
+    seed_configs: configs of `space` evaluated right after full length, before the strategy's own (those not yet
+        in the study; they count toward n_evaluations), e.g. shapes its initial population never proposes: LAT's
+        population drops from the first layer on, and keeping the first layers whole and dropping late is cheap.
     """
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
@@ -130,6 +134,7 @@ def run_search(
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if worker < 0:
         raise ValueError(f"worker must be >= 0, got {worker}")
+    seeds = [space.check(config) for config in seed_configs]  # ValueError names a config outside the space
     evolution = evolution or EvolutionSettings()
     max_trials = max_trials if max_trials is not None else 10 * n_evaluations + 100
     full_identity = {**(identity or {}), "cost_model": cost_model, **space.identity()}
@@ -143,6 +148,10 @@ def run_search(
         if space.full not in taken_configs(study, space):
             # the full-length point anchors speedups and the F1-drop budget: first in, and again if it failed
             study.enqueue_trial(space.params(space.full), user_attrs={"origin": "full_length"})
+        taken = taken_configs(study, space)
+        for config in dict.fromkeys(seeds):
+            if config not in taken:
+                study.enqueue_trial(space.params(config), user_attrs={"origin": "seed"})
         if strategy == "evolution":
             _run_evolution(study, space, objective, monitor, evolution, seed)
         else:

@@ -211,6 +211,7 @@ def search_lengths(
     latency: LatencySettings | None = None,
     evolution: EvolutionSettings | None = None,
     bootstrap: BootstrapSettings | None = None,
+    seed_configs: Sequence[Sequence[float]] = (),
     confirm: bool = True,
     confirmation_questions: int | None = None,
     reevaluate_on: str | None = None,
@@ -233,6 +234,7 @@ def search_lengths(
     cost_model: "macs" (count_macs at every feature's real length, summed) or "latency" (LatencySettings).
     strategy, n_evaluations, storage, study_name, seed, worker, evolution: see `run_search`.
     bootstrap: confidence, resamples and seed of the paired drop intervals (the pick rule); default 90 %.
+    seed_configs: configs evaluated first, in the space's own terms (see `run_search`).
     confirm: re-score the front and full length on the confirmation part (`confirmation_questions` of it; None:
         all), which `pick` then decides on.
     reevaluate_on: a SQuAD file (e.g. dev-a) on which the final front is also scored, as a report (`dev_f1`);
@@ -276,7 +278,7 @@ def search_lengths(
     front = run_search(
         evaluator, search_space, n_evaluations=n_evaluations, strategy=strategy, cost_model=cost_model,
         storage=storage, study_name=study_name, identity=identity, seed=seed, worker=worker, evolution=evolution,
-        bootstrap=bootstrap, progress=progress,
+        bootstrap=bootstrap, seed_configs=seed_configs, progress=progress,
     )
     study = optuna.load_study(study_name=study_name, storage=storage)
     if confirm:
