@@ -62,7 +62,7 @@ class PackedLinears:
             return tuple(linear(hidden) for linear in linears)
         entry = self._entry(key, linears, packed=_packs(hidden, linears[0]))
         if entry.weight.is_mkldnn:
-            output = torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), entry.weight, entry.bias, "none", [], "")
+            output = _pointwise(hidden, entry)
         else:
             output = nn.functional.linear(hidden, entry.weight, entry.bias)
         return output.split([linear.out_features for linear in linears], dim=-1)
@@ -75,9 +75,8 @@ class PackedLinears:
         entry = self._entry(key, (block.dense,), packed=True)
         gelu = _gelu_algorithm(block.intermediate_act_fn)
         if gelu is None:
-            output = torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), entry.weight, entry.bias, "none", [], "")
-            return block.intermediate_act_fn(output)
-        return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), entry.weight, entry.bias, "gelu", [], gelu)
+            return block.intermediate_act_fn(_pointwise(hidden, entry))
+        return _pointwise(hidden, entry, "gelu", gelu)
 
     def output(self, key: Hashable, block: nn.Module, hidden: Tensor, residual: Tensor) -> Tensor:
         """A BERT output block, LayerNorm(dense(hidden) + residual): [B, K, I], [B, K, D] -> [B, K, D]; the
@@ -108,6 +107,12 @@ class PackedLinears:
             entry = _Entry(tuple(t.detach() for t in tensors), tuple(t._version for t in tensors), weight, bias)
             self._entries[key] = entry
         return entry
+
+
+def _pointwise(hidden: Tensor, entry: _Entry, activation: str = "none", algorithm: str = "") -> Tensor:
+    """[..., D] -> [..., N] with `entry`'s packed weight, `activation` ("none" or "gelu" with its `algorithm`)
+    applied inside the matmul."""
+    return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), entry.weight, entry.bias, activation, [], algorithm)
 
 
 _FORWARDS = frozenset(cls.forward for cls in _OUTPUT_BLOCKS + _INTERMEDIATE_BLOCKS)

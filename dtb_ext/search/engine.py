@@ -145,13 +145,13 @@ def run_search(
     monitor = _Progress(n_evaluations, max_trials, progress)
     try:
         monitor.refresh(study)
-        if space.full not in taken_configs(study, space):
-            # the full-length point anchors speedups and the F1-drop budget: first in, and again if it failed
-            study.enqueue_trial(space.params(space.full), user_attrs={"origin": "full_length"})
+        # The full-length point anchors speedups and the F1-drop budget: first in (again if it failed), then the
+        # seeds, each once.
+        queue = {space.full: "full_length", **{config: "seed" for config in seeds if config != space.full}}
         taken = taken_configs(study, space)
-        for config in dict.fromkeys(seeds):
+        for config, origin in queue.items():
             if config not in taken:
-                study.enqueue_trial(space.params(config), user_attrs={"origin": "seed"})
+                study.enqueue_trial(space.params(config), user_attrs={"origin": origin})
         if strategy == "evolution":
             _run_evolution(study, space, objective, monitor, evolution, seed)
         else:
