@@ -84,6 +84,18 @@ Capability cpu_best_capability() {
   return Capability::DEFAULT;
 }
 
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0 && cpu_best_capability() == Capability::AVX512;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 std::vector<Capability> built_capabilities() {
   std::vector<Capability> built{Capability::DEFAULT};
 #ifdef DTB_HAVE_AVX2_KERNELS

@@ -41,6 +41,9 @@ CapabilityChoice choose_capability(const std::string& requested, Capability cpu_
 // The widest set the CPU this process runs on supports, with the operating system's support for its registers.
 Capability cpu_best_capability();
 
+// Whether this CPU has the AVX512-BF16 dot products (VDPBF16PS), which the AVX512 attention kernel uses for bf16.
+bool cpu_has_avx512_bf16();
+
 // The sets compiled into this library, in increasing order.
 std::vector<Capability> built_capabilities();
 

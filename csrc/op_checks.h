@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -148,6 +149,31 @@ inline void check_distinct_positions(const at::Tensor& positions, int64_t length
                   " has position ", position, " at slots ", slot_of[position], " and ", k);
       slot_of[position] = k;
     }
+  }
+}
+
+// query, key, value: [B, H, n, d] of one floating dtype (float32, bfloat16 or float16) on one device, d even;
+// mask: absent, or [B, n] (bool or numbers, nonzero = a key to attend to).
+inline void check_attention_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const std::optional<at::Tensor>& mask) {
+  constexpr const char* op = "dtb::attention";
+  TORCH_CHECK(query.dim() == 4, op, ": query must be [B, H, n, d] (4-D), got shape ", query.sizes());
+  TORCH_CHECK(key.sizes() == query.sizes() && value.sizes() == query.sizes(), op,
+              ": key and value must have the query's shape ", query.sizes(), " (self-attention), got key ",
+              key.sizes(), " and value ", value.sizes());
+  const auto dtype = query.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+              ": query must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(key.scalar_type() == dtype && value.scalar_type() == dtype, op, ": key and value must be ", dtype,
+              " like the query, got ", key.scalar_type(), " and ", value.scalar_type());
+  TORCH_CHECK(query.size(3) % 2 == 0, op, ": the head size (last dim) must be even, got ", query.size(3));
+  check_same_device(op, query, "query", key, "key");
+  check_same_device(op, query, "query", value, "value");
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->dim() == 2 && mask->size(0) == query.size(0) && mask->size(1) == query.size(2), op,
+                ": mask must be [B, n] = [", query.size(0), ", ", query.size(2), "] to match query of shape ",
+                query.sizes(), ", got shape ", mask->sizes());
+    check_same_device(op, query, "query", *mask, "mask");
   }
 }
 

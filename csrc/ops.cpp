@@ -12,4 +12,7 @@ TORCH_LIBRARY(dtb, m) {
       "bool keep_first) -> (Tensor kept_hidden, Tensor kept_mask, Tensor kept_positions)");
   // base [B, L0, D], src [B, K, D], positions [B, K] int64 -> a new [B, L0, D] tensor.
   m.def("restore(Tensor base, Tensor src, Tensor positions) -> Tensor");
+  // query, key, value [B, H, n, d], mask [B, n] or None (keys to attend to) -> [B, H, n, d] (a view of a
+  // [B, n, H, d] tensor): softmax(scale * query key^T over the valid keys) value. CPU kernel only (inference).
+  m.def("attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scale) -> Tensor");
 }

@@ -24,17 +24,21 @@ PyObject* build_info(PyObject*, PyObject*) {
     PyList_SET_ITEM(built_names, static_cast<Py_ssize_t>(i), PyUnicode_FromString(dtb::cpu::capability_name(built[i])));
   }
   // "N" hands the list's reference to the dict; "O" takes a new reference to the bool.
-  return Py_BuildValue("{s:s,s:N,s:s,s:s,s:s,s:O}", "cpu_capability", dtb::cpu::capability_name(choice.chosen),
+  // The bf16 attention kernel's dot products run only in the AVX512 kernels, on a CPU that has them.
+  const bool bf16_dot_products = choice.chosen == dtb::cpu::Capability::AVX512 && dtb::cpu::cpu_has_avx512_bf16();
+  return Py_BuildValue("{s:s,s:N,s:s,s:s,s:s,s:O,s:O}", "cpu_capability", dtb::cpu::capability_name(choice.chosen),
                        "cpu_capabilities_built", built_names, "cpu_supports", dtb::cpu::capability_name(choice.cpu_best),
                        "requested", choice.requested.c_str(), "warning", choice.warning.c_str(), "cuda_built",
-                       kCudaBuilt ? Py_True : Py_False);
+                       kCudaBuilt ? Py_True : Py_False, "cpu_bf16_dot_products",
+                       bf16_dot_products ? Py_True : Py_False);
 }
 
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
-     "{cpu_capability, cpu_capabilities_built, cpu_supports, requested, warning, cuda_built}: the instruction set "
-     "whose CPU kernels are registered, the sets compiled in, the widest this CPU runs, ATEN_CPU_CAPABILITY, why "
-     "it was not followed, and whether the CUDA kernels were compiled"},
+     "{cpu_capability, cpu_capabilities_built, cpu_supports, requested, warning, cuda_built, cpu_bf16_dot_products}: "
+     "the instruction set whose CPU kernels are registered, the sets compiled in, the widest this CPU runs, "
+     "ATEN_CPU_CAPABILITY, why it was not followed, whether the CUDA kernels were compiled, and whether the bf16 "
+     "attention kernel uses AVX512-BF16 dot products"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -55,7 +55,8 @@ def kernel_info() -> dict[str, Any]:
     """What the ops run on: {"kernels": bool, "cpu_capability": the instruction set whose CPU kernels run
     ("default", "avx2" or "avx512"), "cpu_capabilities_built": the sets compiled in, "cpu_supports": the widest set
     this CPU runs, "requested": ATEN_CPU_CAPABILITY ("" when unset), "warning": why it was not followed (""
-    when it was), "cuda_built": whether the CUDA kernels were compiled}. Without the extension: {"kernels":
+    when it was), "cuda_built": whether the CUDA kernels were compiled, "cpu_bf16_dot_products": whether the bf16
+    attention kernel uses AVX512-BF16}. Without the extension: {"kernels":
     False, "error": why it did not load}."""
     return {"kernels": _HAS_KERNELS, **_BUILD_INFO}
 
@@ -100,6 +101,30 @@ def restore(base: Tensor, src: Tensor, positions: Tensor) -> Tensor:
     return reference.restore(base, src, positions)
 
 
+def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """softmax(scale * query key^T over the keys where `mask` [B, n] is nonzero) value: [B, H, n, d] each -> [B, H, n, d].
+
+    The CPU kernel runs for float32/bfloat16/float16 CPU tensors when no gradient is recorded (it has no backward);
+    everything else runs the reference. `native_bf16_attention(query)` says whether the kernel takes its AVX512-BF16
+    path, the case in which it beats torch's SDPA (the dynamic encoder checks it).
+    """
+    if (_use_kernels() and query.device.type == "cpu" and query.dtype in _ATTENTION_DTYPES
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)))):
+        return torch.ops.dtb.attention(query, key, value, mask, scale)
+    return reference.attention(query, key, value, mask, scale)
+
+
+def native_bf16_attention(query: Tensor) -> bool:
+    """True when `attention` on `query` [B, H, n, d] runs the kernel's AVX512-BF16 dot products: a bf16 CPU tensor
+    with d a multiple of 16, the AVX512 kernels chosen and a CPU with AVX512-BF16. Elsewhere the kernel computes in
+    float32 FMAs, which is not faster than torch's SDPA."""
+    return (_use_kernels() and bool(_BUILD_INFO.get("cpu_bf16_dot_products", False)) and query.device.type == "cpu"
+            and query.dtype == torch.bfloat16 and query.shape[-1] % 16 == 0)
+
+
+_ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _gather_rows(values: Tensor, positions: Tensor) -> Tensor:
     """Rows of `values` [B, L, D] at `positions` [B, K] -> [B, K, D], zero where the position is PAD_POSITION."""
     valid = positions >= 0
@@ -120,6 +145,11 @@ def _register_fake_and_autograd() -> None:
             mask.new_empty((batch, max_keep)),
             keep.new_empty((batch, max_keep), dtype=torch.int64),
         )
+
+    @torch.library.register_fake("dtb::attention")
+    def _(query, key, value, mask, scale):
+        batch, heads, length, size = query.shape
+        return query.new_empty((batch, length, heads, size)).transpose(1, 2)
 
     @torch.library.register_fake("dtb::restore")
     def _(base, src, positions):

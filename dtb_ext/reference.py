@@ -98,3 +98,24 @@ def restore(base: Tensor, src: Tensor, positions: Tensor) -> Tensor:
     out = base.clone()
     out[batch_index[valid], positions[valid]] = src[valid].to(base.dtype)
     return out
+
+
+def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """Self-attention over the valid keys: softmax(scale * query key^T) value.
+
+    Args:
+        query, key, value: [B, H, n, d], one floating dtype.
+        mask: [B, n], nonzero for keys to attend to, or None (every key).
+        scale: the factor on the logits (1 / sqrt(d) in BERT).
+
+    Returns:
+        [B, H, n, d] in the dtype of `query`, computed in float32 at least; a query whose every key is masked gets
+        zeros (torch's SDPA would give NaN).
+    """
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
+    scores = torch.matmul(query.to(compute_dtype), key.to(compute_dtype).transpose(-1, -2)) * scale
+    if mask is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        probs, _ = softmax_with_significance(scores, mask)
+    return torch.matmul(probs, value.to(compute_dtype)).to(query.dtype)

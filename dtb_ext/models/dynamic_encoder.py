@@ -225,14 +225,18 @@ class DynamicEncoder(nn.Module):
         layer = self.layer[index]
         attention = layer.attention.self
         query, key, value = self._project_heads(index, hidden)
-        context = nn.functional.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=None if mask is None else mask[:, None, None, :],
-            dropout_p=attention.dropout.p if attention.training else 0.0,
-            scale=attention.scaling,
-        )
+        if ops.native_bf16_attention(query) and not attention.training and not torch.is_grad_enabled():
+            # bf16 inference on a CPU with AVX512-BF16: about 3x faster than SDPA at these lengths (csrc/cpu/attention.cpp).
+            context = ops.attention(query, key, value, mask, attention.scaling)
+        else:
+            context = nn.functional.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=None if mask is None else mask[:, None, None, :],
+                dropout_p=attention.dropout.p if attention.training else 0.0,
+                scale=attention.scaling,
+            )
         context = context.transpose(1, 2).reshape(hidden.shape)
         return self._linears.output((index, "attention"), layer.attention.output, context, hidden)
 

@@ -1,0 +1,491 @@
+// CPU kernel of dtb::attention: softmax(scale * Q K^T over the valid keys) V, per example and head, for the
+// short sequences and small head sizes of the dynamic encoder (MiniLM: d = 32, n <= 384).
+//
+// Why a kernel of our own: at batch 1 on a 2-core AMD EPYC (AVX512-BF16, no AMX), torch's CPU flash attention
+// took 935 us in bf16 for 12 heads of 184 tokens (d = 32), about 55 GFLOP/s, while the layer's Linears run at
+// about 420 GFLOP/s: attention was 8 % of a layer's FLOPs and 28 % of its time. Its blocks are sized for long
+// sequences, and with d = 32 every tile product is too small for the GEMM micro-kernel it calls.
+//
+// The work is split in two parallel passes. First each (example, head) has its keys and values packed once into
+// the layouts the inner loops read with unit stride; then tasks of (example, head, block of query rows) compute
+// the scores of kRowTile rows at a time in registers, their softmax in float32, and the product with the values.
+// With AVX512-BF16 (chosen at run time inside the AVX512 build) both products are VDPBF16PS dot products of bf16
+// pairs with float32 accumulation, the scores stay float32, and the probabilities are rounded to bf16 for the
+// second product, as a bf16 GEMM would round them. Every other case (float32, float16, CPUs without BF16, the
+// DEFAULT and AVX2 builds) runs the same loops in float32 FMAs through at::vec::Vectorized<float>.
+//
+// Semantics (what dtb_ext.reference.attention computes): keys whose mask is False get no weight; a query row
+// whose every key is masked gets zeros (SDPA would give NaN). Rows of padding queries are computed like any other.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
+
+#include "../cpu_capability.h"
+#include "../op_checks.h"
+
+// Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
+namespace dtb::CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+using Vec = Vectorized<float>;
+
+constexpr int kRowTile = 4;          // query rows whose scores and outputs are accumulated together in registers
+constexpr int64_t kTargetTasks = 48;  // enough (example, head, row block) tasks to balance the threads at batch 1
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Per example: keys at or past `end` are all masked (trailing padding is never computed); `bias` is 0 or -inf
+// per key below `end` when a masked key sits there (a hole), else empty.
+struct KeyLayout {
+  int64_t end = 0;
+  std::vector<float> bias;
+};
+
+std::vector<KeyLayout> key_layouts(const at::Tensor& valid, int64_t batch, int64_t length) {
+  std::vector<KeyLayout> layouts(batch);
+  if (!valid.defined()) {
+    for (auto& layout : layouts) {
+      layout.end = length;
+    }
+    return layouts;
+  }
+  const bool* data = valid.const_data_ptr<bool>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const bool* row = data + b * length;
+    KeyLayout& layout = layouts[b];
+    for (int64_t k = 0; k < length; ++k) {
+      if (row[k]) {
+        layout.end = k + 1;
+      }
+    }
+    if (std::find(row, row + layout.end, false) != row + layout.end) {
+      layout.bias.resize(layout.end);
+      for (int64_t k = 0; k < layout.end; ++k) {
+        layout.bias[k] = row[k] ? 0.0f : kNegInf;
+      }
+    }
+  }
+  return layouts;
+}
+
+// Strides of a [B, H, n, d] tensor whose last dimension is contiguous, in elements.
+struct Strides {
+  int64_t batch, head, row;
+  explicit Strides(const at::Tensor& t) : batch(t.stride(0)), head(t.stride(1)), row(t.stride(2)) {}
+};
+
+// Splits the query rows of each (example, head) into blocks so that there are about kTargetTasks tasks.
+int64_t rows_per_block(int64_t batch, int64_t heads, int64_t length) {
+  const int64_t blocks = std::max<int64_t>(1, kTargetTasks / std::max<int64_t>(1, batch * heads));
+  const int64_t rows = (length + blocks - 1) / blocks;
+  return std::max<int64_t>(kRowTile, (rows + kRowTile - 1) / kRowTile * kRowTile);
+}
+
+// Softmax of one row of `end` float scores in place (entries past `end` are untouched); returns 1 / sum, or 0
+// when no key has a finite score (every key masked), in which case the row is set to zeros.
+float exponentiate(float* row, int64_t end) {
+  Vec running_max(kNegInf);
+  int64_t k = 0;
+  for (; k + Vec::size() <= end; k += Vec::size()) {
+    running_max = at::vec::maximum(running_max, Vec::loadu(row + k));
+  }
+  float row_max = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running_max);
+  for (; k < end; ++k) {
+    row_max = std::max(row_max, row[k]);
+  }
+  if (row_max == kNegInf) {
+    std::fill(row, row + end, 0.0f);
+    return 0.0f;
+  }
+  const Vec shift(row_max);
+  Vec running_sum(0.0f);
+  for (k = 0; k + Vec::size() <= end; k += Vec::size()) {
+    const Vec e = (Vec::loadu(row + k) - shift).exp_u20();
+    e.store(row + k);
+    running_sum = running_sum + e;
+  }
+  if (k < end) {
+    const int64_t count = end - k;
+    const Vec e = Vec::set(Vec(0.0f), (Vec::loadu(row + k, count) - shift).exp_u20(), count);
+    e.store(row + k, count);
+    running_sum = running_sum + e;
+  }
+  return 1.0f / at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, running_sum);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// float32 path (any input dtype, any build): keys packed transposed [d][n_pad] and values [n_pad][d], as float.
+
+template <typename scalar_t>
+void pack_float(const scalar_t* key, const scalar_t* value, int64_t row_stride_k, int64_t row_stride_v, int64_t end,
+                int64_t n_pad, int64_t d, float* key_t, float* value_f) {
+  for (int64_t j = 0; j < end; ++j) {
+    for (int64_t c = 0; c < d; ++c) {
+      key_t[c * n_pad + j] = static_cast<float>(key[j * row_stride_k + c]);
+      value_f[j * d + c] = static_cast<float>(value[j * row_stride_v + c]);
+    }
+  }
+  for (int64_t c = 0; c < d; ++c) {
+    std::fill(key_t + c * n_pad + end, key_t + (c + 1) * n_pad, 0.0f);
+  }
+}
+
+// Scores of `rows` (<= kRowTile) query rows against keys [0, end): scores[r * n_pad + j], scaled and masked.
+// `q` is a [kRowTile][d] work buffer.
+template <typename scalar_t>
+void scores_float(const scalar_t* const* query_rows, int rows, const float* key_t, int64_t end, int64_t n_pad,
+                  int64_t d, float scale, const float* bias, float* q, float* scores) {
+  for (int r = 0; r < kRowTile; ++r) {
+    for (int64_t c = 0; c < d; ++c) {
+      q[r * d + c] = r < rows ? static_cast<float>(query_rows[r][c]) * scale : 0.0f;
+    }
+  }
+  for (int64_t j = 0; j < end; j += Vec::size()) {
+    Vec acc[kRowTile] = {Vec(0.0f), Vec(0.0f), Vec(0.0f), Vec(0.0f)};
+    for (int64_t c = 0; c < d; ++c) {
+      const Vec k = Vec::loadu(key_t + c * n_pad + j);
+      for (int r = 0; r < kRowTile; ++r) {
+        acc[r] = at::vec::fmadd(Vec(q[r * d + c]), k, acc[r]);
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      Vec s = acc[r];
+      if (bias != nullptr) {
+        s = s + Vec::loadu(bias + j, std::min<int64_t>(Vec::size(), end - j));
+      }
+      s.store(scores + r * n_pad + j);
+    }
+  }
+}
+
+template <typename scalar_t>
+void attend_float(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                  const std::vector<KeyLayout>& layouts, double scale, at::Tensor& out) {
+  const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
+  const int64_t n_pad = (length + Vec::size() - 1) / Vec::size() * Vec::size();
+  const Strides qs(query), ks(key), vs(value);
+  std::vector<float> packed(static_cast<size_t>(batch * heads * 2 * n_pad * d));
+  const scalar_t* key_data = key.const_data_ptr<scalar_t>();
+  const scalar_t* value_data = value.const_data_ptr<scalar_t>();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      float* key_t = packed.data() + bh * 2 * n_pad * d;
+      pack_float(key_data + b * ks.batch + h * ks.head, value_data + b * vs.batch + h * vs.head, ks.row, vs.row,
+                 layouts[b].end, n_pad, d, key_t, key_t + n_pad * d);
+    }
+  });
+  const int64_t block = rows_per_block(batch, heads, length);
+  const int64_t blocks = (length + block - 1) / block;
+  const scalar_t* query_data = query.const_data_ptr<scalar_t>();
+  scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+  const Strides os(out);
+  at::parallel_for(0, batch * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(kRowTile * n_pad);
+    std::vector<float> q(kRowTile * d);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / blocks, b = bh / heads, h = bh % heads;
+      const KeyLayout& layout = layouts[b];
+      const float* key_t = packed.data() + bh * 2 * n_pad * d;
+      const float* value_f = key_t + n_pad * d;
+      const float* bias = layout.bias.empty() ? nullptr : layout.bias.data();
+      const int64_t row_end = std::min(length, (task % blocks + 1) * block);
+      for (int64_t i = (task % blocks) * block; i < row_end; i += kRowTile) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRowTile, row_end - i));
+        const scalar_t* query_rows[kRowTile];
+        for (int r = 0; r < kRowTile; ++r) {
+          query_rows[r] = query_data + b * qs.batch + h * qs.head + (i + std::min(r, rows - 1)) * qs.row;
+        }
+        scores_float(query_rows, rows, key_t, layout.end, n_pad, d, static_cast<float>(scale), bias, q.data(),
+                     scores.data());
+        float inverse[kRowTile];
+        for (int r = 0; r < rows; ++r) {
+          inverse[r] = exponentiate(scores.data() + r * n_pad, layout.end);
+        }
+        for (int r = 0; r < rows; ++r) {
+          const float* p = scores.data() + r * n_pad;
+          scalar_t* o = out_data + b * os.batch + h * os.head + (i + r) * os.row;
+          for (int64_t c = 0; c < d; c += Vec::size()) {
+            const int64_t count = std::min<int64_t>(Vec::size(), d - c);
+            Vec acc(0.0f);
+            for (int64_t j = 0; j < layout.end; ++j) {
+              acc = at::vec::fmadd(Vec(p[j]), Vec::loadu(value_f + j * d + c, count), acc);
+            }
+            float lanes[Vec::size()];
+            (acc * Vec(inverse[r])).store(lanes, count);
+            for (int64_t k = 0; k < count; ++k) {
+              o[c + k] = static_cast<scalar_t>(lanes[k]);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// bf16 path: AVX512-BF16 dot products (VDPBF16PS: 16 float lanes, each += a.lo * b.lo + a.hi * b.hi over bf16
+// pairs). Keys are packed as [d/2][n_pad] pairs (dimension pairs of one key), values as [n_pad/2][d] pairs (one
+// dimension of two consecutive keys), so that both products load 16 lanes with unit stride and broadcast the
+// other operand's pair.
+
+#if defined(CPU_CAPABILITY_AVX512)
+#define DTB_BF16_TARGET __attribute__((target("avx512bf16")))
+
+constexpr int64_t kKeyStep = 32;  // keys per step of the score loop: two vectors, 2 x kRowTile accumulators
+
+inline uint32_t pair_at(const at::BFloat16* row, int64_t c) {
+  uint32_t pair;
+  std::memcpy(&pair, row + c, sizeof(pair));
+  return pair;
+}
+
+void pack_bf16(const at::BFloat16* key, const at::BFloat16* value, int64_t row_stride_k, int64_t row_stride_v,
+               int64_t end, int64_t n_pad, int64_t d, uint32_t* key_pairs, uint32_t* value_pairs) {
+  const int64_t half = d / 2;
+  for (int64_t j = 0; j < end; ++j) {
+    const at::BFloat16* row = key + j * row_stride_k;
+    for (int64_t p = 0; p < half; ++p) {
+      key_pairs[p * n_pad + j] = pair_at(row, 2 * p);
+    }
+  }
+  for (int64_t p = 0; p < half; ++p) {
+    std::fill(key_pairs + p * n_pad + end, key_pairs + (p + 1) * n_pad, 0u);
+  }
+  for (int64_t jp = 0; jp < (end + 1) / 2; ++jp) {
+    const uint16_t* first = reinterpret_cast<const uint16_t*>(value + 2 * jp * row_stride_v);
+    const uint16_t* second = 2 * jp + 1 < end ? reinterpret_cast<const uint16_t*>(value + (2 * jp + 1) * row_stride_v)
+                                              : nullptr;
+    uint32_t* out = value_pairs + jp * d;
+    for (int64_t c = 0; c < d; ++c) {
+      out[c] = static_cast<uint32_t>(first[c]) | (second ? static_cast<uint32_t>(second[c]) << 16 : 0u);
+    }
+  }
+}
+
+DTB_BF16_TARGET inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+// Scores of kRowTile query rows (rows past `rows` repeat the last one and are not stored) against keys [0, end).
+DTB_BF16_TARGET void scores_bf16(const at::BFloat16* const* query_rows, int rows, const uint32_t* key_pairs,
+                                 int64_t end, int64_t n_pad, int64_t d, float scale, const float* bias,
+                                 float* scores) {
+  const int64_t half = d / 2;
+  const __m512 scaled = _mm512_set1_ps(scale);
+  for (int64_t j = 0; j < end; j += kKeyStep) {
+    __m512 low[kRowTile], high[kRowTile];
+    for (int r = 0; r < kRowTile; ++r) {
+      low[r] = _mm512_setzero_ps();
+      high[r] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < half; ++p) {
+      const __m512i keys_low = _mm512_loadu_si512(key_pairs + p * n_pad + j);
+      const __m512i keys_high = _mm512_loadu_si512(key_pairs + p * n_pad + j + 16);
+      for (int r = 0; r < kRowTile; ++r) {
+        const __m512i q = _mm512_set1_epi32(static_cast<int>(pair_at(query_rows[r], 2 * p)));
+        low[r] = dot_pairs(low[r], q, keys_low);
+        high[r] = dot_pairs(high[r], q, keys_high);
+      }
+    }
+    // Lanes past `end` (zero keys) become -inf; holes get their -inf bias.
+    const int64_t valid = std::min<int64_t>(kKeyStep, end - j);
+    const __mmask16 valid_low = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+    const __mmask16 valid_high = valid >= 32 ? __mmask16(0xFFFF) : valid <= 16 ? __mmask16(0) : __mmask16((1u << (valid - 16)) - 1);
+    const __m512 neg_inf = _mm512_set1_ps(kNegInf);
+    __m512 bias_low = _mm512_setzero_ps(), bias_high = _mm512_setzero_ps();
+    if (bias != nullptr) {
+      bias_low = _mm512_maskz_loadu_ps(valid_low, bias + j);
+      bias_high = _mm512_maskz_loadu_ps(valid_high, bias + j + 16);
+    }
+    for (int r = 0; r < rows; ++r) {
+      float* out = scores + r * n_pad + j;
+      _mm512_storeu_ps(out, _mm512_mask_blend_ps(valid_low, neg_inf, _mm512_fmadd_ps(low[r], scaled, bias_low)));
+      _mm512_storeu_ps(out + 16, _mm512_mask_blend_ps(valid_high, neg_inf, _mm512_fmadd_ps(high[r], scaled, bias_high)));
+    }
+  }
+}
+
+// Rounds one row of `count` float probabilities (count even, <= n_pad) to bf16 pairs.
+DTB_BF16_TARGET void round_probabilities(const float* probs, int64_t count, uint32_t* pairs) {
+  int64_t k = 0;
+  for (; k + 32 <= count; k += 32) {
+    const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(probs + k + 16), _mm512_loadu_ps(probs + k));
+    _mm512_storeu_si512(pairs + k / 2, (__m512i)rounded);
+  }
+  if (k < count) {
+    const int64_t left = count - k;
+    const __mmask16 first = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    const __mmask16 second = left > 16 ? __mmask16((1u << (left - 16)) - 1) : __mmask16(0);
+    const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(second, probs + k + 16),
+                                                 _mm512_maskz_loadu_ps(first, probs + k));
+    _mm512_mask_storeu_epi32(pairs + k / 2, __mmask16((1u << (left / 2)) - 1), (__m512i)rounded);
+  }
+}
+
+// Output columns [c, c + 16 * kBlocks) of kRowTile rows: sum over key pairs of probability pairs x value pairs.
+template <int kBlocks>
+DTB_BF16_TARGET void weighted_values_bf16(const uint32_t* const* prob_pairs, int rows, const uint32_t* value_pairs,
+                                          int64_t key_pair_count, int64_t d, int64_t c, const float* inverse,
+                                          at::BFloat16* const* out_rows) {
+  __m512 acc[kRowTile][kBlocks];
+  for (int r = 0; r < kRowTile; ++r) {
+    for (int blk = 0; blk < kBlocks; ++blk) {
+      acc[r][blk] = _mm512_setzero_ps();
+    }
+  }
+  for (int64_t jp = 0; jp < key_pair_count; ++jp) {
+    __m512i values[kBlocks];
+    for (int blk = 0; blk < kBlocks; ++blk) {
+      values[blk] = _mm512_loadu_si512(value_pairs + jp * d + c + 16 * blk);
+    }
+    for (int r = 0; r < kRowTile; ++r) {
+      const __m512i p = _mm512_set1_epi32(static_cast<int>(prob_pairs[r][jp]));
+      for (int blk = 0; blk < kBlocks; ++blk) {
+        acc[r][blk] = dot_pairs(acc[r][blk], p, values[blk]);
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    const __m512 scale = _mm512_set1_ps(inverse[r]);
+    for (int blk = 0; blk < kBlocks; ++blk) {
+      const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][blk], scale));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_rows[r] + c + 16 * blk), (__m256i)rounded);
+    }
+  }
+}
+
+void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                 const std::vector<KeyLayout>& layouts, double scale, at::Tensor& out) {
+  const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
+  const int64_t n_pad = (length + kKeyStep - 1) / kKeyStep * kKeyStep;
+  const int64_t head_words = n_pad * d;  // 32-bit words of one head's packed keys (and again of its values)
+  const Strides qs(query), ks(key), vs(value), os(out);
+  std::vector<uint32_t> packed(static_cast<size_t>(batch * heads * head_words));
+  const at::BFloat16* key_data = key.const_data_ptr<at::BFloat16>();
+  const at::BFloat16* value_data = value.const_data_ptr<at::BFloat16>();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      uint32_t* key_pairs = packed.data() + bh * head_words;
+      pack_bf16(key_data + b * ks.batch + h * ks.head, value_data + b * vs.batch + h * vs.head, ks.row, vs.row,
+                layouts[b].end, n_pad, d, key_pairs, key_pairs + head_words / 2);
+    }
+  });
+  const int64_t block = rows_per_block(batch, heads, length);
+  const int64_t blocks = (length + block - 1) / block;
+  const at::BFloat16* query_data = query.const_data_ptr<at::BFloat16>();
+  at::BFloat16* out_data = out.mutable_data_ptr<at::BFloat16>();
+  at::parallel_for(0, batch * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(kRowTile * n_pad);
+    std::vector<uint32_t> pairs(kRowTile * n_pad / 2);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / blocks, b = bh / heads, h = bh % heads;
+      const KeyLayout& layout = layouts[b];
+      const uint32_t* key_pairs = packed.data() + bh * head_words;
+      const uint32_t* value_pairs = key_pairs + head_words / 2;
+      const float* bias = layout.bias.empty() ? nullptr : layout.bias.data();
+      const int64_t key_pair_count = (layout.end + 1) / 2;
+      const int64_t row_end = std::min(length, (task % blocks + 1) * block);
+      for (int64_t i = (task % blocks) * block; i < row_end; i += kRowTile) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRowTile, row_end - i));
+        const at::BFloat16* query_rows[kRowTile];
+        at::BFloat16* out_rows[kRowTile];
+        const uint32_t* prob_pairs[kRowTile];
+        float inverse[kRowTile];
+        for (int r = 0; r < kRowTile; ++r) {
+          const int64_t row = i + std::min(r, rows - 1);
+          query_rows[r] = query_data + b * qs.batch + h * qs.head + row * qs.row;
+          out_rows[r] = out_data + b * os.batch + h * os.head + row * os.row;
+          prob_pairs[r] = pairs.data() + std::min(r, rows - 1) * n_pad / 2;
+        }
+        scores_bf16(query_rows, rows, key_pairs, layout.end, n_pad, d, static_cast<float>(scale), bias, scores.data());
+        for (int r = 0; r < rows; ++r) {
+          float* row = scores.data() + r * n_pad;
+          inverse[r] = exponentiate(row, layout.end);
+          if (layout.end % 2 == 1) {
+            row[layout.end] = 0.0f;  // the odd key's partner in the last pair (its value pair holds a zero there)
+          }
+          round_probabilities(row, 2 * key_pair_count, pairs.data() + r * n_pad / 2);
+        }
+        int64_t c = 0;
+        for (; c + 64 <= d; c += 64) {
+          weighted_values_bf16<4>(prob_pairs, rows, value_pairs, key_pair_count, d, c, inverse, out_rows);
+        }
+        switch ((d - c) / 16) {
+          case 3:
+            weighted_values_bf16<3>(prob_pairs, rows, value_pairs, key_pair_count, d, c, inverse, out_rows);
+            break;
+          case 2:
+            weighted_values_bf16<2>(prob_pairs, rows, value_pairs, key_pair_count, d, c, inverse, out_rows);
+            break;
+          case 1:
+            weighted_values_bf16<1>(prob_pairs, rows, value_pairs, key_pair_count, d, c, inverse, out_rows);
+            break;
+          default:
+            break;
+        }
+      }
+    }
+  });
+}
+#endif  // CPU_CAPABILITY_AVX512
+
+at::Tensor attention_cpu(const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in,
+                         const std::optional<at::Tensor>& mask, double scale) {
+  check_attention_inputs(query_in, key_in, value_in, mask);
+  // Only the last dimension must be contiguous: the [B, n, H, d] views of a fused QKV projection are read in place.
+  const auto last_contiguous = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  const at::Tensor query = last_contiguous(query_in), key = last_contiguous(key_in), value = last_contiguous(value_in);
+  const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
+  // Written as [B, n, H, d] and returned as its [B, H, n, d] view: the caller's transpose back to [B, n, H * d]
+  // is then free.
+  at::Tensor out = at::empty({batch, length, heads, d}, query.options()).transpose(1, 2);
+  if (out.numel() == 0) {
+    return out;
+  }
+  at::Tensor valid;
+  if (mask.has_value()) {
+    valid = (mask->scalar_type() == at::kBool ? *mask : mask->ne(0)).contiguous();
+  }
+  const std::vector<KeyLayout> layouts = key_layouts(valid, batch, length);
+#if defined(CPU_CAPABILITY_AVX512)
+  if (query.scalar_type() == at::kBFloat16 && d % 16 == 0 && ::dtb::cpu::cpu_has_avx512_bf16()) {
+    attend_bf16(query, key, value, layouts, scale, out);
+    return out;
+  }
+#endif
+  switch (query.scalar_type()) {
+    case at::kBFloat16:
+      attend_float<at::BFloat16>(query, key, value, layouts, scale, out);
+      break;
+    case at::kHalf:
+      attend_float<at::Half>(query, key, value, layouts, scale, out);
+      break;
+    default:
+      attend_float<float>(query, key, value, layouts, scale, out);
+      break;
+  }
+  return out;
+}
+
+}  // namespace
+
+DTB_CPU_KERNELS(m) {
+  m.impl("attention", &attention_cpu);
+}
+
+}  // namespace dtb::CPU_CAPABILITY

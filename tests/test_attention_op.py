@@ -1,0 +1,133 @@
+"""dtb::attention (csrc/cpu/attention.cpp) against the float64 reference (dtb_ext.reference.attention), on CPU.
+
+Both of the kernel's paths are covered: float32 FMAs (float32, float16, and bf16 where the AVX512-BF16 path is not
+chosen) and the AVX512-BF16 dot products (bf16 with a head size that is a multiple of 16, on a CPU that has them).
+Tolerances follow DESIGN.md §4: in reduced precision the kernel's error against float64 must be at most twice the
+error of torch's own SDPA in that precision on the same inputs. tests/test_cpu_capability.py reruns this file
+under every instruction set this CPU runs.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dtb_ext import ops, reference
+from test_ops import make_mask, require_kernels, varied_mask  # noqa: F401  (require_kernels is autouse)
+
+# (B, H, n, d): batch 1 to 5, odd and even lengths around the kernel's 16/32-key steps, head sizes on and off the
+# bf16 path (d % 16), BERT-base's d = 64 and MiniLM's d = 32.
+SHAPES = [(1, 12, 184, 32), (1, 12, 183, 32), (2, 3, 17, 16), (5, 4, 64, 64), (1, 2, 1, 32), (3, 2, 33, 48),
+          (2, 4, 40, 10), (1, 12, 384, 32)]
+
+
+def _qkv(shape: tuple[int, int, int, int], dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    """query, key, value [B, H, n, d] as the dynamic encoder sees them: strided views of one fused projection."""
+    batch, heads, length, size = shape
+    generator = torch.Generator().manual_seed(seed)
+    fused = torch.randn(batch, length, 3 * heads * size, generator=generator).to(dtype)
+    return tuple(part.view(batch, length, heads, size).transpose(1, 2) for part in fused.split(heads * size, dim=-1))
+
+
+def _sdpa(query, key, value, mask, scale):
+    return F.scaled_dot_product_attention(query, key, value, scale=scale,
+                                          attn_mask=None if mask is None else mask.bool()[:, None, None, :])
+
+
+def _max_error(value: torch.Tensor, truth: torch.Tensor, rows: torch.Tensor) -> float:
+    """Largest absolute error over the query rows of examples that have a valid key ([B] bool `rows`)."""
+    return (value.double() - truth.double())[rows].abs().max().item()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_matches_float64_within_twice_sdpa_error(shape, dtype, masked) -> None:
+    query, key, value = _qkv(shape, dtype, seed=shape[2] * 7 + shape[3])
+    scale = shape[3] ** -0.5
+    mask = varied_mask(shape[0], shape[2], torch.Generator().manual_seed(shape[2])) if masked else None
+    # An example without any valid key is covered by its own test; SDPA gives NaN there.
+    rows = torch.ones(shape[0], dtype=torch.bool) if mask is None else mask.bool().any(dim=1)
+    truth = reference.attention(query.double(), key.double(), value.double(), mask, scale)
+    with torch.inference_mode():
+        output = ops.attention(query, key, value, mask, scale)
+        pytorch = _sdpa(query, key, value, mask, scale)
+    assert output.dtype == dtype and output.shape == query.shape
+    # SDPA's own error, floored at a few ulps of the dtype: in float32 both are at rounding level.
+    floor = 8 * torch.finfo(dtype).eps
+    assert _max_error(output, truth, rows) <= 2 * max(_max_error(pytorch, truth, rows), floor)
+
+
+def test_output_is_a_view_whose_transpose_back_is_free() -> None:
+    query, key, value = _qkv((2, 3, 17, 16), torch.bfloat16, seed=0)
+    with torch.inference_mode():
+        output = ops.attention(query, key, value, None, 0.25)
+    assert output.transpose(1, 2).is_contiguous()
+
+
+def test_fully_masked_example_gets_zeros_and_others_are_unaffected() -> None:
+    query, key, value = _qkv((3, 2, 20, 32), torch.bfloat16, seed=1)
+    mask = make_mask([20, 0, 7], 20)
+    with torch.inference_mode():
+        output = ops.attention(query, key, value, mask, 0.2)
+        alone = ops.attention(query[2:], key[2:], value[2:], mask[2:], 0.2)
+    assert torch.equal(output[1], torch.zeros_like(output[1]))
+    assert torch.equal(output[2], alone[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_invariant_and_padding_invariant(dtype) -> None:
+    """An example's output does not depend on the other examples, nor on the padding past its last real key."""
+    query, key, value = _qkv((4, 12, 64, 32), dtype, seed=2)
+    mask = make_mask([64, 30, 1, 45], 64)
+    with torch.inference_mode():
+        batched = ops.attention(query, key, value, mask, 32 ** -0.5)
+        for b, length in enumerate([64, 30, 1, 45]):
+            alone = ops.attention(query[b:b + 1, :, :length], key[b:b + 1, :, :length], value[b:b + 1, :, :length],
+                                  None, 32 ** -0.5)
+            assert torch.equal(batched[b, :, :length], alone[0])
+
+
+def test_masked_keys_get_no_weight() -> None:
+    """Changing a masked key's key and value vectors changes nothing."""
+    query, key, value = _qkv((2, 4, 40, 32), torch.bfloat16, seed=3)
+    mask = varied_mask(2, 40, torch.Generator().manual_seed(4))
+    mask[0, 5] = 0
+    noisy_key, noisy_value = key.clone(), value.clone()
+    noisy_key[~mask.bool()[:, None, :].expand(-1, 4, -1)] = 100.0
+    noisy_value[~mask.bool()[:, None, :].expand(-1, 4, -1)] = -100.0
+    with torch.inference_mode():
+        assert torch.equal(ops.attention(query, key, value, mask, 0.2), ops.attention(query, noisy_key, noisy_value, mask, 0.2))
+
+
+def test_with_gradient_it_runs_the_differentiable_reference() -> None:
+    query, key, value = (t.float().requires_grad_() for t in _qkv((1, 2, 9, 16), torch.float32, seed=5))
+    output = ops.attention(query, key, value, None, 0.25)
+    output.sum().backward()
+    assert query.grad is not None and key.grad is not None and value.grad is not None
+
+
+def test_native_bf16_attention_reports_the_bf16_dot_product_path() -> None:
+    query = torch.zeros(1, 2, 8, 32, dtype=torch.bfloat16)
+    native = ops.kernel_info()["cpu_bf16_dot_products"]
+    assert ops.native_bf16_attention(query) is native
+    assert ops.native_bf16_attention(query.float()) is False
+    assert ops.native_bf16_attention(torch.zeros(1, 2, 8, 40, dtype=torch.bfloat16)) is False
+    with ops.reference_ops():
+        assert ops.native_bf16_attention(query) is False
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((torch.zeros(2, 8, 16), torch.zeros(2, 8, 16), torch.zeros(2, 8, 16), None), "query must be \\[B, H, n, d\\]"),
+        ((torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 9, 16), torch.zeros(1, 2, 8, 16), None), "must have the query's shape"),
+        ((torch.zeros(1, 2, 8, 16, dtype=torch.float64),) * 3 + (None,), "float32, bfloat16 or float16"),
+        ((torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16).bfloat16(), torch.zeros(1, 2, 8, 16), None), "like the query"),
+        ((torch.zeros(1, 2, 8, 15),) * 3 + (None,), "head size \\(last dim\\) must be even"),
+        ((torch.zeros(1, 2, 8, 16),) * 3 + (torch.ones(1, 9),), "mask must be \\[B, n\\] = \\[1, 8\\]"),
+    ],
+)
+def test_bad_inputs_raise_with_what_was_expected(args, message) -> None:
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.dtb.attention(*args, 0.5)
