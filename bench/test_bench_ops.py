@@ -154,3 +154,41 @@ def test_softmax_with_significance_interleaved(benchmark, time_interleaved, batc
                                 baselines=["softmax_only"])
     time_interleaved({"fused": lambda s: ops.softmax_with_significance(s, mask),
                       "softmax_only": lambda s: torch.softmax(s, dim=-1)}, [scores] * 4, 8 if batch > 1 else 30)
+
+
+ATTENTION_LENGTHS = [184, 384]  # the mean dev-a window of the default model's QA features, and the longest
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("length", ATTENTION_LENGTHS)
+@pytest.mark.parametrize("batch", [1, 32])
+def test_attention_interleaved(benchmark, time_interleaved, batch: int, length: int, dtype: str) -> None:
+    """dtb::attention against torch's SDPA (what the dynamic encoder ran before, and HF's "sdpa" attention) and
+    the explicit matmul-softmax-matmul chain, on identical strided views of one fused QKV projection (H = 12,
+    d = 32: MiniLM's heads), alternating call by call. At batch 32 the examples' lengths are spread over
+    [length / 2, length] (dynamic padding), so every variant masks keys."""
+    heads, size = 12, 32
+    generator = torch.Generator().manual_seed(length)
+    fused = torch.randn(batch, length, 3 * heads * size, generator=generator).to(DTYPES[dtype])
+    query, key, value = (part.view(batch, length, heads, size).transpose(1, 2)
+                         for part in fused.split(heads * size, dim=-1))
+    lengths = torch.linspace(length // 2, length, batch).round().long() if batch > 1 else torch.tensor([length])
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    key_mask = mask[:, None, None, :]
+    scale = size ** -0.5
+
+    def explicit(_):
+        scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale).masked_fill_(~key_mask, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+    benchmark.group = f"attention interleaved B={batch} H={heads} L={length} d={size} {dtype} cpu"
+    benchmark.extra_info.update(level="ops", interleaved=True, device="cpu", dtype=dtype, batch=batch, length=length,
+                                threads=torch.get_num_threads(), items_are="the same query, key and value",
+                                bf16_dot_products=ops.kernel_info().get("cpu_bf16_dot_products"), baselines=["sdpa"])
+    with torch.inference_mode():
+        time_interleaved({
+            "fused": lambda _: ops.attention(query, key, value, mask, scale),
+            "sdpa": lambda _: torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=key_mask,
+                                                                             scale=scale),
+            "explicit": explicit,
+        }, [None] * 4, 10 if batch == 1 else 3)

@@ -15,4 +15,9 @@ TORCH_LIBRARY(dtb, m) {
   // query, key, value [B, H, n, d], mask [B, n] or None (keys to attend to) -> [B, H, n, d] (a view of a
   // [B, n, H, d] tensor): softmax(scale * query key^T over the valid keys) value. CPU kernel only (inference).
   m.def("attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scale) -> Tensor");
+  // The same, and significance [B, n] float32: the attention each key receives, summed over heads and valid queries
+  // (as softmax_with_significance gives it). CPU kernel only (inference).
+  m.def(
+      "attention_with_significance(Tensor query, Tensor key, Tensor value, Tensor mask, float scale) -> "
+      "(Tensor context, Tensor significance)");
 }

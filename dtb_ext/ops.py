@@ -108,10 +108,19 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, sc
     everything else runs the reference. `native_bf16_attention(query)` says whether the kernel takes its AVX512-BF16
     path, the case in which it beats torch's SDPA (the dynamic encoder checks it).
     """
-    if (_use_kernels() and query.device.type == "cpu" and query.dtype in _ATTENTION_DTYPES
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)))):
+    if _attention_kernel_applies(query, key, value):
         return torch.ops.dtb.attention(query, key, value, mask, scale)
     return reference.attention(query, key, value, mask, scale)
+
+
+def attention_with_significance(query: Tensor, key: Tensor, value: Tensor, mask: Tensor,
+                                scale: float) -> tuple[Tensor, Tensor]:
+    """`attention` with a [B, n] mask, and the [B, n] float32 significance of `softmax_with_significance` (the
+    attention each key receives from the valid queries, summed over heads) from the same pass. Kernel or reference
+    under the same conditions as `attention`."""
+    if _attention_kernel_applies(query, key, value):
+        return torch.ops.dtb.attention_with_significance(query, key, value, mask, scale)
+    return reference.attention_with_significance(query, key, value, mask, scale)
 
 
 def native_bf16_attention(query: Tensor) -> bool:
@@ -123,6 +132,12 @@ def native_bf16_attention(query: Tensor) -> bool:
 
 
 _ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _attention_kernel_applies(query: Tensor, key: Tensor, value: Tensor) -> bool:
+    """The attention kernels take CPU tensors of their dtypes and have no backward."""
+    return (_use_kernels() and query.device.type == "cpu" and query.dtype in _ATTENTION_DTYPES
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))))
 
 
 def _gather_rows(values: Tensor, positions: Tensor) -> Tensor:
@@ -150,6 +165,12 @@ def _register_fake_and_autograd() -> None:
     def _(query, key, value, mask, scale):
         batch, heads, length, size = query.shape
         return query.new_empty((batch, length, heads, size)).transpose(1, 2)
+
+    @torch.library.register_fake("dtb::attention_with_significance")
+    def _(query, key, value, mask, scale):
+        batch, heads, length, size = query.shape
+        return (query.new_empty((batch, length, heads, size)).transpose(1, 2),
+                query.new_empty((batch, length), dtype=torch.float32))
 
     @torch.library.register_fake("dtb::restore")
     def _(base, src, positions):

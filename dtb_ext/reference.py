@@ -119,3 +119,13 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, sc
     else:
         probs, _ = softmax_with_significance(scores, mask)
     return torch.matmul(probs, value.to(compute_dtype)).to(query.dtype)
+
+
+def attention_with_significance(query: Tensor, key: Tensor, value: Tensor, mask: Tensor,
+                                scale: float) -> tuple[Tensor, Tensor]:
+    """`attention` and the attention each key receives: ([B, H, n, d] in the dtype of `query`, [B, n] float32
+    significance as `softmax_with_significance` defines it, from probabilities in float32 at least)."""
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
+    scores = torch.matmul(query.to(compute_dtype), key.to(compute_dtype).transpose(-1, -2)) * scale
+    probs, significance = softmax_with_significance(scores, mask)
+    return torch.matmul(probs, value.to(compute_dtype)).to(query.dtype), significance

@@ -58,6 +58,45 @@ def test_attention_matches_float64_within_twice_sdpa_error(shape, dtype, masked)
     assert _max_error(output, truth, rows) <= 2 * max(_max_error(pytorch, truth, rows), floor)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_with_significance_matches_float64(shape, dtype) -> None:
+    """The context as `attention` gives it, and the significance within twice the error of the unfused chain in
+    this dtype (matmul, softmax_with_significance) against float64."""
+    query, key, value = _qkv(shape, dtype, seed=shape[2] + shape[3])
+    scale = shape[3] ** -0.5
+    mask = varied_mask(shape[0], shape[2], torch.Generator().manual_seed(shape[2] + 1))
+    truth_context, truth_significance = reference.attention_with_significance(
+        query.double(), key.double(), value.double(), mask, scale)
+    with torch.inference_mode():
+        context, significance = ops.attention_with_significance(query, key, value, mask, scale)
+        plain = ops.attention(query, key, value, mask, scale)
+        _, unfused = ops.softmax_with_significance(torch.matmul(query, key.transpose(-1, -2)) * scale, mask)
+    assert torch.equal(context, plain)
+    assert significance.dtype == torch.float32 and significance.shape == mask.shape
+    floor = 64 * torch.finfo(torch.float32).eps * shape[1] * shape[2]  # float32 sums of H x n probabilities
+    error = (significance.double() - truth_significance).abs().max().item()
+    assert error <= 2 * max((unfused.double() - truth_significance).abs().max().item(), floor)
+    # Padding keys receive nothing; an example without valid keys has zero significance everywhere.
+    assert torch.equal(significance[~mask.bool()], torch.zeros_like(significance[~mask.bool()]))
+
+
+def test_significance_does_not_depend_on_the_thread_count() -> None:
+    query, key, value = _qkv((3, 12, 97, 32), torch.bfloat16, seed=6)
+    mask = make_mask([97, 50, 3], 97)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            with torch.inference_mode():
+                results.append(ops.attention_with_significance(query, key, value, mask, 0.17))
+    finally:
+        torch.set_num_threads(threads)
+    for context, significance in results[1:]:
+        assert torch.equal(context, results[0][0]) and torch.equal(significance, results[0][1])
+
+
 def test_output_is_a_view_whose_transpose_back_is_free() -> None:
     query, key, value = _qkv((2, 3, 17, 16), torch.bfloat16, seed=0)
     with torch.inference_mode():
@@ -131,3 +170,6 @@ def test_native_bf16_attention_reports_the_bf16_dot_product_path() -> None:
 def test_bad_inputs_raise_with_what_was_expected(args, message) -> None:
     with pytest.raises(RuntimeError, match=message):
         torch.ops.dtb.attention(*args, 0.5)
+    if args[3] is not None:
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.dtb.attention_with_significance(*args, 0.5)

@@ -137,3 +137,25 @@ def test_bf16_example_alone_equals_example_in_padded_batch_within_bf16_error(min
             full_length = patched(**alone_inputs).last_hidden_state[0]
             own_error = _max_error(full_length, hf64(**alone_inputs).last_hidden_state[0])
             assert _max_error(batched[row, :length], alone) <= 2 * own_error
+
+
+def test_bf16_inference_runs_the_fused_attention_kernels_where_they_are_native(minilm_models, monkeypatch) -> None:
+    """On a CPU with AVX512-BF16 the patched bf16 model's attention is dtb::attention where nothing is selected by
+    attention, and dtb::attention_with_significance where it is; elsewhere SDPA and the explicit path run."""
+    _, _, patched = minilm_models
+    calls = {"attention": 0, "attention_with_significance": 0}
+    for name in calls:
+        original = getattr(ops, name)
+
+        def counted(*args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(ops, name, counted)
+    ids, mask = _batch([40, 13], 40, seed=3)
+    with torch.inference_mode(), dtb_ext.length_config(patched, dtb_ext.LengthConfig.ratios([1, 1, 0.8, 0.6, 0.5, 0.4])):
+        patched(input_ids=ids, attention_mask=mask)
+    native = ops.native_bf16_attention(torch.zeros(1, 12, 4, 32, dtype=torch.bfloat16))
+    # Layers 1-2 keep every token; layers 3-6 drop by attention significance.
+    assert calls == ({"attention": 2, "attention_with_significance": 4} if native
+                     else {"attention": 0, "attention_with_significance": 0})

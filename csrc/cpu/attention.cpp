@@ -14,6 +14,9 @@
 // second product, as a bf16 GEMM would round them. Every other case (float32, float16, CPUs without BF16, the
 // DEFAULT and AVX2 builds) runs the same loops in float32 FMAs through at::vec::Vectorized<float>.
 //
+// attention_with_significance also returns what softmax_with_significance does: the attention each key receives,
+// summed over heads and valid queries, accumulated in float32 from the float32 probabilities.
+//
 // Semantics (what dtb_ext.reference.attention computes): keys whose mask is False get no weight; a query row
 // whose every key is masked gets zeros (SDPA would give NaN). Rows of padding queries are computed like any other.
 #include <ATen/ATen.h>
@@ -126,6 +129,53 @@ float exponentiate(float* row, int64_t end) {
   return 1.0f / at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, running_sum);
 }
 
+// Where attention_with_significance collects each key's significance: one float partial per task ([tasks, n_pad],
+// summed over the tasks of each example in task order afterwards, so the result does not depend on the thread
+// count), and the query mask (only valid queries' attention counts). `data` is null for plain attention.
+struct SignificancePartials {
+  float* data = nullptr;
+  int64_t stride = 0;
+  const bool* valid = nullptr;  // [B, n]; null when no mask was given (every query counts)
+};
+
+// Adds the normalised probabilities (`probs` [kRowTile][n_pad] times `inverse`) of query rows [i, i + rows) of
+// example b whose query is valid to `partial` [end].
+void add_significance(const float* probs, int64_t n_pad, int rows, const float* inverse, const bool* valid_rows,
+                      int64_t end, float* partial) {
+  for (int r = 0; r < rows; ++r) {
+    if (valid_rows != nullptr && !valid_rows[r]) {
+      continue;
+    }
+    const Vec weight(inverse[r]);
+    const float* row = probs + r * n_pad;
+    int64_t k = 0;
+    for (; k + Vec::size() <= end; k += Vec::size()) {
+      at::vec::fmadd(Vec::loadu(row + k), weight, Vec::loadu(partial + k)).store(partial + k);
+    }
+    for (; k < end; ++k) {
+      partial[k] += row[k] * inverse[r];
+    }
+  }
+}
+
+// significance [B, n] float32 from the partials of the (head, row block) tasks of each example, in task order.
+void sum_partials(const SignificancePartials& partials, int64_t batch, int64_t tasks_per_example, int64_t length,
+                  at::Tensor& significance) {
+  float* out = significance.mutable_data_ptr<float>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      float* total = out + b * length;
+      std::fill(total, total + length, 0.0f);
+      for (int64_t task = b * tasks_per_example; task < (b + 1) * tasks_per_example; ++task) {
+        const float* partial = partials.data + task * partials.stride;
+        for (int64_t k = 0; k < length; ++k) {
+          total[k] += partial[k];
+        }
+      }
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // float32 path (any input dtype, any build): keys packed transposed [d][n_pad] and values [n_pad][d], as float.
 
@@ -173,7 +223,8 @@ void scores_float(const scalar_t* const* query_rows, int rows, const float* key_
 
 template <typename scalar_t>
 void attend_float(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                  const std::vector<KeyLayout>& layouts, double scale, at::Tensor& out) {
+                  const std::vector<KeyLayout>& layouts, double scale, int64_t block,
+                  const SignificancePartials& partials, at::Tensor& out) {
   const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
   const int64_t n_pad = (length + Vec::size() - 1) / Vec::size() * Vec::size();
   const Strides qs(query), ks(key), vs(value);
@@ -188,7 +239,6 @@ void attend_float(const at::Tensor& query, const at::Tensor& key, const at::Tens
                  layouts[b].end, n_pad, d, key_t, key_t + n_pad * d);
     }
   });
-  const int64_t block = rows_per_block(batch, heads, length);
   const int64_t blocks = (length + block - 1) / block;
   const scalar_t* query_data = query.const_data_ptr<scalar_t>();
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
@@ -215,17 +265,26 @@ void attend_float(const at::Tensor& query, const at::Tensor& key, const at::Tens
         for (int r = 0; r < rows; ++r) {
           inverse[r] = exponentiate(scores.data() + r * n_pad, layout.end);
         }
-        for (int r = 0; r < rows; ++r) {
-          const float* p = scores.data() + r * n_pad;
-          scalar_t* o = out_data + b * os.batch + h * os.head + (i + r) * os.row;
-          for (int64_t c = 0; c < d; c += Vec::size()) {
-            const int64_t count = std::min<int64_t>(Vec::size(), d - c);
-            Vec acc(0.0f);
-            for (int64_t j = 0; j < layout.end; ++j) {
-              acc = at::vec::fmadd(Vec(p[j]), Vec::loadu(value_f + j * d + c, count), acc);
+        if (partials.data != nullptr) {
+          add_significance(scores.data(), n_pad, rows, inverse,
+                           partials.valid == nullptr ? nullptr : partials.valid + b * length + i, layout.end,
+                           partials.data + task * partials.stride);
+        }
+        // The rows' outputs 16 (or 8) columns at a time, one accumulator per row: each value vector is loaded once
+        // for all the rows.
+        for (int64_t c = 0; c < d; c += Vec::size()) {
+          const int64_t count = std::min<int64_t>(Vec::size(), d - c);
+          Vec acc[kRowTile] = {Vec(0.0f), Vec(0.0f), Vec(0.0f), Vec(0.0f)};
+          for (int64_t j = 0; j < layout.end; ++j) {
+            const Vec v = Vec::loadu(value_f + j * d + c, count);
+            for (int r = 0; r < kRowTile; ++r) {
+              acc[r] = at::vec::fmadd(Vec(scores[std::min(r, rows - 1) * n_pad + j]), v, acc[r]);
             }
+          }
+          for (int r = 0; r < rows; ++r) {
             float lanes[Vec::size()];
-            (acc * Vec(inverse[r])).store(lanes, count);
+            (acc[r] * Vec(inverse[r])).store(lanes, count);
+            scalar_t* o = out_data + b * os.batch + h * os.head + (i + r) * os.row;
             for (int64_t k = 0; k < count; ++k) {
               o[c + k] = static_cast<scalar_t>(lanes[k]);
             }
@@ -369,7 +428,8 @@ DTB_BF16_TARGET void weighted_values_bf16(const uint32_t* const* prob_pairs, int
 }
 
 void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                 const std::vector<KeyLayout>& layouts, double scale, at::Tensor& out) {
+                 const std::vector<KeyLayout>& layouts, double scale, int64_t block,
+                 const SignificancePartials& partials, at::Tensor& out) {
   const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
   const int64_t n_pad = (length + kKeyStep - 1) / kKeyStep * kKeyStep;
   const int64_t head_words = n_pad * d;  // 32-bit words of one head's packed keys (and again of its values)
@@ -385,7 +445,6 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
                 layouts[b].end, n_pad, d, key_pairs, key_pairs + head_words / 2);
     }
   });
-  const int64_t block = rows_per_block(batch, heads, length);
   const int64_t blocks = (length + block - 1) / block;
   const at::BFloat16* query_data = query.const_data_ptr<at::BFloat16>();
   at::BFloat16* out_data = out.mutable_data_ptr<at::BFloat16>();
@@ -414,8 +473,16 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
         }
         scores_bf16(query_rows, rows, key_pairs, layout.end, n_pad, d, static_cast<float>(scale), bias, scores.data());
         for (int r = 0; r < rows; ++r) {
+          inverse[r] = exponentiate(scores.data() + r * n_pad, layout.end);
+        }
+        if (partials.data != nullptr) {
+          // From the float32 probabilities, before they are rounded for the product with the values.
+          add_significance(scores.data(), n_pad, rows, inverse,
+                           partials.valid == nullptr ? nullptr : partials.valid + b * length + i, layout.end,
+                           partials.data + task * partials.stride);
+        }
+        for (int r = 0; r < rows; ++r) {
           float* row = scores.data() + r * n_pad;
-          inverse[r] = exponentiate(row, layout.end);
           if (layout.end % 2 == 1) {
             row[layout.end] = 0.0f;  // the odd key's partner in the last pair (its value pair holds a zero there)
           }
@@ -444,48 +511,86 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
 }
 #endif  // CPU_CAPABILITY_AVX512
 
-at::Tensor attention_cpu(const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in,
-                         const std::optional<at::Tensor>& mask, double scale) {
-  check_attention_inputs(query_in, key_in, value_in, mask);
+// Shared by attention and attention_with_significance: writes `out` [B, H, n, d] (a view of [B, n, H, d]) and,
+// when `significance` is defined, significance [B, n].
+void attend(const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in,
+            const std::optional<at::Tensor>& mask, double scale, at::Tensor& out, at::Tensor& significance) {
   // Only the last dimension must be contiguous: the [B, n, H, d] views of a fused QKV projection are read in place.
   const auto last_contiguous = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
   const at::Tensor query = last_contiguous(query_in), key = last_contiguous(key_in), value = last_contiguous(value_in);
-  const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
-  // Written as [B, n, H, d] and returned as its [B, H, n, d] view: the caller's transpose back to [B, n, H * d]
-  // is then free.
-  at::Tensor out = at::empty({batch, length, heads, d}, query.options()).transpose(1, 2);
-  if (out.numel() == 0) {
-    return out;
-  }
+  const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2);
   at::Tensor valid;
   if (mask.has_value()) {
     valid = (mask->scalar_type() == at::kBool ? *mask : mask->ne(0)).contiguous();
   }
   const std::vector<KeyLayout> layouts = key_layouts(valid, batch, length);
-#if defined(CPU_CAPABILITY_AVX512)
-  if (query.scalar_type() == at::kBFloat16 && d % 16 == 0 && ::dtb::cpu::cpu_has_avx512_bf16()) {
-    attend_bf16(query, key, value, layouts, scale, out);
-    return out;
+  const int64_t block = rows_per_block(batch, heads, length);
+  const int64_t tasks_per_example = heads * ((length + block - 1) / block);
+  std::vector<float> partial_buffer;
+  SignificancePartials partials;
+  if (significance.defined()) {
+    partials.stride = length;
+    partial_buffer.assign(static_cast<size_t>(batch * tasks_per_example * length), 0.0f);
+    partials.data = partial_buffer.data();
+    partials.valid = valid.defined() ? valid.const_data_ptr<bool>() : nullptr;
   }
+#if defined(CPU_CAPABILITY_AVX512)
+  if (query.scalar_type() == at::kBFloat16 && query.size(3) % 16 == 0 && ::dtb::cpu::cpu_has_avx512_bf16()) {
+    attend_bf16(query, key, value, layouts, scale, block, partials, out);
+  } else
 #endif
-  switch (query.scalar_type()) {
-    case at::kBFloat16:
-      attend_float<at::BFloat16>(query, key, value, layouts, scale, out);
-      break;
-    case at::kHalf:
-      attend_float<at::Half>(query, key, value, layouts, scale, out);
-      break;
-    default:
-      attend_float<float>(query, key, value, layouts, scale, out);
-      break;
+  {
+    switch (query.scalar_type()) {
+      case at::kBFloat16:
+        attend_float<at::BFloat16>(query, key, value, layouts, scale, block, partials, out);
+        break;
+      case at::kHalf:
+        attend_float<at::Half>(query, key, value, layouts, scale, block, partials, out);
+        break;
+      default:
+        attend_float<float>(query, key, value, layouts, scale, block, partials, out);
+        break;
+    }
+  }
+  if (significance.defined()) {
+    sum_partials(partials, batch, tasks_per_example, length, significance);
+  }
+}
+
+// Written as [B, n, H, d] and returned as its [B, H, n, d] view: the caller's transpose back to [B, n, H * d] is
+// then free.
+at::Tensor empty_output(const at::Tensor& query) {
+  return at::empty({query.size(0), query.size(2), query.size(1), query.size(3)}, query.options()).transpose(1, 2);
+}
+
+at::Tensor attention_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                         const std::optional<at::Tensor>& mask, double scale) {
+  check_attention_inputs(query, key, value, mask);
+  at::Tensor out = empty_output(query);
+  at::Tensor no_significance;
+  if (out.numel() > 0) {
+    attend(query, key, value, mask, scale, out, no_significance);
   }
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_with_significance_cpu(const at::Tensor& query, const at::Tensor& key,
+                                                                   const at::Tensor& value, const at::Tensor& mask,
+                                                                   double scale) {
+  check_attention_inputs(query, key, value, mask);
+  at::Tensor out = empty_output(query);
+  at::Tensor significance = at::zeros({query.size(0), query.size(2)}, query.options().dtype(at::kFloat));
+  if (out.numel() > 0) {
+    attend(query, key, value, mask, scale, out, significance);
+  }
+  return {out, significance};
 }
 
 }  // namespace
 
 DTB_CPU_KERNELS(m) {
   m.impl("attention", &attention_cpu);
+  m.impl("attention_with_significance", &attention_with_significance_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY

@@ -247,7 +247,10 @@ class DynamicEncoder(nn.Module):
         attention = layer.attention.self
         query, key, value = self._project_heads(index, hidden)
         group = _examples_per_score_block(query)
-        if group >= query.shape[0] or torch.is_grad_enabled() or attention.training:
+        if ops.native_bf16_attention(query) and not attention.training and not torch.is_grad_enabled():
+            # As in _attention_all_kept: the fused kernel, which also sums the significance in the same pass.
+            context, significance = ops.attention_with_significance(query, key, value, mask, attention.scaling)
+        elif group >= query.shape[0] or torch.is_grad_enabled() or attention.training:
             # Scaled in place: the same arithmetic as HF eager without a second [B, H, n, n] buffer.
             scores = torch.matmul(query, key.transpose(-1, -2)).mul_(attention.scaling)
             probs, significance = ops.softmax_with_significance(scores, mask)
