@@ -339,12 +339,17 @@ DTB_BF16_TARGET inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
   return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
 }
 
-// Scores of kRowTile query rows (rows past `rows` repeat the last one and are not stored) against keys [0, end).
+// Scores of kRowTile query rows (rows past `rows` repeat the last one and are not stored) against keys [0, end),
+// written up to the next multiple of kKeyStep (-inf past `end`), and each stored row's maximum in `row_max`.
 DTB_BF16_TARGET void scores_bf16(const at::BFloat16* const* query_rows, int rows, const uint32_t* key_pairs,
                                  int64_t end, int64_t n_pad, int64_t d, float scale, const float* bias,
-                                 float* scores) {
+                                 float* scores, float* row_max) {
   const int64_t half = d / 2;
   const __m512 scaled = _mm512_set1_ps(scale);
+  __m512 running_max[kRowTile];
+  for (int r = 0; r < kRowTile; ++r) {
+    running_max[r] = _mm512_set1_ps(kNegInf);
+  }
   for (int64_t j = 0; j < end; j += kKeyStep) {
     __m512 low[kRowTile], high[kRowTile];
     for (int r = 0; r < kRowTile; ++r) {
@@ -372,27 +377,62 @@ DTB_BF16_TARGET void scores_bf16(const at::BFloat16* const* query_rows, int rows
     }
     for (int r = 0; r < rows; ++r) {
       float* out = scores + r * n_pad + j;
-      _mm512_storeu_ps(out, _mm512_mask_blend_ps(valid_low, neg_inf, _mm512_fmadd_ps(low[r], scaled, bias_low)));
-      _mm512_storeu_ps(out + 16, _mm512_mask_blend_ps(valid_high, neg_inf, _mm512_fmadd_ps(high[r], scaled, bias_high)));
+      const __m512 first = _mm512_mask_blend_ps(valid_low, neg_inf, _mm512_fmadd_ps(low[r], scaled, bias_low));
+      const __m512 second = _mm512_mask_blend_ps(valid_high, neg_inf, _mm512_fmadd_ps(high[r], scaled, bias_high));
+      _mm512_storeu_ps(out, first);
+      _mm512_storeu_ps(out + 16, second);
+      running_max[r] = _mm512_max_ps(running_max[r], _mm512_max_ps(first, second));
     }
+  }
+  for (int r = 0; r < rows; ++r) {
+    row_max[r] = _mm512_reduce_max_ps(running_max[r]);
   }
 }
 
-// Rounds one row of `count` float probabilities (count even, <= n_pad) to bf16 pairs.
-DTB_BF16_TARGET void round_probabilities(const float* probs, int64_t count, uint32_t* pairs) {
-  int64_t k = 0;
-  for (; k + 32 <= count; k += 32) {
-    const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(probs + k + 16), _mm512_loadu_ps(probs + k));
-    _mm512_storeu_si512(pairs + k / 2, (__m512i)rounded);
+// exp(x) for x <= 0 (a score minus its row's maximum), with a relative error below 3e-6: far below the bf16
+// rounding the probabilities get next, and about a third of the instructions of ATen's exp_u20. 2^(x log2 e) is
+// split into 2^n (VSCALEFPS) and 2^f, f in [-1/2, 1/2], by its degree-5 Taylor polynomial. Below -87 (where exp
+// underflows float32, and for masked keys, -inf) the result is exactly 0.
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.3333558146e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __mmask16 representable = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GT_OQ);
+  return _mm512_maskz_scalef_ps(representable, p, n);
+}
+
+// One row's softmax numerators from its scores (written by scores_bf16 up to `stop`, a multiple of 32 past the
+// last valid key, -inf past it): exp(score - row_max) rounded to bf16 pairs into `pairs`, and in float32 back into
+// the row when `keep_float` (for the significance). Returns 1 / sum (of the float32 values), or 0 when every key
+// is masked (the row's pairs are then zeros).
+DTB_BF16_TARGET float exponentiate_bf16(float* row, int64_t stop, float row_max, bool keep_float, uint32_t* pairs) {
+  if (row_max == kNegInf) {
+    std::fill(pairs, pairs + stop / 2, 0u);
+    if (keep_float) {
+      std::fill(row, row + stop, 0.0f);
+    }
+    return 0.0f;
   }
-  if (k < count) {
-    const int64_t left = count - k;
-    const __mmask16 first = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-    const __mmask16 second = left > 16 ? __mmask16((1u << (left - 16)) - 1) : __mmask16(0);
-    const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(second, probs + k + 16),
-                                                 _mm512_maskz_loadu_ps(first, probs + k));
-    _mm512_mask_storeu_epi32(pairs + k / 2, __mmask16((1u << (left / 2)) - 1), (__m512i)rounded);
+  const __m512 shift = _mm512_set1_ps(row_max);
+  __m512 sum_low = _mm512_setzero_ps(), sum_high = _mm512_setzero_ps();
+  for (int64_t k = 0; k < stop; k += 32) {
+    const __m512 low = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + k), shift));
+    const __m512 high = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + k + 16), shift));
+    sum_low = _mm512_add_ps(sum_low, low);
+    sum_high = _mm512_add_ps(sum_high, high);
+    _mm512_storeu_si512(pairs + k / 2, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+    if (keep_float) {
+      _mm512_storeu_ps(row + k, low);
+      _mm512_storeu_ps(row + k + 16, high);
+    }
   }
+  return 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum_low, sum_high));
 }
 
 // Output columns [c, c + 16 * kBlocks) of kRowTile rows: sum over key pairs of probability pairs x value pairs.
@@ -471,22 +511,20 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
           out_rows[r] = out_data + b * os.batch + h * os.head + row * os.row;
           prob_pairs[r] = pairs.data() + std::min(r, rows - 1) * n_pad / 2;
         }
-        scores_bf16(query_rows, rows, key_pairs, layout.end, n_pad, d, static_cast<float>(scale), bias, scores.data());
+        float row_max[kRowTile];
+        scores_bf16(query_rows, rows, key_pairs, layout.end, n_pad, d, static_cast<float>(scale), bias, scores.data(),
+                    row_max);
+        // Past the last valid key the scores are -inf, so the odd key's partner in the last pair gets weight 0.
+        const int64_t stop = (layout.end + kKeyStep - 1) / kKeyStep * kKeyStep;
         for (int r = 0; r < rows; ++r) {
-          inverse[r] = exponentiate(scores.data() + r * n_pad, layout.end);
+          inverse[r] = exponentiate_bf16(scores.data() + r * n_pad, stop, row_max[r], partials.data != nullptr,
+                                         pairs.data() + r * n_pad / 2);
         }
         if (partials.data != nullptr) {
-          // From the float32 probabilities, before they are rounded for the product with the values.
+          // From the float32 probabilities, before they were rounded for the product with the values.
           add_significance(scores.data(), n_pad, rows, inverse,
                            partials.valid == nullptr ? nullptr : partials.valid + b * length + i, layout.end,
                            partials.data + task * partials.stride);
-        }
-        for (int r = 0; r < rows; ++r) {
-          float* row = scores.data() + r * n_pad;
-          if (layout.end % 2 == 1) {
-            row[layout.end] = 0.0f;  // the odd key's partner in the last pair (its value pair holds a zero there)
-          }
-          round_probabilities(row, 2 * key_pair_count, pairs.data() + r * n_pad / 2);
         }
         int64_t c = 0;
         for (; c + 64 <= d; c += 64) {
