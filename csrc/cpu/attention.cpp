@@ -46,7 +46,7 @@ namespace {
 using at::vec::Vectorized;
 using Vec = Vectorized<float>;
 
-constexpr int kRowTile = 4;          // query rows whose scores and outputs are accumulated together in registers
+constexpr int kRowTile = 6;          // query rows whose scores and outputs are accumulated together in registers
 constexpr int64_t kTargetTasks = 48;  // enough (example, head, row block) tasks to balance the threads at batch 1
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -204,7 +204,8 @@ void scores_float(const scalar_t* const* query_rows, int rows, const float* key_
     }
   }
   for (int64_t j = 0; j < end; j += Vec::size()) {
-    Vec acc[kRowTile] = {Vec(0.0f), Vec(0.0f), Vec(0.0f), Vec(0.0f)};
+    Vec acc[kRowTile];
+    std::fill(acc, acc + kRowTile, Vec(0.0f));
     for (int64_t c = 0; c < d; ++c) {
       const Vec k = Vec::loadu(key_t + c * n_pad + j);
       for (int r = 0; r < kRowTile; ++r) {
@@ -274,7 +275,8 @@ void attend_float(const at::Tensor& query, const at::Tensor& key, const at::Tens
         // for all the rows.
         for (int64_t c = 0; c < d; c += Vec::size()) {
           const int64_t count = std::min<int64_t>(Vec::size(), d - c);
-          Vec acc[kRowTile] = {Vec(0.0f), Vec(0.0f), Vec(0.0f), Vec(0.0f)};
+          Vec acc[kRowTile];
+    std::fill(acc, acc + kRowTile, Vec(0.0f));
           for (int64_t j = 0; j < layout.end; ++j) {
             const Vec v = Vec::loadu(value_f + j * d + c, count);
             for (int r = 0; r < kRowTile; ++r) {
