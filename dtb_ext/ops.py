@@ -161,16 +161,18 @@ def _register_fake_and_autograd() -> None:
             keep.new_empty((batch, max_keep), dtype=torch.int64),
         )
 
-    @torch.library.register_fake("dtb::attention")
-    def _(query, key, value, mask, scale):
+    def attention_context(query: Tensor) -> Tensor:
+        # The kernels' [B, H, n, d] output: a view of a [B, n, H, d] tensor.
         batch, heads, length, size = query.shape
         return query.new_empty((batch, length, heads, size)).transpose(1, 2)
 
+    @torch.library.register_fake("dtb::attention")
+    def _(query, key, value, mask, scale):
+        return attention_context(query)
+
     @torch.library.register_fake("dtb::attention_with_significance")
     def _(query, key, value, mask, scale):
-        batch, heads, length, size = query.shape
-        return (query.new_empty((batch, length, heads, size)).transpose(1, 2),
-                query.new_empty((batch, length), dtype=torch.float32))
+        return attention_context(query), query.new_empty((query.shape[0], query.shape[2]), dtype=torch.float32)
 
     @torch.library.register_fake("dtb::restore")
     def _(base, src, positions):

@@ -112,13 +112,9 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, sc
         [B, H, n, d] in the dtype of `query`, computed in float32 at least; a query whose every key is masked gets
         zeros (torch's SDPA would give NaN).
     """
-    compute_dtype = torch.promote_types(query.dtype, torch.float32)
-    scores = torch.matmul(query.to(compute_dtype), key.to(compute_dtype).transpose(-1, -2)) * scale
     if mask is None:
-        probs = torch.softmax(scores, dim=-1)
-    else:
-        probs, _ = softmax_with_significance(scores, mask)
-    return torch.matmul(probs, value.to(compute_dtype)).to(query.dtype)
+        mask = torch.ones(query.shape[0], query.shape[2], dtype=torch.bool, device=query.device)
+    return attention_with_significance(query, key, value, mask, scale)[0]
 
 
 def attention_with_significance(query: Tensor, key: Tensor, value: Tensor, mask: Tensor,

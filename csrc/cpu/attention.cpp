@@ -129,34 +129,38 @@ float exponentiate(float* row, int64_t end) {
   return 1.0f / at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, running_sum);
 }
 
-// Where attention_with_significance collects each key's significance: one float partial per task ([tasks, n_pad],
+// Where attention_with_significance collects each key's significance: one float partial per task ([tasks, n],
 // summed over the tasks of each example in task order afterwards, so the result does not depend on the thread
 // count), and the query mask (only valid queries' attention counts). `data` is null for plain attention.
 struct SignificancePartials {
   float* data = nullptr;
-  int64_t stride = 0;
+  int64_t stride = 0;           // n
   const bool* valid = nullptr;  // [B, n]; null when no mask was given (every query counts)
-};
 
-// Adds the normalised probabilities (`probs` [kRowTile][n_pad] times `inverse`) of query rows [i, i + rows) of
-// example b whose query is valid to `partial` [end].
-void add_significance(const float* probs, int64_t n_pad, int rows, const float* inverse, const bool* valid_rows,
-                      int64_t end, float* partial) {
-  for (int r = 0; r < rows; ++r) {
-    if (valid_rows != nullptr && !valid_rows[r]) {
-      continue;
+  // Adds, to `task`'s partial, the normalised probabilities (`probs` [kRowTile][n_pad] times `inverse`) of those of
+  // example b's query rows [i, i + rows) that are valid, over keys [0, end). Does nothing for plain attention.
+  void add(int64_t task, int64_t b, int64_t i, const float* probs, int64_t n_pad, int rows, const float* inverse,
+           int64_t end) const {
+    if (data == nullptr) {
+      return;
     }
-    const Vec weight(inverse[r]);
-    const float* row = probs + r * n_pad;
-    int64_t k = 0;
-    for (; k + Vec::size() <= end; k += Vec::size()) {
-      at::vec::fmadd(Vec::loadu(row + k), weight, Vec::loadu(partial + k)).store(partial + k);
-    }
-    for (; k < end; ++k) {
-      partial[k] += row[k] * inverse[r];
+    float* partial = data + task * stride;
+    for (int r = 0; r < rows; ++r) {
+      if (valid != nullptr && !valid[b * stride + i + r]) {
+        continue;
+      }
+      const Vec weight(inverse[r]);
+      const float* row = probs + r * n_pad;
+      int64_t k = 0;
+      for (; k + Vec::size() <= end; k += Vec::size()) {
+        at::vec::fmadd(Vec::loadu(row + k), weight, Vec::loadu(partial + k)).store(partial + k);
+      }
+      for (; k < end; ++k) {
+        partial[k] += row[k] * inverse[r];
+      }
     }
   }
-}
+};
 
 // significance [B, n] float32 from the partials of the (head, row block) tasks of each example, in task order.
 void sum_partials(const SignificancePartials& partials, int64_t batch, int64_t tasks_per_example, int64_t length,
@@ -266,17 +270,13 @@ void attend_float(const at::Tensor& query, const at::Tensor& key, const at::Tens
         for (int r = 0; r < rows; ++r) {
           inverse[r] = exponentiate(scores.data() + r * n_pad, layout.end);
         }
-        if (partials.data != nullptr) {
-          add_significance(scores.data(), n_pad, rows, inverse,
-                           partials.valid == nullptr ? nullptr : partials.valid + b * length + i, layout.end,
-                           partials.data + task * partials.stride);
-        }
+        partials.add(task, b, i, scores.data(), n_pad, rows, inverse, layout.end);
         // The rows' outputs 16 (or 8) columns at a time, one accumulator per row: each value vector is loaded once
         // for all the rows.
         for (int64_t c = 0; c < d; c += Vec::size()) {
           const int64_t count = std::min<int64_t>(Vec::size(), d - c);
           Vec acc[kRowTile];
-    std::fill(acc, acc + kRowTile, Vec(0.0f));
+          std::fill(acc, acc + kRowTile, Vec(0.0f));
           for (int64_t j = 0; j < layout.end; ++j) {
             const Vec v = Vec::loadu(value_f + j * d + c, count);
             for (int r = 0; r < kRowTile; ++r) {
@@ -522,12 +522,8 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
           inverse[r] = exponentiate_bf16(scores.data() + r * n_pad, stop, row_max[r], partials.data != nullptr,
                                          pairs.data() + r * n_pad / 2);
         }
-        if (partials.data != nullptr) {
-          // From the float32 probabilities, before they were rounded for the product with the values.
-          add_significance(scores.data(), n_pad, rows, inverse,
-                           partials.valid == nullptr ? nullptr : partials.valid + b * length + i, layout.end,
-                           partials.data + task * partials.stride);
-        }
+        // From the float32 probabilities, before they were rounded for the product with the values.
+        partials.add(task, b, i, scores.data(), n_pad, rows, inverse, layout.end);
         int64_t c = 0;
         for (; c + 64 <= d; c += 64) {
           weighted_values_bf16<4>(prob_pairs, rows, value_pairs, key_pair_count, d, c, inverse, out_rows);

@@ -225,8 +225,7 @@ class DynamicEncoder(nn.Module):
         layer = self.layer[index]
         attention = layer.attention.self
         query, key, value = self._project_heads(index, hidden)
-        if ops.native_bf16_attention(query) and not attention.training and not torch.is_grad_enabled():
-            # bf16 inference on a CPU with AVX512-BF16: about 3x faster than SDPA at these lengths (csrc/cpu/attention.cpp).
+        if _runs_fused_attention(attention, query):
             context = ops.attention(query, key, value, mask, attention.scaling)
         else:
             context = nn.functional.scaled_dot_product_attention(
@@ -247,8 +246,8 @@ class DynamicEncoder(nn.Module):
         attention = layer.attention.self
         query, key, value = self._project_heads(index, hidden)
         group = _examples_per_score_block(query)
-        if ops.native_bf16_attention(query) and not attention.training and not torch.is_grad_enabled():
-            # As in _attention_all_kept: the fused kernel, which also sums the significance in the same pass.
+        if _runs_fused_attention(attention, query):
+            # The fused kernel also sums the significance in the same pass.
             context, significance = ops.attention_with_significance(query, key, value, mask, attention.scaling)
         elif group >= query.shape[0] or torch.is_grad_enabled() or attention.training:
             # Scaled in place: the same arithmetic as HF eager without a second [B, H, n, n] buffer.
@@ -289,6 +288,13 @@ def _examples_per_score_block(query: Tensor) -> int:
         return query.shape[0]
     _, heads, length, _ = query.shape
     return max(1, _SCORE_BLOCK_BYTES // (heads * length * length * query.element_size()))
+
+
+def _runs_fused_attention(attention: nn.Module, query: Tensor) -> bool:
+    """Whether a layer's self-attention (`attention`, on query [B, H, n, d]) runs the fused dtb attention kernel:
+    bf16 inference on a CPU with AVX512-BF16, where it is about 3x faster than SDPA at these lengths
+    (csrc/cpu/attention.cpp). The kernel has no dropout and no backward."""
+    return ops.native_bf16_attention(query) and not attention.training and not torch.is_grad_enabled()
 
 
 def _compose_positions(positions: Tensor, kept_positions: Tensor) -> Tensor:
