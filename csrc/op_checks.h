@@ -177,4 +177,46 @@ inline void check_attention_inputs(const at::Tensor& query, const at::Tensor& ke
   }
 }
 
+// x: [M, K] float32 or bfloat16; divisor: absent, or [K] float32 on x's device.
+inline void check_quantize_rows_inputs(const at::Tensor& x, const std::optional<at::Tensor>& divisor) {
+  constexpr const char* op = "dtb::quantize_rows";
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [M, K] (2-D), got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float32 or bfloat16, got ", x.scalar_type());
+  if (divisor.has_value()) {
+    TORCH_CHECK(divisor->dim() == 1 && divisor->size(0) == x.size(1), op, ": divisor must be [K] = [", x.size(1),
+                "] to match x of shape ", x.sizes(), ", got shape ", divisor->sizes());
+    TORCH_CHECK(divisor->scalar_type() == at::kFloat, op, ": divisor must be float32, got ", divisor->scalar_type());
+    check_same_device(op, x, "x", *divisor, "divisor");
+  }
+}
+
+// product: [M, N] float32; scale: [M] float32; bias: absent or [N] float32; residual: absent or [M, N] of `dtype`;
+// dtype: float32 or bfloat16.
+inline void check_dequantize_rows_inputs(const at::Tensor& product, const at::Tensor& scale,
+                                         const std::optional<at::Tensor>& bias,
+                                         const std::optional<at::Tensor>& residual, at::ScalarType dtype) {
+  constexpr const char* op = "dtb::dequantize_rows";
+  TORCH_CHECK(product.dim() == 2, op, ": product must be [M, N] (2-D), got shape ", product.sizes());
+  TORCH_CHECK(product.scalar_type() == at::kFloat, op, ": product must be float32, got ", product.scalar_type());
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, op, ": dtype must be float32 or bfloat16, got ", dtype);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == product.size(0), op, ": scale must be [M] = [", product.size(0),
+              "] to match product of shape ", product.sizes(), ", got shape ", scale.sizes());
+  TORCH_CHECK(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale.scalar_type());
+  check_same_device(op, product, "product", scale, "scale");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == product.size(1), op, ": bias must be [N] = [", product.size(1),
+                "] to match product of shape ", product.sizes(), ", got shape ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == at::kFloat, op, ": bias must be float32, got ", bias->scalar_type());
+    check_same_device(op, product, "product", *bias, "bias");
+  }
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->sizes() == product.sizes(), op, ": residual must have product's shape ", product.sizes(),
+                ", got ", residual->sizes());
+    TORCH_CHECK(residual->scalar_type() == dtype, op, ": residual must be ", dtype, " (the output dtype), got ",
+                residual->scalar_type());
+    check_same_device(op, product, "product", *residual, "residual");
+  }
+}
+
 }  // namespace dtb

@@ -20,4 +20,13 @@ TORCH_LIBRARY(dtb, m) {
   m.def(
       "attention_with_significance(Tensor query, Tensor key, Tensor value, Tensor mask, float scale) -> "
       "(Tensor context, Tensor significance)");
+  // x [M, K] float32/bfloat16, divisor [K] float32 or None -> quantized [M, K] uint8 (int8 value + 128), scale [M]
+  // float32: per-row symmetric int8 quantization of x / divisor (dtb_ext/reference.py quantize_rows). CPU only.
+  m.def("quantize_rows(Tensor x, Tensor? divisor) -> (Tensor quantized, Tensor scale)");
+  // product [M, N] float32, scale [M] float32, bias [N] float32 or None, residual [M, N] or None ->
+  // act(product * scale[:, None] + bias) + residual in dtype (float32/bfloat16); activation "none", "gelu" (erf) or
+  // "gelu_tanh". CPU only.
+  m.def(
+      "dequantize_rows(Tensor product, Tensor scale, Tensor? bias, Tensor? residual, str activation, "
+      "ScalarType dtype) -> Tensor");
 }

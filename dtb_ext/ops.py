@@ -123,6 +123,27 @@ def attention_with_significance(query: Tensor, key: Tensor, value: Tensor, mask:
     return reference.attention_with_significance(query, key, value, mask, scale)
 
 
+def quantize_rows(x: Tensor, divisor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-row symmetric int8 quantization: [M, K] float32/bfloat16 (divided by `divisor` [K] float32 if given) ->
+    ([M, K] uint8 with zero point 128, [M] float32 scales); see `reference.quantize_rows`. Kernel on CPU tensors
+    without a recorded gradient (quantization has none), the reference elsewhere."""
+    if _use_kernels() and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.ops.dtb.quantize_rows(x, divisor)
+    return reference.quantize_rows(x, divisor)
+
+
+def dequantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residual: Tensor | None,
+                    activation: str, dtype: torch.dtype) -> Tensor:
+    """The float epilogue of an int8 matmul: [M, N] float32 product, [M] scales -> act(product * scale + bias) +
+    residual as [M, N] `dtype`; see `reference.dequantize_rows`. Kernel on CPU tensors without a recorded gradient,
+    the reference elsewhere."""
+    tensors = [t for t in (product, scale, bias, residual) if t is not None]
+    if (_use_kernels() and product.device.type == "cpu"
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+        return torch.ops.dtb.dequantize_rows(product, scale, bias, residual, activation, dtype)
+    return reference.dequantize_rows(product, scale, bias, residual, activation, dtype)
+
+
 def native_bf16_attention(query: Tensor) -> bool:
     """True when `attention` on `query` [B, H, n, d] runs the kernel's AVX512-BF16 dot products: a bf16 CPU tensor
     with d a multiple of 16, the AVX512 kernels chosen and a CPU with AVX512-BF16. Elsewhere the kernel computes in
@@ -173,6 +194,14 @@ def _register_fake_and_autograd() -> None:
     @torch.library.register_fake("dtb::attention_with_significance")
     def _(query, key, value, mask, scale):
         return attention_context(query), query.new_empty((query.shape[0], query.shape[2]), dtype=torch.float32)
+
+    @torch.library.register_fake("dtb::quantize_rows")
+    def _(x, divisor):
+        return x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((x.shape[0],), dtype=torch.float32)
+
+    @torch.library.register_fake("dtb::dequantize_rows")
+    def _(product, scale, bias, residual, activation, dtype):
+        return product.new_empty(product.shape, dtype=dtype)
 
     @torch.library.register_fake("dtb::restore")
     def _(base, src, positions):

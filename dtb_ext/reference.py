@@ -125,3 +125,57 @@ def attention_with_significance(query: Tensor, key: Tensor, value: Tensor, mask:
     scores = torch.matmul(query.to(compute_dtype), key.to(compute_dtype).transpose(-1, -2)) * scale
     probs, significance = softmax_with_significance(scores, mask)
     return torch.matmul(probs, value.to(compute_dtype)).to(query.dtype), significance
+
+
+# Per-row int8 quantization (dtb_ext/precision/int8.py): symmetric range -127..127 (so zero maps to zero and
+# negation cannot overflow), stored with zero point 128 as uint8, the source format of oneDNN's int8 matmuls.
+INT8_MAX = 127.0
+INT8_ZERO_POINT = 128
+# A row that is all zeros gets this scale instead of 0, so quantizing it divides by a positive number.
+INT8_MIN_SCALE = 1e-12
+
+
+def quantize_rows(x: Tensor, divisor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8 quantization of x / divisor.
+
+    Args:
+        x: [M, K] float32 or bfloat16.
+        divisor: [K] float32 (SmoothQuant factors) or None.
+
+    Returns:
+        quantized [M, K] uint8 = round_half_even(v / scale) + 128 with v = x / divisor in float32, and scale [M]
+        float32 = max(max |v| / 127, 1e-12), so that v ~= (quantized - 128) * scale row by row.
+    """
+    values = x.float() if divisor is None else x.float() / divisor
+    scale = values.abs().amax(dim=1).div_(INT8_MAX).clamp_(min=INT8_MIN_SCALE)
+    # v / scale lies in [-127, 127] by construction of the scale, so no clamp is needed before the cast.
+    quantized = torch.round_(values / scale[:, None]).add_(INT8_ZERO_POINT).to(torch.uint8)
+    return quantized, scale
+
+
+def dequantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residual: Tensor | None,
+                    activation: str, dtype: torch.dtype) -> Tensor:
+    """The float epilogue of an int8 matmul: act(product * scale[:, None] + bias) + residual, in float32, then
+    rounded once to `dtype`.
+
+    Args:
+        product: [M, N] float32, the int32 sums of the matmul times the weight's per-channel scales.
+        scale: [M] float32 activation scales (from `quantize_rows`).
+        bias: [N] float32 or None.
+        residual: [M, N] in `dtype`, or None.
+        activation: "none", "gelu" (erf) or "gelu_tanh".
+        dtype: float32 or bfloat16, the output dtype.
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
+    out = product * scale[:, None]
+    if bias is not None:
+        out = out + bias
+    if activation != "none":
+        out = torch.nn.functional.gelu(out, approximate=_ACTIVATIONS[activation])
+    if residual is not None:
+        out = out + residual.float()
+    return out.to(dtype)
+
+
+_ACTIVATIONS = {"none": "none", "gelu": "none", "gelu_tanh": "tanh"}

@@ -64,7 +64,7 @@ def test_each_set_this_cpu_runs_can_be_forced_and_matches_the_reference(capabili
     # The op tests, every one of them against dtb_ext.reference, in a process running this set's kernels.
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops.py",
-                             "tests/test_attention_op.py"],
+                             "tests/test_attention_op.py", "tests/test_int8_rows_op.py"],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
