@@ -16,7 +16,7 @@ with warnings.catch_warnings():
         encoder_linears,
         input_channel_ranges,
         quantize_int8,
-        quantize_rows,
+        quantize_weight,
         smoothing_factors,
     )
 
@@ -92,12 +92,12 @@ def test_exports_from_the_package():
 # --- Int8Linear ------------------------------------------------------------------------------------------------
 
 
-def test_quantize_rows_is_symmetric_per_row_and_zero_safe():
-    x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [254.0, 127.0, -1.0]])
-    q, scale = quantize_rows(x)
-    assert q.dtype == torch.int8 and scale.shape == (3, 1)
+def test_quantize_weight_is_symmetric_per_output_channel_and_zero_safe():
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [254.0, 127.0, -1.0]])
+    q, scale = quantize_weight(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (3,)
     assert q[0].tolist() == [64, -127, 32] and q[1].tolist() == [0, 0, 0] and q[2].tolist() == [127, 64, 0]
-    torch.testing.assert_close(scale[:, 0], torch.tensor([2.0 / 127, 1e-12, 2.0]))
+    torch.testing.assert_close(scale, torch.tensor([2.0 / 127, 1e-12, 2.0]))
 
 
 def test_int8_linear_is_exact_on_values_the_grid_holds():

@@ -1,51 +1,51 @@
 """INT8 inference for a (patched or plain) BERT-family model: int8 Linear layers, everything else in float.
 
 Each quantized Linear holds int8 weights with one scale per output channel and quantizes its input at each call
-with one scale per token (row), symmetric, then multiplies with `torch._int_mm` (int32 accumulation, VNNI/AMX
-through oneDNN on x86). Per-token scales keep every token's result independent of the other tokens of the
-batch, so batch invariance (DESIGN.md §2.5) holds exactly, unlike torch's dynamic quantization, whose single
-activation scale spans the whole batch.
+with one scale per token (row), symmetric. Per-token scales keep every token's result independent of the other
+tokens of the batch, so batch invariance (DESIGN.md §2.5) holds exactly, unlike torch's dynamic quantization,
+whose single activation scale spans the whole batch.
+
+A call is three passes (`int8_linear`): the fused per-row quantize (`ops.quantize_rows`: uint8 with zero point
+128), oneDNN's int8 matmul on a weight prepacked once into its blocked layout (`torch.ops.onednn.qlinear_pointwise`,
+VNNI/AMX; its int32 sums are exact and come back times the weight scales in float32), and the fused epilogue
+(`ops.dequantize_rows`: the token scales, the bias, a GELU or a residual add, rounded once to the activations'
+dtype). Where oneDNN's int8 ops are missing, `torch._int_mm` computes the same int32 sums.
 
 Two optional refinements, measured in `dtb_ext/precision/study.py`:
 - `keep_float`: Linear layers left in float (the ones whose quantization costs the most F1);
 - `smoothing`: SmoothQuant-style per-input-channel factors s (from `calibrate_smoothing`): the layer computes
   (x / s) @ (W * s)^T, which moves activation outliers into the weights, where per-channel scales absorb them.
 
-Embeddings, LayerNorm, attention scores/softmax and the dynamic encoder's token selection stay in float, so a
-patched model keeps dropping tokens.
+Embeddings, LayerNorm, attention scores/softmax and the dynamic encoder's token selection stay in float (the
+model's float dtype: `prepare_for_precision` picks bf16 where the CPU runs it natively), so a patched model keeps
+dropping tokens.
 """
 from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-# int8 symmetric range: -127..127 (not -128), so that negation cannot overflow and zero maps to zero.
-_QMAX = 127.0
-# A row (token) or output channel that is all zeros gets this scale instead of 0, so quantizing it divides by a
-# positive number; its values quantize to 0 either way.
-_MIN_SCALE = 1e-12
+from dtb_ext import ops, reference
 
 
-def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-row int8 quantization: [M, K] float -> ([M, K] int8, [M, 1] float32 scales).
-
-    x ~= q * scale row by row, |q| <= 127.
-    """
-    scale = x.abs().amax(dim=1, keepdim=True).float().div_(_QMAX).clamp_(min=_MIN_SCALE)
-    # x / scale lies in [-127, 127] by construction of scale, so no clamp is needed before the cast.
-    return torch.round_(x.float() / scale).to(torch.int8), scale
+def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-channel int8 quantization: [N, K] float -> ([N, K] int8, [N] float32 scales), so that
+    weight ~= q * scale[:, None] with |q| <= 127 (the rule of `reference.quantize_rows`, without its zero point)."""
+    quantized, scale = reference.quantize_rows(weight.float())
+    return (quantized.to(torch.int16) - reference.INT8_ZERO_POINT).to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
     """y = x W^T + b with int8 weights (per output channel scales) and int8 activations (per token scales).
 
     Buffers: weight_int8 [N, K] int8, weight_scale [N] float32, bias [N] float32 or None, input_divisor [K]
-    float32 or None (SmoothQuant factors, already multiplied into the weight).
+    float32 or None (SmoothQuant factors, already multiplied into the weight). The float buffers stay float32
+    when the model is cast to another dtype (they are part of the int8 format); the output has the input's dtype.
     """
 
     def __init__(self, weight_int8: Tensor, weight_scale: Tensor, bias: Tensor | None,
@@ -57,6 +57,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("bias", bias)
         self.register_buffer("input_divisor", input_divisor)
+        self._packed: _PackedInt8Weight | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, smoothing: Tensor | None = None) -> Int8Linear:
@@ -69,27 +70,109 @@ class Int8Linear(nn.Module):
                                  f"{tuple(smoothing.shape)}")
             smoothing = smoothing.detach().float().to(weight.device)
             weight = weight * smoothing
-        weight_int8, weight_scale = quantize_rows(weight)
+        weight_int8, weight_scale = quantize_weight(weight)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
-        return cls(weight_int8, weight_scale.squeeze(1), bias, smoothing)
+        return cls(weight_int8, weight_scale, bias, smoothing)
+
+    @classmethod
+    def concatenate(cls, layers: Sequence[Int8Linear]) -> Int8Linear:
+        """One layer computing all of `layers` on the same input (query, key, value), outputs side by side. Exact:
+        the scales are per output channel. The layers must share their input divisor (or have none)."""
+        divisor = layers[0].input_divisor
+        for layer in layers[1:]:
+            if (layer.input_divisor is None) != (divisor is None) or (
+                    divisor is not None and not torch.equal(layer.input_divisor, divisor)):
+                raise ValueError("Int8Linear.concatenate needs layers with the same input divisor (smoothing factors)")
+        if any(layer.bias is None for layer in layers) and any(layer.bias is not None for layer in layers):
+            raise ValueError("Int8Linear.concatenate needs layers that all have a bias or all have none")
+        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+        return cls(torch.cat([layer.weight_int8 for layer in layers]),
+                   torch.cat([layer.weight_scale for layer in layers]), bias, divisor)
 
     def forward(self, x: Tensor) -> Tensor:
         """[..., K] float32 or bfloat16 -> [..., N] in the dtype of x."""
-        rows = x.reshape(-1, self.in_features)
-        if self.input_divisor is not None:
-            rows = rows / self.input_divisor
-        quantized, scale = quantize_rows(rows)
-        # The int32 result is widened once; the scales and bias are then applied in place (fresh large buffers
-        # cost page faults on CPU).
-        out = torch._int_mm(quantized, self.weight_int8.t()).float()
-        out.mul_(scale).mul_(self.weight_scale)
-        if self.bias is not None:
-            out.add_(self.bias)
-        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return int8_linear(x, self)
+
+    def packed_weight(self) -> _PackedInt8Weight:
+        """The weight in oneDNN's int8 matmul layout, made once and remade when `weight_int8` changes."""
+        weight = self.weight_int8
+        if self._packed is None or not self._packed.matches(weight):
+            self._packed = _PackedInt8Weight(weight)
+        return self._packed
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Int8Linear:
+        float32_buffers = {name: buffer for name, buffer in self._buffers.items()
+                           if buffer is not None and buffer.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for name, before in float32_buffers.items():
+            after = self._buffers[name]
+            if after.dtype != torch.float32:  # a dtype cast: keep the float32 values, follow any device move
+                self._buffers[name] = before.to(after.device)
+        return self
+
+    # A copied or pickled layer starts without the packed weight: oneDNN-packed tensors have no storage to copy.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_packed"] = None
+        return state
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"smoothed={self.input_divisor is not None}")
+
+
+class _PackedInt8Weight:
+    """An [N, K] int8 weight prepacked for `torch.ops.onednn.qlinear_pointwise` (None where that op is missing),
+    with the zero points it takes, and what it was made from."""
+
+    def __init__(self, weight_int8: Tensor) -> None:
+        self.source = weight_int8.detach()  # keeps the storage alive, so an equal data_ptr means the same tensor
+        self.version = _version(weight_int8)
+        self.weight = (torch.ops.onednn.qlinear_prepack(weight_int8, None)
+                       if _onednn_int8_matmul(weight_int8) else None)
+        self.zero_points = torch.zeros(weight_int8.shape[0], dtype=torch.int64)
+
+    def matches(self, weight_int8: Tensor) -> bool:
+        return (weight_int8.data_ptr() == self.source.data_ptr() and _version(weight_int8) == self.version
+                and weight_int8.shape == self.source.shape)
+
+
+def _version(tensor: Tensor) -> int | None:
+    """The in-place update counter of `tensor`; None for a tensor made under torch.inference_mode, which has none
+    (the concatenated query/key/value layer `PackedLinears` builds at inference: it is remade, never updated, when
+    its source layers change)."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _onednn_int8_matmul(weight_int8: Tensor) -> bool:
+    """Whether oneDNN's int8 Linear ops exist in this torch build and apply to a weight on this device."""
+    return (weight_int8.device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack"))
+
+
+def int8_linear(x: Tensor, layer: Int8Linear, activation: str = "none", residual: Tensor | None = None) -> Tensor:
+    """act(x W^T + b) + residual through `layer`'s int8 weight: [..., K] float32/bfloat16 -> [..., N] in x's dtype.
+
+    Args:
+        x: the layer input.
+        layer: the int8 weights, scales, bias and input divisor.
+        activation: "none", "gelu" (erf) or "gelu_tanh", applied before the residual.
+        residual: [..., N] in x's dtype, added last (the output blocks' skip connection), or None.
+    """
+    rows = x.reshape(-1, layer.in_features)
+    quantized, scale = ops.quantize_rows(rows, layer.input_divisor)
+    packed = layer.packed_weight()
+    if packed.weight is not None:
+        # x_scale 1 and zero point 128: the int32 sums of (quantized - 128) * weight, times the weight scales.
+        product = torch.ops.onednn.qlinear_pointwise(
+            quantized, 1.0, reference.INT8_ZERO_POINT, packed.weight, layer.weight_scale, packed.zero_points, None,
+            1.0, 0, torch.float32, "none", [], "")
+    else:
+        centred = (quantized.to(torch.int16) - reference.INT8_ZERO_POINT).to(torch.int8)
+        product = torch._int_mm(centred, layer.weight_int8.t()).float().mul_(layer.weight_scale)
+    residual_rows = None if residual is None else residual.reshape(-1, layer.out_features)
+    out = ops.dequantize_rows(product, scale, layer.bias, residual_rows, activation, x.dtype)
+    return out.reshape(*x.shape[:-1], layer.out_features)
 
 
 def encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
@@ -118,7 +201,7 @@ def quantize_int8(model: nn.Module, keep_float: Iterable[str] = (),
     if first.dtype != torch.float32:
         raise ValueError(f"quantize_int8 expects a float32 model; got {first.dtype}")
     if first.device.type != "cpu":
-        raise ValueError(f"int8 runs on the CPU only (its int8 matmul is torch._int_mm on CPU); got a model on "
+        raise ValueError(f"int8 runs on the CPU only (its int8 matmuls are oneDNN's CPU kernels); got a model on "
                          f"{first.device}")
     names = [name for name, _ in encoder_linears(model)]
     patterns = list(keep_float)
@@ -177,6 +260,7 @@ def smoothing_factors(model: nn.Module, ranges: dict[str, Tensor], alpha: float 
     factors = {}
     for name, activation_range in ranges.items():
         weight_range = modules[name].weight.detach().abs().amax(dim=0).float()
-        factor = activation_range.clamp(min=_MIN_SCALE).pow(alpha) / weight_range.clamp(min=_MIN_SCALE).pow(1 - alpha)
-        factors[name] = factor.clamp(min=_MIN_SCALE)
+        floor = reference.INT8_MIN_SCALE
+        factor = activation_range.clamp(min=floor).pow(alpha) / weight_range.clamp(min=floor).pow(1 - alpha)
+        factors[name] = factor.clamp(min=floor)
     return factors
