@@ -12,7 +12,9 @@ the GELU (intermediate block) or adds the residual (output blocks) before its si
 Where this applies: CPU tensors in float32 or bfloat16, no gradient recorded, modules in eval mode of the exact
 Hugging Face BERT/RoBERTa classes, plain biased `nn.Linear`s without hooks. Elsewhere (CUDA, training, int8 or
 wrapped layers, hooks) the layers run as Hugging Face wrote them, except that query/key/value still share one
-matmul at inference on any device. The packed and concatenated weights are a cache, one extra copy of each
+matmul at inference on any device. An int8 model's layers (`Int8Linear`, dtb_ext/precision/int8.py) run the same
+way: query/key/value as one int8 matmul on one quantized input, the GELU or the residual add in the epilogue that
+dequantizes the matmul (`ops.dequantize_rows`). The packed and concatenated weights are a cache, one extra copy of each
 encoder Linear weight: they are rebuilt whenever one of the source tensors changes (new storage after
 `model.to(...)`, or an in-place update that bumps its version counter: an optimizer step, `load_state_dict`).
 """
@@ -26,6 +28,8 @@ from torch import Tensor, nn
 from transformers.activations import GELUActivation, NewGELUActivation
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 from transformers.models.roberta.modeling_roberta import RobertaIntermediate, RobertaOutput, RobertaSelfOutput
+
+from dtb_ext.precision.int8 import Int8Linear, int8_linear
 
 # Blocks whose forward is exactly LayerNorm(dropout(dense(x)) + residual), resp. act(dense(x)).
 _OUTPUT_BLOCKS = (BertSelfOutput, BertOutput, RobertaSelfOutput, RobertaOutput)
@@ -46,6 +50,7 @@ class PackedLinears:
 
     def __init__(self) -> None:
         self._entries: dict[Hashable, _Entry] = {}
+        self._int8_entries: dict[Hashable, _Int8Entry] = {}
 
     # A copied or pickled model starts with an empty cache: oneDNN-packed tensors have no storage to copy, and
     # the copy's own weights are what its entries must come from.
@@ -53,11 +58,15 @@ class PackedLinears:
         return PackedLinears()
 
     def __getstate__(self) -> dict:
-        return {"_entries": {}}
+        return {"_entries": {}, "_int8_entries": {}}
 
     def projections(self, key: Hashable, linears: Sequence[nn.Module], hidden: Tensor) -> tuple[Tensor, ...]:
         """[B, n, D] -> one [B, n, N_i] output per Linear of `linears` (all on the same input: query, key, value),
         from a single matmul at inference, else from the modules themselves."""
+        if (not torch.is_grad_enabled() and all(_is_plain_int8(linear) for linear in linears)
+                and _same_divisor(linears)):
+            output = int8_linear(hidden, self._int8_entry(key, linears))
+            return output.split([linear.out_features for linear in linears], dim=-1)
         if torch.is_grad_enabled() or not all(_is_plain_linear(linear) for linear in linears):
             return tuple(linear(hidden) for linear in linears)
         entry = self._entry(key, linears, packed=_packs(hidden, linears[0]))
@@ -69,6 +78,9 @@ class PackedLinears:
 
     def intermediate(self, key: Hashable, block: nn.Module, hidden: Tensor) -> Tensor:
         """A BERT intermediate block, act(dense(hidden)): [B, K, D] -> [B, K, I]; GELU fused where packed."""
+        if self._runs_int8(block) and _gelu_algorithm(block.intermediate_act_fn) is not None:
+            activation = _INT8_GELU[_gelu_algorithm(block.intermediate_act_fn)]
+            return int8_linear(hidden, block.dense, activation)
         if not (isinstance(block, _INTERMEDIATE_BLOCKS) and type(block).forward in _FORWARDS
                 and self._packable(block, block.dense, hidden)):
             return block(hidden)
@@ -81,6 +93,9 @@ class PackedLinears:
     def output(self, key: Hashable, block: nn.Module, hidden: Tensor, residual: Tensor) -> Tensor:
         """A BERT output block, LayerNorm(dense(hidden) + residual): [B, K, I], [B, K, D] -> [B, K, D]; the
         residual added inside the matmul where packed."""
+        if (self._runs_int8(block) and _is_plain(block.LayerNorm) and _is_plain(block.dropout)
+                and residual.dtype == hidden.dtype):
+            return block.LayerNorm(int8_linear(hidden, block.dense, residual=residual))
         if not (isinstance(block, _OUTPUT_BLOCKS) and type(block).forward in _FORWARDS
                 and self._packable(block, block.dense, hidden) and _is_plain(block.LayerNorm)
                 and _is_plain(block.dropout) and residual.dtype == hidden.dtype):
@@ -90,6 +105,24 @@ class PackedLinears:
             hidden.contiguous(), residual.contiguous(), entry.weight, entry.bias, "add"
         )
         return block.LayerNorm(summed)
+
+    @staticmethod
+    def _runs_int8(block: nn.Module) -> bool:
+        """Whether `block` (an exact HF intermediate or output block) runs its int8 dense layer fused here."""
+        return (not torch.is_grad_enabled() and not block.training
+                and isinstance(block, _OUTPUT_BLOCKS + _INTERMEDIATE_BLOCKS) and type(block).forward in _FORWARDS
+                and _is_plain(block) and _is_plain_int8(block.dense))
+
+    def _int8_entry(self, key: Hashable, linears: Sequence[Int8Linear]) -> Int8Linear:
+        """The int8 layers of `linears` concatenated into one (cached until one of their buffers changes)."""
+        tensors = tuple(t for linear in linears for t in (linear.weight_int8, linear.weight_scale, linear.bias)
+                        if t is not None)
+        entry = self._int8_entries.get(key)
+        if entry is None or not _same(entry, tensors):
+            layer = linears[0] if len(linears) == 1 else Int8Linear.concatenate(linears)
+            entry = _Int8Entry(tuple(t.detach() for t in tensors), tuple(t._version for t in tensors), layer)
+            self._int8_entries[key] = entry
+        return entry.layer
 
     @staticmethod
     def _packable(block: nn.Module, linear: nn.Module, hidden: Tensor) -> bool:
@@ -107,6 +140,13 @@ class PackedLinears:
             entry = _Entry(tuple(t.detach() for t in tensors), tuple(t._version for t in tensors), weight, bias)
             self._entries[key] = entry
         return entry
+
+
+@dataclass
+class _Int8Entry:
+    sources: tuple[Tensor, ...]  # as in _Entry: the int8 weights, scales and biases it was made from
+    versions: tuple[int, ...]
+    layer: Int8Linear            # the layers concatenated (query/key/value), or the one layer itself
 
 
 def _pointwise(hidden: Tensor, entry: _Entry, activation: str = "none", algorithm: str = "") -> Tensor:
@@ -135,6 +175,24 @@ def _is_plain(module: nn.Module) -> bool:
 def _is_plain_linear(module: nn.Module) -> bool:
     """A biased nn.Linear (not a subclass or wrapper such as an int8 or LoRA layer) without hooks."""
     return type(module) is nn.Linear and module.bias is not None and _is_plain(module)
+
+
+def _is_plain_int8(module: nn.Module) -> bool:
+    """An `Int8Linear` without hooks."""
+    return type(module) is Int8Linear and _is_plain(module)
+
+
+def _same_divisor(linears: Sequence[nn.Module]) -> bool:
+    """Whether int8 `linears` share their input (none smoothed, or all with the same factors), so one quantized
+    input serves them all."""
+    divisors = [linear.input_divisor for linear in linears]
+    if all(divisor is None for divisor in divisors):
+        return True
+    return all(divisor is not None and torch.equal(divisor, divisors[0]) for divisor in divisors)
+
+
+# oneDNN's GELU algorithm names (`_gelu_algorithm`) -> the int8 epilogue's activation names.
+_INT8_GELU = {"none": "gelu", "tanh": "gelu_tanh"}
 
 
 def _gelu_algorithm(activation: nn.Module) -> str | None:
