@@ -78,6 +78,19 @@ def test_prepare_int8_quantizes_a_copy_of_the_encoder_linears_and_keeps_the_patc
     assert all(isinstance(model.get_submodule(name), nn.Linear) for name in names)
 
 
+@pytest.mark.parametrize("native_bf16, float_dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_prepare_int8_runs_the_float_part_in_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16, float_dtype):
+    monkeypatch.setattr(precision, "_native_bf16", lambda device_type: (native_bf16, "stubbed for the test"))
+    quantized = precision.prepare_for_precision(dtb_ext.patch(tiny_qa_model(100)), "int8")
+    assert {p.dtype for p in quantized.parameters()} == {float_dtype}
+    int8_layers = [module for module in quantized.modules() if isinstance(module, Int8Linear)]
+    assert {layer.weight_scale.dtype for layer in int8_layers} == {torch.float32}
+    assert {layer.bias.dtype for layer in int8_layers} == {torch.float32}
+    ids = torch.randint(5, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert quantized(input_ids=ids).start_logits.dtype == float_dtype
+
+
 @pytest.mark.parametrize("name", ["auto", "fp64"])
 def test_prepare_needs_a_concrete_precision(name):
     with pytest.raises(ValueError, match="resolve 'auto' first"):

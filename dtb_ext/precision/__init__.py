@@ -36,7 +36,7 @@ def resolve_precision(name: str, device: torch.device | str = "cpu") -> str:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}; got {name!r}")
     device_type = _device_type(device)
     if name == "int8" and device_type != "cpu":
-        raise ValueError(f"int8 runs on the CPU only (torch dynamic int8 kernels); got device {device!s}")
+        raise ValueError(f"int8 runs on the CPU only (its int8 matmuls are oneDNN CPU kernels); got device {device!s}")
     if name != "auto":
         return name
     native_bf16, reason = _native_bf16(device_type)
@@ -50,7 +50,10 @@ def prepare_for_precision(model: nn.Module, precision: str) -> nn.Module:
 
     fp32 and bf16 convert the parameters in place and return `model` itself. int8 returns a quantized copy
     whose encoder Linear layers are int8 (see `dtb_ext.precision.int8.quantize_int8`); a patched model stays
-    patched, so int8 composes with length dropping. `precision` must be concrete: call `resolve_precision` for "auto".
+    patched, so int8 composes with length dropping. The rest of an int8 model (embeddings, LayerNorm, attention,
+    the activations between layers) runs in bf16 where the CPU runs bf16 natively (the rule of "auto"), else in
+    fp32; the int8 layers' scales and sums stay fp32 either way. `precision` must be concrete: call
+    `resolve_precision` for "auto".
     """
     import torch
 
@@ -61,7 +64,8 @@ def prepare_for_precision(model: nn.Module, precision: str) -> nn.Module:
     if precision == "int8":
         from dtb_ext.precision.int8 import quantize_int8
 
-        return quantize_int8(model.to(torch.float32))
+        quantized = quantize_int8(model.to(torch.float32))
+        return quantized.to(torch.bfloat16) if _native_bf16("cpu")[0] else quantized
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (resolve 'auto' first); got {precision!r}")
 
 
