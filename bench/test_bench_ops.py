@@ -192,3 +192,33 @@ def test_attention_interleaved(benchmark, time_interleaved, batch: int, length: 
                                                                              scale=scale),
             "explicit": explicit,
         }, [None] * 4, 10 if batch == 1 else 3)
+
+
+LINEAR_SHAPES = [(384, 1152), (384, 1536), (1536, 384)]  # MiniLM's fused QKV, intermediate and output Linears
+
+
+@pytest.mark.parametrize("in_features, out_features", LINEAR_SHAPES)
+@pytest.mark.parametrize("rows", [184, 32 * 184])
+def test_int8_linear_interleaved(benchmark, time_interleaved, rows: int, in_features: int, out_features: int) -> None:
+    """An encoder Linear on [rows, K] bf16 activations (184 rows: one mean-length dev-a window; 32 x 184: a batch
+    of 32), alternating call by call: `Int8Linear` (per-row quantize, oneDNN int8 matmul on the prepacked weight,
+    fused dequantize epilogue; the int8 model's path) against the bf16 prepacked oneDNN Linear (the bf16 model's
+    path, `PackedLinears`) and plain `F.linear` in bf16."""
+    from dtb_ext.precision.int8 import Int8Linear
+
+    generator = torch.Generator().manual_seed(in_features + out_features)
+    linear = torch.nn.Linear(in_features, out_features)
+    hidden = torch.randn(rows, in_features, generator=generator).to(torch.bfloat16)
+    quantized = Int8Linear.from_linear(linear)
+    weight, bias = linear.weight.detach().to(torch.bfloat16), linear.bias.detach().to(torch.bfloat16)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+    benchmark.group = f"encoder linear interleaved M={rows} {in_features}->{out_features} bfloat16 cpu"
+    benchmark.extra_info.update(level="ops", interleaved=True, device="cpu", dtype="bfloat16", rows=rows,
+                                in_features=in_features, out_features=out_features, threads=torch.get_num_threads(),
+                                items_are="the same activations", baselines=["bf16_packed"])
+    with torch.inference_mode():
+        time_interleaved({
+            "int8": quantized,
+            "bf16_packed": lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""),
+            "bf16_linear": lambda x: torch.nn.functional.linear(x, weight, bias),
+        }, [hidden] * 4, 20 if rows < 1000 else 3)
