@@ -67,6 +67,19 @@ def cpu_model(machine_info: dict[str, Any]) -> str:
     return platform.processor() or "unknown"
 
 
+# The instruction sets the kernels and oneDNN's bf16/int8 GEMMs choose between, as /proc/cpuinfo names them.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+             "amx_int8")
+
+
+def isa_flags(machine: dict[str, Any]) -> str:
+    """The ISA_FLAGS the benchmarked CPU has (from pytest-benchmark's machine_info), in ISA_FLAGS order."""
+    flags = set(machine.get("cpu", {}).get("flags", []))
+    if not flags:
+        return "not recorded"
+    return ", ".join(flag for flag in ISA_FLAGS if flag in flags) or "none of " + ", ".join(ISA_FLAGS)
+
+
 def machine_section(data: dict[str, Any], command: str | None) -> list[str]:
     machine = data.get("machine_info", {})
     threads = sorted({b["extra_info"]["threads"] for b in data["benchmarks"] if "threads" in b.get("extra_info", {})})
@@ -82,6 +95,7 @@ def machine_section(data: dict[str, Any], command: str | None) -> list[str]:
         "",
         f"- CPU: {cpu_model(machine)}; {os.cpu_count()} logical cores visible "
         f"({machine.get('cpu', {}).get('count', '?')} per pytest-benchmark)",
+        f"- ISA flags: {isa_flags(machine)}",
         f"- torch {torch_version} (of the environment that wrote this report), Python "
         f"{machine.get('python_version', platform.python_version())}, {machine.get('system', platform.system())} "
         f"{machine.get('release', '')}",

@@ -45,6 +45,13 @@ def test_report_has_machine_ratios_macs_and_f1(tmp_path):
     assert "| `front-1pct` | 1000.000 | 900.000 | 1.50 | 70.25 |" in text  # no baseline in its group
 
 
+def test_machine_section_lists_the_isa_flags_the_kernels_choose_between():
+    flagged = {**DATA, "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2,
+                                                "flags": ["sse2", "avx512_bf16", "avx2", "amx_int8", "avx512f"]}}}
+    assert "- ISA flags: avx2, avx512f, avx512_bf16, amx_int8" in report.write_report(flagged, None)
+    assert "- ISA flags: not recorded" in report.write_report(DATA, None)
+
+
 def test_command_line_writes_the_file_and_refuses_other_json(tmp_path, capsys):
     results, out = tmp_path / "bench.json", tmp_path / "REPORT.md"
     results.write_text(json.dumps(DATA))
