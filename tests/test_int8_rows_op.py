@@ -5,21 +5,11 @@ rounding (the kernel fuses multiply-adds), and within one bfloat16 rounding step
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from dtb_ext import ops, reference
-
-
-@pytest.fixture(autouse=True)
-def require_kernels() -> None:
-    if ops.has_kernels():
-        return
-    if os.environ.get("DTB_ALLOW_NO_KERNELS") == "1":
-        pytest.skip("dtb_ext._C is not built and DTB_ALLOW_NO_KERNELS=1")
-    pytest.fail("dtb_ext._C is not built: run `pip install --no-build-isolation --no-deps -e .` (or set DTB_ALLOW_NO_KERNELS=1)")
+from test_ops import require_kernels  # noqa: F401  (autouse: fails, or skips with DTB_ALLOW_NO_KERNELS=1, unbuilt)
 
 
 # Widths: the model's (384, 1536), and ones that leave a scalar tail after the vector loop.
