@@ -3,7 +3,13 @@
 #include "cpu_capability.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <utility>
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace dtb::cpu {
 
@@ -91,6 +97,26 @@ bool cpu_has_avx512_bf16() {
     return __builtin_cpu_supports("avx512bf16") != 0 && cpu_best_capability() == Capability::AVX512;
   }();
   return has;
+#else
+  return false;
+#endif
+}
+
+bool cpu_amx_attention() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool usable = [] {
+    const char* setting = std::getenv("DTB_ATTENTION_AMX");
+    if (setting != nullptr && std::strcmp(setting, "0") == 0) {
+      return false;
+    }
+    if (!cpu_has_avx512_bf16() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) {
+      return false;
+    }
+    // Linux hands out the 8 KiB of tile state only to processes that ask (oneDNN asks the same way); the
+    // permission is process-wide. 0x1023 = ARCH_REQ_XCOMP_PERM, 18 = XFEATURE_XTILEDATA.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return usable;
 #else
   return false;
 #endif

@@ -44,6 +44,11 @@ Capability cpu_best_capability();
 // Whether this CPU has the AVX512-BF16 dot products (VDPBF16PS), which the AVX512 attention kernel uses for bf16.
 bool cpu_has_avx512_bf16();
 
+// Whether the AVX512 attention kernel computes its bf16 products on AMX tiles (TDPBF16PS): the CPU has AMX-TILE and
+// AMX-BF16 besides AVX512-BF16, Linux granted this process the tile registers (arch_prctl ARCH_REQ_XCOMP_PERM,
+// requested here on first use), and DTB_ATTENTION_AMX is not "0" (which keeps the AVX512-BF16 dot products).
+bool cpu_amx_attention();
+
 // The sets compiled into this library, in increasing order.
 std::vector<Capability> built_capabilities();
 

@@ -56,7 +56,8 @@ def kernel_info() -> dict[str, Any]:
     ("default", "avx2" or "avx512"), "cpu_capabilities_built": the sets compiled in, "cpu_supports": the widest set
     this CPU runs, "requested": ATEN_CPU_CAPABILITY ("" when unset), "warning": why it was not followed (""
     when it was), "cuda_built": whether the CUDA kernels were compiled, "cpu_bf16_dot_products": whether the bf16
-    attention kernel uses AVX512-BF16}. Without the extension: {"kernels":
+    attention kernel uses AVX512-BF16, "cpu_amx_attention": whether it computes its products on AMX tiles (CPUs
+    with AMX-BF16 unless DTB_ATTENTION_AMX=0; head sizes that are multiples of 32)}. Without the extension: {"kernels":
     False, "error": why it did not load}."""
     return {"kernels": _HAS_KERNELS, **_BUILD_INFO}
 

@@ -1,7 +1,9 @@
 """dtb::attention (csrc/cpu/attention.cpp) against the float64 reference (dtb_ext.reference.attention), on CPU.
 
-Both of the kernel's paths are covered: float32 FMAs (float32, float16, and bf16 where the AVX512-BF16 path is not
-chosen) and the AVX512-BF16 dot products (bf16 with a head size that is a multiple of 16, on a CPU that has them).
+The kernel's paths are covered: float32 FMAs (float32, float16, and bf16 where the AVX512-BF16 path is not
+chosen), the AVX512-BF16 dot products (bf16 with a head size that is a multiple of 16, on a CPU that has them) and,
+on a CPU with AMX, AMX tiles (bf16 with a head size that is a multiple of 32; the shapes with d = 16 and 48 take
+the dot products there, and tests/test_cpu_capability.py reruns this file with DTB_ATTENTION_AMX=0).
 Tolerances follow DESIGN.md §4: in reduced precision the kernel's error against float64 must be at most twice the
 error of torch's own SDPA in that precision on the same inputs. tests/test_cpu_capability.py reruns this file
 under every instruction set this CPU runs.
@@ -16,10 +18,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from dtb_ext import ops, reference
 from test_ops import make_mask, require_kernels, varied_mask  # noqa: F401  (require_kernels is autouse)
 
-# (B, H, n, d): batch 1 to 5, odd and even lengths around the kernel's 16/32-key steps, head sizes on and off the
-# bf16 path (d % 16), BERT-base's d = 64 and MiniLM's d = 32.
+# (B, H, n, d): batch 1 to 5, odd and even lengths around the kernel's 16/32-key steps and 16-row AMX tiles, head
+# sizes on and off the bf16 paths (d % 16, d % 32), BERT-base's d = 64, MiniLM's d = 32, and d = 128 (four AMX tiles
+# deep).
 SHAPES = [(1, 12, 184, 32), (1, 12, 183, 32), (2, 3, 17, 16), (5, 4, 64, 64), (1, 2, 1, 32), (3, 2, 33, 48),
-          (2, 4, 40, 10), (1, 12, 384, 32)]
+          (2, 4, 40, 10), (1, 12, 384, 32), (2, 2, 50, 128)]
 
 
 def _qkv(shape: tuple[int, int, int, int], dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:

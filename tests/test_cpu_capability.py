@@ -1,6 +1,7 @@
 """The run-time choice of the CPU kernels' instruction set (csrc/cpu_capability.h): kernel_info() reports it, each
 set this CPU runs can be forced with ATEN_CPU_CAPABILITY and then matches the reference ops, an unknown value is
-ignored with a warning, and no code shared by the copies needs more than the baseline instruction set.
+ignored with a warning, and no code shared by the copies needs more than the baseline instruction set. On a CPU
+with AMX, the bf16 attention's AMX path is reported and DTB_ATTENTION_AMX=0 switches it off.
 (Forcing a set the CPU lacks is covered for every CPU by tests/cpp/test_cpu_capability.cpp.)"""
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not ops.has_kernels(), reason="dtb_ext._C is not built")
 
 
-def _run_python(code: str, capability: str | None) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"}
+def _run_python(code: str, capability: str | None, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key not in ("ATEN_CPU_CAPABILITY", "DTB_ATTENTION_AMX")}
     if capability is not None:
         env["ATEN_CPU_CAPABILITY"] = capability
+    env.update(extra_env or {})
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
 
@@ -66,6 +68,29 @@ def test_each_set_this_cpu_runs_can_be_forced_and_matches_the_reference(capabili
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops.py",
                              "tests/test_attention_op.py", "tests/test_int8_rows_op.py"],
                             capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_amx_attention_is_reported_and_can_be_switched_off():
+    info, _ = _kernel_info_under(None)
+    assert isinstance(info["cpu_amx_attention"], bool)
+    assert not info["cpu_amx_attention"] or info["cpu_bf16_dot_products"]
+    result = _run_python("import json; from dtb_ext import ops; print(json.dumps(ops.kernel_info()))", None,
+                         {"DTB_ATTENTION_AMX": "0"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["cpu_amx_attention"] is False
+
+
+@pytest.mark.slow
+def test_without_amx_the_bf16_dot_product_path_matches_the_reference():
+    """On a CPU with AMX the bf16 attention tests run the AMX path; this reruns them on the AVX512-BF16 dot
+    products, the path of CPUs without AMX."""
+    info, _ = _kernel_info_under(None)
+    if not info["cpu_amx_attention"]:
+        pytest.skip("the bf16 attention kernel does not use AMX on this CPU: its tests already run the other path")
+    env = {**os.environ, "DTB_ATTENTION_AMX": "0", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_attention_op.py"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
