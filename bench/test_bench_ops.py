@@ -184,7 +184,8 @@ def test_attention_interleaved(benchmark, time_interleaved, batch: int, length: 
     benchmark.group = f"attention interleaved B={batch} H={heads} L={length} d={size} {dtype} cpu"
     benchmark.extra_info.update(level="ops", interleaved=True, device="cpu", dtype=dtype, batch=batch, length=length,
                                 threads=torch.get_num_threads(), items_are="the same query, key and value",
-                                bf16_dot_products=ops.kernel_info().get("cpu_bf16_dot_products"), baselines=["sdpa"])
+                                bf16_dot_products=ops.kernel_info().get("cpu_bf16_dot_products"),
+                                amx_attention=ops.kernel_info().get("cpu_amx_attention"), baselines=["sdpa"])
     with torch.inference_mode():
         time_interleaved({
             "fused": lambda _: ops.attention(query, key, value, mask, scale),

@@ -11,8 +11,10 @@
 // the scores of kRowTile rows at a time in registers, their softmax in float32, and the product with the values.
 // With AVX512-BF16 (chosen at run time inside the AVX512 build) both products are VDPBF16PS dot products of bf16
 // pairs with float32 accumulation, the scores stay float32, and the probabilities are rounded to bf16 for the
-// second product, as a bf16 GEMM would round them. Every other case (float32, float16, CPUs without BF16, the
-// DEFAULT and AVX2 builds) runs the same loops in float32 FMAs through at::vec::Vectorized<float>.
+// second product, as a bf16 GEMM would round them. On CPUs with AMX-BF16 (head sizes a multiple of 32) the same
+// products run as AMX tile matmuls, 16 query rows at a time, with the same softmax and roundings in between.
+// Every other case (float32, float16, CPUs without BF16, the DEFAULT and AVX2 builds) runs the same loops in
+// float32 FMAs through at::vec::Vectorized<float>.
 //
 // attention_with_significance also returns what softmax_with_significance does: the attention each key receives,
 // summed over heads and valid queries, accumulated in float32 from the float32 probabilities.
