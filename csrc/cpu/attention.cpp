@@ -341,6 +341,40 @@ void pack_bf16(const at::BFloat16* key, const at::BFloat16* value, int64_t row_s
   }
 }
 
+// Every (example, head)'s keys and values packed by pack_bf16, one after the other: [B * H][2][n_pad * d / 2] words,
+// zero past each example's last valid key.
+std::vector<uint32_t> pack_heads_bf16(const at::Tensor& key, const at::Tensor& value,
+                                      const std::vector<KeyLayout>& layouts, int64_t n_pad) {
+  const int64_t batch = key.size(0), heads = key.size(1), d = key.size(3);
+  const int64_t head_words = n_pad * d;
+  const Strides ks(key), vs(value);
+  std::vector<uint32_t> packed(static_cast<size_t>(batch * heads * head_words));
+  const at::BFloat16* key_data = key.const_data_ptr<at::BFloat16>();
+  const at::BFloat16* value_data = value.const_data_ptr<at::BFloat16>();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      uint32_t* key_pairs = packed.data() + bh * head_words;
+      pack_bf16(key_data + b * ks.batch + h * ks.head, value_data + b * vs.batch + h * vs.head, ks.row, vs.row,
+                layouts[b].end, n_pad, d, key_pairs, key_pairs + head_words / 2);
+    }
+  });
+  return packed;
+}
+
+// What the tasks of one (example, head) `bh` read: its packed keys and values (from pack_heads_bf16) and key layout.
+struct PackedHead {
+  int64_t b, h;
+  const KeyLayout& layout;
+  const uint32_t* key_pairs;
+  const uint32_t* value_pairs;
+  const float* bias;  // the layout's hole bias, or null
+  PackedHead(int64_t bh, int64_t heads, const std::vector<uint32_t>& packed, int64_t head_words,
+             const std::vector<KeyLayout>& layouts)
+      : b(bh / heads), h(bh % heads), layout(layouts[b]), key_pairs(packed.data() + bh * head_words),
+        value_pairs(key_pairs + head_words / 2), bias(layout.bias.empty() ? nullptr : layout.bias.data()) {}
+};
+
 DTB_BF16_TARGET inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
   return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
 }
@@ -479,18 +513,8 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
   const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
   const int64_t n_pad = (length + kKeyStep - 1) / kKeyStep * kKeyStep;
   const int64_t head_words = n_pad * d;  // 32-bit words of one head's packed keys (and again of its values)
-  const Strides qs(query), ks(key), vs(value), os(out);
-  std::vector<uint32_t> packed(static_cast<size_t>(batch * heads * head_words));
-  const at::BFloat16* key_data = key.const_data_ptr<at::BFloat16>();
-  const at::BFloat16* value_data = value.const_data_ptr<at::BFloat16>();
-  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / heads, h = bh % heads;
-      uint32_t* key_pairs = packed.data() + bh * head_words;
-      pack_bf16(key_data + b * ks.batch + h * ks.head, value_data + b * vs.batch + h * vs.head, ks.row, vs.row,
-                layouts[b].end, n_pad, d, key_pairs, key_pairs + head_words / 2);
-    }
-  });
+  const Strides qs(query), os(out);
+  const std::vector<uint32_t> packed = pack_heads_bf16(key, value, layouts, n_pad);
   const int64_t blocks = (length + block - 1) / block;
   const at::BFloat16* query_data = query.const_data_ptr<at::BFloat16>();
   at::BFloat16* out_data = out.mutable_data_ptr<at::BFloat16>();
@@ -498,11 +522,8 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
     std::vector<float> scores(kRowTile * n_pad);
     std::vector<uint32_t> pairs(kRowTile * n_pad / 2);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / blocks, b = bh / heads, h = bh % heads;
-      const KeyLayout& layout = layouts[b];
-      const uint32_t* key_pairs = packed.data() + bh * head_words;
-      const uint32_t* value_pairs = key_pairs + head_words / 2;
-      const float* bias = layout.bias.empty() ? nullptr : layout.bias.data();
+      const PackedHead head(task / blocks, heads, packed, head_words, layouts);
+      const auto& [b, h, layout, key_pairs, value_pairs, bias] = head;
       const int64_t key_pair_count = (layout.end + 1) / 2;
       const int64_t row_end = std::min(length, (task % blocks + 1) * block);
       for (int64_t i = (task % blocks) * block; i < row_end; i += kRowTile) {
@@ -606,44 +627,41 @@ struct TileScope {
   DTB_AMX_TARGET ~TileScope() { _tile_release(); }
 };
 
+// One 16 x 32 float32 block of a product, out[r][n] (row stride `out_stride` floats) = sum over k < depth of
+// a[r][k] b(k, n): `a` is 16 rows of bf16 (row stride `a_stride` elements), `b` pair-interleaved, row k/2 at
+// b + (k / 2) * b_stride holding the pairs (k, k + 1) of the 32 columns. depth is a multiple of 32.
+DTB_AMX_TARGET void tile_product(const at::BFloat16* a, int64_t a_stride, const uint32_t* b, int64_t b_stride,
+                                 int64_t depth, float* out, int64_t out_stride) {
+  _tile_zero(0);
+  _tile_zero(1);
+  for (int64_t k = 0; k < depth; k += kAmxDepth) {
+    _tile_loadd(2, a + k, a_stride * sizeof(at::BFloat16));
+    const uint32_t* rows = b + (k / 2) * b_stride;
+    _tile_loadd(3, rows, b_stride * sizeof(uint32_t));
+    _tile_loadd(4, rows + 16, b_stride * sizeof(uint32_t));
+    _tile_dpbf16ps(0, 2, 3);
+    _tile_dpbf16ps(1, 2, 4);
+  }
+  _tile_stored(0, out, out_stride * sizeof(float));
+  _tile_stored(1, out + 16, out_stride * sizeof(float));
+}
+
 // Raw scores of a 16-row query tile `q` ([16][d] bf16) against keys [0, stop): scores[r * n_pad + j] = q_r . k_j.
-DTB_AMX_TARGET void scores_amx(const at::BFloat16* q, int64_t d, const uint32_t* key_pairs, int64_t n_pad,
-                               int64_t stop, float* scores) {
+// The keys' pairs (key_pairs[p * n_pad + j]: dimensions 2p, 2p + 1 of key j) are the B operand as they are.
+void scores_amx(const at::BFloat16* q, int64_t d, const uint32_t* key_pairs, int64_t n_pad, int64_t stop,
+                float* scores) {
   for (int64_t j = 0; j < stop; j += 32) {
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int64_t c = 0; c < d; c += kAmxDepth) {
-      _tile_loadd(2, q + c, d * sizeof(at::BFloat16));
-      // B rows are dimension pairs c/2 .. c/2 + 15; each row holds one pair of every key.
-      const uint32_t* keys = key_pairs + (c / 2) * n_pad + j;
-      _tile_loadd(3, keys, n_pad * sizeof(uint32_t));
-      _tile_loadd(4, keys + 16, n_pad * sizeof(uint32_t));
-      _tile_dpbf16ps(0, 2, 3);
-      _tile_dpbf16ps(1, 2, 4);
-    }
-    _tile_stored(0, scores + j, n_pad * sizeof(float));
-    _tile_stored(1, scores + j + 16, n_pad * sizeof(float));
+    tile_product(q, d, key_pairs + j, n_pad, d, scores + j, n_pad);
   }
 }
 
 // Unnormalised outputs of a 16-row tile: out[r * d + c] = sum over keys [0, stop) of p_rj v_jc, with `probs` the
-// rows' bf16 probabilities ([16][n_pad] bf16, as pairs) and `value_pairs` [n_pad/2][d] pairs.
-DTB_AMX_TARGET void weighted_values_amx(const uint32_t* probs, int64_t n_pad, const uint32_t* value_pairs, int64_t d,
-                                        int64_t stop, float* out) {
+// rows' bf16 probabilities ([16][n_pad] bf16, as pairs) and `value_pairs` [n_pad/2][d] pairs (the B operand).
+void weighted_values_amx(const uint32_t* probs, int64_t n_pad, const uint32_t* value_pairs, int64_t d, int64_t stop,
+                         float* out) {
+  const at::BFloat16* probabilities = reinterpret_cast<const at::BFloat16*>(probs);
   for (int64_t c = 0; c < d; c += 32) {
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int64_t j = 0; j < stop; j += kAmxDepth) {
-      _tile_loadd(2, probs + j / 2, n_pad / 2 * sizeof(uint32_t));
-      // B rows are key pairs j/2 .. j/2 + 15; each row holds one pair of every output column.
-      const uint32_t* values = value_pairs + (j / 2) * d + c;
-      _tile_loadd(3, values, d * sizeof(uint32_t));
-      _tile_loadd(4, values + 16, d * sizeof(uint32_t));
-      _tile_dpbf16ps(0, 2, 3);
-      _tile_dpbf16ps(1, 2, 4);
-    }
-    _tile_stored(0, out + c, d * sizeof(float));
-    _tile_stored(1, out + c + 16, d * sizeof(float));
+    tile_product(probabilities, n_pad, value_pairs + c, d, stop, out + c, d);
   }
 }
 
@@ -666,18 +684,8 @@ void attend_amx(const at::Tensor& query, const at::Tensor& key, const at::Tensor
   const int64_t batch = query.size(0), heads = query.size(1), length = query.size(2), d = query.size(3);
   const int64_t n_pad = (length + kKeyStep - 1) / kKeyStep * kKeyStep;
   const int64_t head_words = n_pad * d;
-  const Strides qs(query), ks(key), vs(value), os(out);
-  std::vector<uint32_t> packed(static_cast<size_t>(batch * heads * head_words));
-  const at::BFloat16* key_data = key.const_data_ptr<at::BFloat16>();
-  const at::BFloat16* value_data = value.const_data_ptr<at::BFloat16>();
-  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / heads, h = bh % heads;
-      uint32_t* key_pairs = packed.data() + bh * head_words;
-      pack_bf16(key_data + b * ks.batch + h * ks.head, value_data + b * vs.batch + h * vs.head, ks.row, vs.row,
-                layouts[b].end, n_pad, d, key_pairs, key_pairs + head_words / 2);
-    }
-  });
+  const Strides qs(query), os(out);
+  const std::vector<uint32_t> packed = pack_heads_bf16(key, value, layouts, n_pad);
   const int64_t blocks = (length + block - 1) / block;
   const at::BFloat16* query_data = query.const_data_ptr<at::BFloat16>();
   at::BFloat16* out_data = out.mutable_data_ptr<at::BFloat16>();
@@ -690,11 +698,8 @@ void attend_amx(const at::Tensor& query, const at::Tensor& key, const at::Tensor
     std::vector<uint32_t> pairs(kAmxRows * n_pad / 2);
     std::vector<float> weighted(kAmxRows * d);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / blocks, b = bh / heads, h = bh % heads;
-      const KeyLayout& layout = layouts[b];
-      const uint32_t* key_pairs = packed.data() + bh * head_words;
-      const uint32_t* value_pairs = key_pairs + head_words / 2;
-      const float* bias = layout.bias.empty() ? nullptr : layout.bias.data();
+      const PackedHead head(task / blocks, heads, packed, head_words, layouts);
+      const auto& [b, h, layout, key_pairs, value_pairs, bias] = head;
       // Keys are computed in steps of 32; past the last valid key the scores are -inf and the probabilities 0.
       const int64_t stop = (layout.end + kKeyStep - 1) / kKeyStep * kKeyStep;
       const int64_t row_end = std::min(length, (task % blocks + 1) * block);
