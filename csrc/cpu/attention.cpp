@@ -379,6 +379,22 @@ DTB_BF16_TARGET inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
   return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
 }
 
+// The lanes of the 16 keys [j, j + 16) below `end`.
+inline __mmask16 keys_below(int64_t j, int64_t end) {
+  const int64_t valid = end - j;
+  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+}
+
+// The hole bias (0 or -inf) of keys [j, j + 16) on `lanes`, 0 elsewhere and where there is no bias (null).
+inline __m512 hole_bias(__mmask16 lanes, const float* bias, int64_t j) {
+  return bias != nullptr ? _mm512_maskz_loadu_ps(lanes, bias + j) : _mm512_setzero_ps();
+}
+
+// Finished scores of 16 keys: raw * scale + bias on `lanes`, -inf on the others (keys at or past the last valid).
+inline __m512 finished_scores(__m512 raw, __mmask16 lanes, __m512 scaled, __m512 bias) {
+  return _mm512_mask_blend_ps(lanes, _mm512_set1_ps(kNegInf), _mm512_fmadd_ps(raw, scaled, bias));
+}
+
 // Scores of kRowTile query rows (rows past `rows` repeat the last one and are not stored) against keys [0, end),
 // written up to the next multiple of kKeyStep (-inf past `end`), and each stored row's maximum in `row_max`.
 DTB_BF16_TARGET void scores_bf16(const at::BFloat16* const* query_rows, int rows, const uint32_t* key_pairs,
@@ -406,19 +422,12 @@ DTB_BF16_TARGET void scores_bf16(const at::BFloat16* const* query_rows, int rows
       }
     }
     // Lanes past `end` (zero keys) become -inf; holes get their -inf bias.
-    const int64_t valid = std::min<int64_t>(kKeyStep, end - j);
-    const __mmask16 valid_low = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
-    const __mmask16 valid_high = valid >= 32 ? __mmask16(0xFFFF) : valid <= 16 ? __mmask16(0) : __mmask16((1u << (valid - 16)) - 1);
-    const __m512 neg_inf = _mm512_set1_ps(kNegInf);
-    __m512 bias_low = _mm512_setzero_ps(), bias_high = _mm512_setzero_ps();
-    if (bias != nullptr) {
-      bias_low = _mm512_maskz_loadu_ps(valid_low, bias + j);
-      bias_high = _mm512_maskz_loadu_ps(valid_high, bias + j + 16);
-    }
+    const __mmask16 valid_low = keys_below(j, end), valid_high = keys_below(j + 16, end);
+    const __m512 bias_low = hole_bias(valid_low, bias, j), bias_high = hole_bias(valid_high, bias, j + 16);
     for (int r = 0; r < rows; ++r) {
       float* out = scores + r * n_pad + j;
-      const __m512 first = _mm512_mask_blend_ps(valid_low, neg_inf, _mm512_fmadd_ps(low[r], scaled, bias_low));
-      const __m512 second = _mm512_mask_blend_ps(valid_high, neg_inf, _mm512_fmadd_ps(high[r], scaled, bias_high));
+      const __m512 first = finished_scores(low[r], valid_low, scaled, bias_low);
+      const __m512 second = finished_scores(high[r], valid_high, scaled, bias_high);
       _mm512_storeu_ps(out, first);
       _mm512_storeu_ps(out + 16, second);
       running_max[r] = _mm512_max_ps(running_max[r], _mm512_max_ps(first, second));
@@ -603,15 +612,12 @@ struct alignas(64) TileConfig {
 
 // Scales one row's raw scores [0, stop) in place, adds the hole bias, sets keys at or past `end` to -inf (as
 // scores_bf16 does) and returns the row's maximum.
-DTB_BF16_TARGET float finish_scores(float* row, int64_t end, int64_t stop, float scale, const float* bias) {
+float finish_scores(float* row, int64_t end, int64_t stop, float scale, const float* bias) {
   const __m512 scaled = _mm512_set1_ps(scale);
-  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
-  __m512 running_max = neg_inf;
+  __m512 running_max = _mm512_set1_ps(kNegInf);
   for (int64_t j = 0; j < stop; j += 16) {
-    const int64_t valid = std::min<int64_t>(16, end - j);
-    const __mmask16 lanes = valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
-    const __m512 shift = bias != nullptr ? _mm512_maskz_loadu_ps(lanes, bias + j) : _mm512_setzero_ps();
-    const __m512 s = _mm512_mask_blend_ps(lanes, neg_inf, _mm512_fmadd_ps(_mm512_loadu_ps(row + j), scaled, shift));
+    const __mmask16 lanes = keys_below(j, end);
+    const __m512 s = finished_scores(_mm512_loadu_ps(row + j), lanes, scaled, hole_bias(lanes, bias, j));
     _mm512_storeu_ps(row + j, s);
     running_max = _mm512_max_ps(running_max, s);
   }
