@@ -40,7 +40,8 @@ def test_table_lists_every_row():
 
 
 @pytest.mark.skipif(not os.path.isfile(DEV), reason="shared SQuAD data not found at ../shared/data/squad")
-def test_command_scores_a_model_on_a_dev_sample(tmp_path, capsys):
+@pytest.mark.parametrize("oracle", [False, True])
+def test_command_scores_a_model_on_a_dev_sample(tmp_path, capsys, oracle):
     from tiny_qa import save_tiny_qa_model
     from transformers import AutoConfig
 
@@ -49,8 +50,10 @@ def test_command_scores_a_model_on_a_dev_sample(tmp_path, capsys):
     config.num_hidden_layers = 6
     config.save_pretrained(model_dir)  # 6 layers (the extra ones randomly initialised), as DROP_CONFIGS expect
     out = tmp_path / "rows.json"
-    assert main(["--model", model_dir, "--questions", "4", "--no-progress", "--out", str(out)]) == 0
+    assert main(["--model", model_dir, "--questions", "4", "--no-progress", "--out", str(out)]
+                + (["--answer-oracle"] if oracle else [])) == 0
     saved = json.loads(out.read_text())
+    assert saved["selection"] == ("answer oracle" if oracle else "significance source")
     assert saved["questions"] == 4 and [row["label"] for row in saved["rows"]][0] == "full length"
     assert len(saved["rows"]) == 1 + len(DROP_CONFIGS)
     assert saved["rows"][0]["f1_drop_percent"] == 0.0 and all(row["macs_ratio"] >= 1.0 for row in saved["rows"])
@@ -60,3 +63,37 @@ def test_command_scores_a_model_on_a_dev_sample(tmp_path, capsys):
 def test_command_reports_bad_input(capsys):
     assert main(["--model", "/nonexistent"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens():
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    import dtb_ext
+    from dtb_ext.models import relevance
+    from dtb_ext.qa.drop_tolerance import AnswerOracle
+
+    torch.manual_seed(0)
+    model = dtb_ext.patch(BertForQuestionAnswering(BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32)).eval())
+    ids = torch.randint(1, 50, (1, 12))
+    mask = torch.ones(1, 12, dtype=torch.long)
+    types = torch.tensor([[0] * 4 + [1] * 8])
+    seen = []
+    original = relevance.rank_tokens_by
+
+    def spy(encoder, scores):
+        seen.append(scores)
+        return original(encoder, scores)
+
+    relevance.rank_tokens_by = spy
+    try:
+        with torch.no_grad():
+            full = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            AnswerOracle(model, [8, 8])(ids, mask, types)
+    finally:
+        relevance.rank_tokens_by = original
+    expected = full.start_logits.softmax(-1) + full.end_logits.softmax(-1) + 3.0 * (types == 0).float()
+    assert torch.allclose(seen[0], expected)
+    assert bool((seen[0][0, :4] > seen[0][0, 4:].max()).all())

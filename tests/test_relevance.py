@@ -14,7 +14,7 @@ import dtb_ext
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
 from dtb_ext.models.patching import dynamic_encoder
-from dtb_ext.models.relevance import record_scorer_logits, standardise
+from dtb_ext.models.relevance import rank_tokens_by, record_scorer_logits, standardise
 from dtb_ext.train.lengthdrop import (
     LengthDropSettings,
     LengthDropTrainer,
@@ -148,6 +148,45 @@ def test_the_scorer_selects_and_ties_break_toward_the_lower_position():
     expected[torch.topk(scores, 10).indices] = True
     assert expected[10:].any(), "the random scorer should prefer some late token (else the test shows nothing)"
     assert torch.equal(_kept_at_first_layer(model, batch, [10, 10, 10])[0], expected)
+
+
+@pytest.mark.parametrize("source", ["attention", "scorer"])
+def test_a_fixed_ranking_replaces_the_significance_source_at_every_dropping_layer(source):
+    model = dtb_ext.patch(_model()) if source == "attention" else _scored_model(source)
+    batch = _batch(lengths=(14, 9), width=14)
+    scores = torch.randn(2, 14, generator=torch.Generator().manual_seed(3))
+    with rank_tokens_by(dynamic_encoder(model), scores):
+        kept = _kept_at_first_layer(model, batch, [8, 8, 8])
+    for row, length in enumerate((14, 9)):
+        expected = torch.zeros(14, dtype=torch.bool)
+        expected[torch.topk(scores[row, :length], 8).indices] = True
+        assert torch.equal(kept[row], expected)
+    # At a later layer the ranking is read at the slots' original positions: with [12, 5, 5], layer 1 updates
+    # exactly the 5 best-ranked of the tokens layer 0 kept.
+    with torch.no_grad(), rank_tokens_by(dynamic_encoder(model), scores):
+        states = _layer_states(model, batch, [12, 5, 5])
+    for row, length in enumerate((14, 9)):
+        first = torch.topk(scores[row, :length], min(12, length)).indices
+        best = set(first[torch.topk(scores[row, first], 5).indices].tolist())
+        changed_at_layer_1 = set(torch.nonzero((states[2][row] != states[1][row]).any(dim=-1)).flatten().tolist())
+        assert changed_at_layer_1 == best
+
+
+def _layer_states(model, batch, config):
+    """Full-length hidden states per layer under `config` (a dropped token keeps its last vector)."""
+    with torch.no_grad(), dtb_ext.length_config(model, config):
+        return model.bert(**batch, output_hidden_states=True).hidden_states
+
+
+def test_a_fixed_ranking_must_be_per_position():
+    model = dtb_ext.patch(_model())
+    with pytest.raises(ValueError, match=r"\[batch, positions\]"):
+        with rank_tokens_by(dynamic_encoder(model), torch.zeros(14)):
+            pass
+    with pytest.raises(ValueError, match="cover 10 positions, the batch has 14"):
+        with torch.no_grad(), rank_tokens_by(dynamic_encoder(model), torch.zeros(1, 10)):
+            with dtb_ext.length_config(model, [8, 8, 8]):
+                model(**_batch(lengths=(14,), width=14))
 
 
 def _first_layer_scores(model, batch) -> torch.Tensor:

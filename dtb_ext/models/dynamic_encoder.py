@@ -29,6 +29,7 @@ from dtb_ext.models.relevance import (
     SCORER,
     RelevanceScorer,
     ScorerRecord,
+    active_ranking,
     active_records,
     combine_significance,
 )
@@ -178,18 +179,21 @@ class DynamicEncoder(nn.Module):
             ([B, K, D] output, [B, K] mask, [B, K] kept slots into n, or None when nothing was gathered).
         """
         layer = self.layer[index]
-        if not drops_real or self.significance == SCORER:
+        ranking = active_ranking(self, positions, hidden.shape[1]) if drops_real else None
+        if not drops_real or self.significance == SCORER or ranking is not None:
             # No attention significance is needed, so the fused SDPA kernel can run.
             attention_output = self._attention_all_kept(index, hidden, mask if padded else None)
             attention_significance = None
         else:
             attention_output, attention_significance = self._attention_with_significance(index, hidden, mask)
-        scorer_logits = self._scorer_logits(index, attention_output, mask, drops_real, positions)
+        scorer_logits = self._scorer_logits(index, attention_output, mask, drops_real and ranking is None, positions)
         if not drops_real:
             if keep is None:
                 return self._feed_forward(index, attention_output), mask, None
             # Only padding goes: every real token outranks every padding slot, so they are all kept, in order.
             significance = mask.to(torch.float32)
+        elif ranking is not None:
+            significance = ranking
         else:
             significance = combine_significance(self.significance, attention_significance, scorer_logits, mask)
         kept_hidden, kept_mask, kept_positions = ops.select_and_gather(

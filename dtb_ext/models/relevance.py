@@ -120,3 +120,39 @@ def active_records(encoder: nn.Module) -> list[ScorerRecord] | None:
     """The list `record_scorer_logits` collects into for `encoder` in this context, or None."""
     records = _RECORDS.get()
     return None if records is None else records.get(encoder)
+
+
+# Per-position scores that replace an encoder's significance source inside `rank_tokens_by` (diagnostics only).
+_RANKINGS: ContextVar[dict[nn.Module, Tensor] | None] = ContextVar("dtb_token_rankings", default=None)
+
+
+@contextmanager
+def rank_tokens_by(encoder: nn.Module, scores: Tensor) -> Iterator[None]:
+    """Within the block, every layer of `encoder` that drops real tokens keeps those with the highest `scores`
+    instead of asking its significance source: a fixed ranking, e.g. an oracle's, to measure how much F1 a
+    perfect significance source could keep with this encoder.
+
+    scores: [B, L0] float, one score per original position of the batch about to run (ties and padding follow
+    the usual selection rules: lower position first, padding never chosen).
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"rank_tokens_by expects [batch, positions] scores, got shape {tuple(scores.shape)}")
+    token = _RANKINGS.set({**(_RANKINGS.get() or {}), encoder: scores.float()})
+    try:
+        yield
+    finally:
+        _RANKINGS.reset(token)
+
+
+def active_ranking(encoder: nn.Module, positions: Tensor | None, width: int) -> Tensor | None:
+    """The [B, width] scores `rank_tokens_by` set for `encoder`, at the slots whose original positions are
+    `positions` ([B, width], PAD_POSITION for padding; None while slot = position), or None outside it."""
+    rankings = _RANKINGS.get()
+    if rankings is None or encoder not in rankings:
+        return None
+    scores = rankings[encoder]
+    if positions is None:
+        if scores.shape[1] < width:
+            raise ValueError(f"rank_tokens_by scores cover {scores.shape[1]} positions, the batch has {width}")
+        return scores[:, :width]
+    return torch.gather(scores, 1, positions.clamp(min=0))

@@ -5,6 +5,11 @@ dynamic padding) at full length and at each configuration of `DROP_CONFIGS`: the
 ("0.8 from layer k on": 20 % of the real tokens go at layer k and no more after it, so the row prices one layer's
 drop) and a few schedules. MACs are analytic (dtb_ext.macs) at each feature's real length, summed over the
 sample, and reported as full length / config. Prints a Markdown table and writes JSON with `--out`.
+
+`--answer-oracle` replaces the model's significance source at every dropping layer by a fixed ranking: the
+question segment first, then the context tokens by the full-length model's own answer distribution (start plus
+end probabilities). No source can know the answer better, so the oracle's F1 bounds what a better scorer could
+keep with this encoder; what the oracle still loses is the encoder's own intolerance to missing tokens.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import argparse
 import json
 import sys
 from typing import Any, Sequence
+
+from torch import Tensor, nn
 
 # (label, per-layer keep ratios of each example's real input length); 6-layer models
 DROP_CONFIGS: tuple[tuple[str, tuple[float, ...]], ...] = (
@@ -41,9 +48,42 @@ def real_length_macs_ratio(model_config: Any, features: Any, ratios: Sequence[fl
     return full / reduced
 
 
+# Added to the question segment's oracle scores: above any sum of two probabilities, so it is always kept first.
+_QUESTION_BONUS = 3.0
+
+
+class AnswerOracle(nn.Module):
+    """A patched QA model that runs `length_config` with the tokens ranked by the full-length model's own answer
+    distribution (see the module docstring): each call runs the model twice, at full length and then reduced."""
+
+    def __init__(self, model: nn.Module, length_config: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.length_config = length_config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Any:
+        """[B, L0] inputs -> the model's outputs under the length config, selection by the oracle ranking."""
+        import dtb_ext
+        from dtb_ext.models.patching import dynamic_encoder
+        from dtb_ext.models.relevance import rank_tokens_by
+
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        with dtb_ext.length_config(self.model, None):
+            full = self.model(**inputs)
+        real = attention_mask.bool()
+        start = full.start_logits.float().masked_fill(~real, float("-inf")).softmax(dim=-1)
+        end = full.end_logits.float().masked_fill(~real, float("-inf")).softmax(dim=-1)
+        question = (token_type_ids == 0) & real
+        scores = start + end + _QUESTION_BONUS * question.float()
+        with dtb_ext.length_config(self.model, self.length_config), \
+                rank_tokens_by(dynamic_encoder(self.model), scores):
+            return self.model(**inputs)
+
+
 def drop_tolerance(model: Any, features: Any, configs: Sequence[tuple[str, Sequence[float]]] = DROP_CONFIGS,
-                   batch_size: int = 32, progress: bool = True) -> list[dict[str, Any]]:
-    """Rows {"label", "ratios", "f1", "exact_match", "f1_drop_percent", "macs_ratio"}, full length first."""
+                   batch_size: int = 32, progress: bool = True, answer_oracle: bool = False) -> list[dict[str, Any]]:
+    """Rows {"label", "ratios", "f1", "exact_match", "f1_drop_percent", "macs_ratio"}, full length first; with
+    `answer_oracle`, the reduced configs select tokens by `AnswerOracle`'s ranking."""
     from dtb_ext.config import LengthConfig
     from dtb_ext.qa.evaluate import evaluate_qa
 
@@ -51,7 +91,10 @@ def drop_tolerance(model: Any, features: Any, configs: Sequence[tuple[str, Seque
     full_f1 = None
     for label, ratios in (("full length", None), *configs):
         config = None if ratios is None else LengthConfig.ratios(ratios)
-        result = evaluate_qa(model, features, length_config=config, batch_size=batch_size, progress=progress)
+        if answer_oracle and config is not None:
+            result = evaluate_qa(AnswerOracle(model, config), features, batch_size=batch_size, progress=progress)
+        else:
+            result = evaluate_qa(model, features, length_config=config, batch_size=batch_size, progress=progress)
         full_f1 = result["f1"] if full_f1 is None else full_f1
         rows.append({"label": label, "ratios": None if ratios is None else list(ratios), "f1": result["f1"],
                      "exact_match": result["exact_match"], "f1_drop_percent": 100 * (1 - result["f1"] / full_f1),
@@ -81,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="inference precision (dtb_ext.prepare_for_precision)")
     parser.add_argument("--significance", default=None, choices=("attention", "scorer", "attention+scorer"),
                         help="selection source (default: the model's own)")
+    parser.add_argument("--answer-oracle", action="store_true",
+                        help="select the tokens by the full-length model's own answer distribution (question first) "
+                             "instead of the significance source: an upper bound for any source with this encoder")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -112,14 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drop_tolerance: error: {error}", file=sys.stderr)
         return 2
     features = prepare_eval_features(examples, tokenizer)
-    rows = drop_tolerance(model, features, progress=not args.no_progress)
+    rows = drop_tolerance(model, features, progress=not args.no_progress, answer_oracle=args.answer_oracle)
     print(format_table(rows))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump({"model": args.model or DEFAULT_MODEL_DIR, "data": data, "part": args.part,
                        "questions": len(examples),
                        "seed": args.seed, "precision": args.precision,
-                       "significance": dynamic_encoder(model).significance, "rows": rows},
+                       "significance": dynamic_encoder(model).significance,
+                       "selection": "answer oracle" if args.answer_oracle else "significance source", "rows": rows},
                       handle, indent=2)
     return 0
 
