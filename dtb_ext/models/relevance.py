@@ -151,8 +151,14 @@ def active_ranking(encoder: nn.Module, positions: Tensor | None, width: int) -> 
     if rankings is None or encoder not in rankings:
         return None
     scores = rankings[encoder]
+    if positions is None and scores.shape[1] < width:
+        raise ValueError(f"rank_tokens_by scores cover {scores.shape[1]} positions, the batch has {width}")
+    return values_at_slots(scores, positions, width)
+
+
+def values_at_slots(values: Tensor, positions: Tensor | None, width: int) -> Tensor:
+    """Per-position values [B, L0] read at a layer's slots: [B, width], the slots' original `positions` ([B, width],
+    PAD_POSITION for padding, which reads position 0: callers mask padding), or None while slot = position."""
     if positions is None:
-        if scores.shape[1] < width:
-            raise ValueError(f"rank_tokens_by scores cover {scores.shape[1]} positions, the batch has {width}")
-        return scores[:, :width]
-    return torch.gather(scores, 1, positions.clamp(min=0))
+        return values[:, :width]
+    return torch.gather(values, 1, positions.clamp(min=0))

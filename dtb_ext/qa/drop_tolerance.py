@@ -66,13 +66,14 @@ class AnswerOracle(nn.Module):
         import dtb_ext
         from dtb_ext.models.patching import dynamic_encoder
         from dtb_ext.models.relevance import rank_tokens_by
+        from dtb_ext.train.distill import masked_softmax
 
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         with dtb_ext.length_config(self.model, None):
             full = self.model(**inputs)
         real = attention_mask.bool()
-        start = full.start_logits.float().masked_fill(~real, float("-inf")).softmax(dim=-1)
-        end = full.end_logits.float().masked_fill(~real, float("-inf")).softmax(dim=-1)
+        start = masked_softmax(full.start_logits, real)
+        end = masked_softmax(full.end_logits, real)
         question = (token_type_ids == 0) & real
         scores = start + end + _QUESTION_BONUS * question.float()
         with dtb_ext.length_config(self.model, self.length_config), \

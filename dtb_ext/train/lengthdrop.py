@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from dtb_ext.config import LengthConfig
 from dtb_ext.models.patching import add_relevance_scorer, dynamic_encoder, length_config, set_significance, skip_layers
-from dtb_ext.models.relevance import ATTENTION, ScorerRecord, check_source, record_scorer_logits
+from dtb_ext.models.relevance import ATTENTION, ScorerRecord, check_source, record_scorer_logits, values_at_slots
 from dtb_ext.train.distill import (
     DistillationTrainer,
     Distiller,
@@ -109,11 +109,8 @@ def scorer_distillation_loss(records: list[ScorerRecord], targets: Tensor) -> Te
     restricted to (and renormalised over) the tokens present at that layer."""
     losses = []
     for record in records:
-        if record.positions is None:
-            target = targets[:, : record.logits.shape[1]]
-        else:
-            # padding slots (negative positions) read position 0; the mask below zeroes them
-            target = torch.gather(targets, 1, record.positions.clamp(min=0))
+        # padding slots read position 0; the mask below zeroes them
+        target = values_at_slots(targets, record.positions, record.logits.shape[1])
         target = torch.where(record.mask, target, torch.zeros_like(target))
         total = target.sum(dim=1, keepdim=True)
         target = torch.where(total > 0, target / total.clamp(min=torch.finfo(torch.float32).tiny), target)
