@@ -177,12 +177,8 @@ inline void check_attention_inputs(const at::Tensor& query, const at::Tensor& ke
   }
 }
 
-// x: [M, K] float32 or bfloat16; divisor: absent, or [K] float32 on x's device.
-inline void check_quantize_rows_inputs(const at::Tensor& x, const std::optional<at::Tensor>& divisor) {
-  constexpr const char* op = "dtb::quantize_rows";
-  TORCH_CHECK(x.dim() == 2, op, ": x must be [M, K] (2-D), got shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
-              ": x must be float32 or bfloat16, got ", x.scalar_type());
+// divisor: absent, or [K] float32 on the device of x [M, K].
+inline void check_divisor(const at::Tensor& x, const std::optional<at::Tensor>& divisor, const char* op) {
   if (divisor.has_value()) {
     TORCH_CHECK(divisor->dim() == 1 && divisor->size(0) == x.size(1), op, ": divisor must be [K] = [", x.size(1),
                 "] to match x of shape ", x.sizes(), ", got shape ", divisor->sizes());
@@ -191,12 +187,21 @@ inline void check_quantize_rows_inputs(const at::Tensor& x, const std::optional<
   }
 }
 
+// x: [M, K] float32 or bfloat16; divisor: absent, or [K] float32 on x's device.
+inline void check_quantize_rows_inputs(const at::Tensor& x, const std::optional<at::Tensor>& divisor) {
+  constexpr const char* op = "dtb::quantize_rows";
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [M, K] (2-D), got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float32 or bfloat16, got ", x.scalar_type());
+  check_divisor(x, divisor, op);
+}
+
 // product: [M, N] float32; scale: [M] float32; bias: absent or [N] float32; residual: absent or [M, N] of `dtype`;
 // dtype: float32 or bfloat16.
 inline void check_dequantize_rows_inputs(const at::Tensor& product, const at::Tensor& scale,
                                          const std::optional<at::Tensor>& bias,
-                                         const std::optional<at::Tensor>& residual, at::ScalarType dtype) {
-  constexpr const char* op = "dtb::dequantize_rows";
+                                         const std::optional<at::Tensor>& residual, at::ScalarType dtype,
+                                         const char* op = "dtb::dequantize_rows") {
   TORCH_CHECK(product.dim() == 2, op, ": product must be [M, N] (2-D), got shape ", product.sizes());
   TORCH_CHECK(product.scalar_type() == at::kFloat, op, ": product must be float32, got ", product.scalar_type());
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, op, ": dtype must be float32 or bfloat16, got ", dtype);

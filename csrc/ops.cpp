@@ -29,4 +29,9 @@ TORCH_LIBRARY(dtb, m) {
   m.def(
       "dequantize_rows(Tensor product, Tensor scale, Tensor? bias, Tensor? residual, str activation, "
       "ScalarType dtype) -> Tensor");
+  // product, scale, bias, activation, dtype as dequantize_rows (no residual), divisor [N] float32 or None ->
+  // quantize_rows(dequantize_rows(...), divisor), fused row by row. CPU only.
+  m.def(
+      "dequantize_quantize_rows(Tensor product, Tensor scale, Tensor? bias, str activation, ScalarType dtype, "
+      "Tensor? divisor) -> (Tensor quantized, Tensor scale)");
 }

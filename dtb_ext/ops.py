@@ -145,6 +145,16 @@ def dequantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residua
     return reference.dequantize_rows(product, scale, bias, residual, activation, dtype)
 
 
+def dequantize_quantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, activation: str,
+                             dtype: torch.dtype, divisor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """An int8 matmul's epilogue quantized for the next int8 matmul: `quantize_rows(dequantize_rows(product, scale,
+    bias, None, activation, dtype), divisor)` ([M, N] float32, [M] -> [M, N] uint8, [M] float32), bit for bit, in
+    one pass per row (kernel on CPU tensors; quantization records no gradient)."""
+    if _use_kernels() and product.device.type == "cpu":
+        return torch.ops.dtb.dequantize_quantize_rows(product, scale, bias, activation, dtype, divisor)
+    return reference.quantize_rows(reference.dequantize_rows(product, scale, bias, None, activation, dtype), divisor)
+
+
 def native_bf16_attention(query: Tensor) -> bool:
     """True when `attention` on `query` [B, H, n, d] runs the kernel's AVX512-BF16 dot products: a bf16 CPU tensor
     with d a multiple of 16, the AVX512 kernels chosen and a CPU with AVX512-BF16. Elsewhere the kernel computes in
@@ -203,6 +213,11 @@ def _register_fake_and_autograd() -> None:
     @torch.library.register_fake("dtb::dequantize_rows")
     def _(product, scale, bias, residual, activation, dtype):
         return product.new_empty(product.shape, dtype=dtype)
+
+    @torch.library.register_fake("dtb::dequantize_quantize_rows")
+    def _(product, scale, bias, activation, dtype, divisor):
+        return (product.new_empty(product.shape, dtype=torch.uint8),
+                product.new_empty((product.shape[0],), dtype=torch.float32))
 
     @torch.library.register_fake("dtb::restore")
     def _(base, src, positions):

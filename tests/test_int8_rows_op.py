@@ -1,7 +1,10 @@
-"""The int8 row kernels (dtb::quantize_rows, dtb::dequantize_rows) against dtb_ext.reference, on CPU.
+"""The int8 row kernels (dtb::quantize_rows, dtb::dequantize_rows, dtb::dequantize_quantize_rows) against
+dtb_ext.reference, on CPU.
 
 quantize_rows must match bit for bit (the int8 values feed an exact integer matmul); dequantize_rows within float32
-rounding (the kernel fuses multiply-adds), and within one bfloat16 rounding step when it rounds to bfloat16.
+rounding (the kernel fuses multiply-adds, its GELU is a polynomial), and within one bfloat16 rounding step when it
+rounds to bfloat16; dequantize_quantize_rows must equal quantize_rows of dequantize_rows bit for bit (it is their
+fusion, and the int8 feed-forward relies on it giving the unfused path's values).
 """
 from __future__ import annotations
 
@@ -85,6 +88,43 @@ def test_dequantize_rows_accepts_non_contiguous_and_empty_inputs() -> None:
     assert empty.shape == (0, 8) and empty.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smoothed", [False, True])
+@pytest.mark.parametrize("columns", [7, 37, 384, 1536])
+def test_dequantize_quantize_rows_is_the_two_kernels_bit_for_bit(activation: str, dtype: torch.dtype,
+                                                                 smoothed: bool, columns: int) -> None:
+    generator = torch.Generator().manual_seed(columns + 1)
+    rows = 13
+    product = torch.randn(rows, columns, generator=generator) * 40
+    product[4] = 0  # an all-zero row gets the minimum scale
+    scale = torch.rand(rows, generator=generator) * 0.1
+    bias = torch.randn(columns, generator=generator)
+    divisor = torch.rand(columns, generator=generator) + 0.25 if smoothed else None
+    quantized, quantized_scale = torch.ops.dtb.dequantize_quantize_rows(product, scale, bias, activation, dtype,
+                                                                        divisor)
+    dequantized = torch.ops.dtb.dequantize_rows(product, scale, bias, None, activation, dtype)
+    expected_quantized, expected_scale = torch.ops.dtb.quantize_rows(dequantized, divisor)
+    assert quantized.dtype == torch.uint8 and quantized.shape == (rows, columns)
+    assert torch.equal(quantized, expected_quantized) and torch.equal(quantized_scale, expected_scale)
+
+
+def test_dequantize_quantize_rows_accepts_non_contiguous_inputs_and_matches_the_reference() -> None:
+    product = torch.randn(40, 9).t() * 20
+    scale = torch.rand(9) * 0.1
+    quantized, quantized_scale = torch.ops.dtb.dequantize_quantize_rows(product, scale, None, "gelu",
+                                                                        torch.bfloat16, None)
+    with ops.reference_ops():
+        expected_quantized, expected_scale = ops.dequantize_quantize_rows(product, scale, None, "gelu",
+                                                                          torch.bfloat16)
+    # The reference's GELU is torch's: a bfloat16 rounding can differ, and move a value by one int8 level.
+    assert (quantized.int() - expected_quantized.int()).abs().max() <= 1
+    torch.testing.assert_close(quantized_scale, expected_scale, rtol=2 ** -8, atol=0)
+    empty = torch.ops.dtb.dequantize_quantize_rows(torch.empty(0, 8), torch.empty(0), None, "none", torch.float32,
+                                                   None)
+    assert empty[0].shape == (0, 8) and empty[1].shape == (0,)
+
+
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: torch.ops.dtb.quantize_rows(torch.randn(2, 3, 4), None), r"x must be \[M, K\] \(2-D\)"),
     (lambda: torch.ops.dtb.quantize_rows(torch.randn(2, 4).double(), None), "x must be float32 or bfloat16"),
@@ -104,6 +144,13 @@ def test_dequantize_rows_accepts_non_contiguous_and_empty_inputs() -> None:
      'activation must be "none", "gelu" or "gelu_tanh", got "relu"'),
     (lambda: torch.ops.dtb.dequantize_rows(torch.randn(2, 4), torch.ones(2), None, None, "none", torch.float16),
      "dtype must be float32 or bfloat16"),
+    (lambda: torch.ops.dtb.dequantize_quantize_rows(torch.randn(2, 4), torch.ones(2), None, "gelu", torch.float32,
+                                                    torch.ones(5)),
+     r"dtb::dequantize_quantize_rows: divisor must be \[K\] = \[4\]"),
+    (lambda: torch.ops.dtb.dequantize_quantize_rows(torch.randn(2, 4), torch.ones(3), None, "gelu", torch.float32,
+                                                    None), r"dtb::dequantize_quantize_rows: scale must be \[M\]"),
+    (lambda: torch.ops.dtb.dequantize_quantize_rows(torch.randn(2, 4), torch.ones(2), None, "relu", torch.float32,
+                                                    None), 'activation must be "none", "gelu" or "gelu_tanh"'),
 ])
 def test_bad_input_raises_with_a_message(call, message: str) -> None:
     with pytest.raises(RuntimeError, match=message):

@@ -222,3 +222,28 @@ def test_int8_patched_model_drops_tokens_and_stays_close_to_fp32():
         alone = quantized(input_ids=ids[1:2, :15], attention_mask=mask[1:2, :15]).start_logits
     assert 0 < (actual - expected).abs().max() < 0.05 * expected.abs().max()
     torch.testing.assert_close(actual[1, :15], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_int8_feed_forward_quantizes_the_gelu_output_in_its_epilogue_with_the_same_values(monkeypatch):
+    """The fused int8 feed-forward (GELU output quantized for the output Linear in one epilogue) gives the
+    two-block path's output bit for bit, with and without SmoothQuant factors on the output Linear."""
+    from dtb_ext import ops
+    from dtb_ext.models.patching import dynamic_encoder
+
+    fused_calls = []
+    fused_op = ops.dequantize_quantize_rows
+    monkeypatch.setattr(ops, "dequantize_quantize_rows", lambda *args: fused_calls.append(1) or fused_op(*args))
+    model = dtb_ext.patch(tiny_qa_model(1000, seed=5)).eval()
+    name, linear = next((n, m) for n, m in encoder_linears(model) if n.endswith("0.output.dense"))
+    factors = torch.rand(linear.in_features, generator=torch.Generator().manual_seed(6)) + 0.5
+    for smoothing in (None, {name: factors}):
+        quantized = quantize_int8(model, smoothing=smoothing)
+        encoder = dynamic_encoder(quantized)
+        layer = encoder.layer[0]
+        hidden = torch.randn(2, 11, linear.out_features, generator=torch.Generator().manual_seed(7))
+        with torch.inference_mode():
+            fused = encoder._linears.feed_forward(0, layer.intermediate, layer.output, hidden)
+            inner = encoder._linears.intermediate((0, "intermediate"), layer.intermediate, hidden)
+            separate = encoder._linears.output((0, "output"), layer.output, inner, hidden)
+        assert torch.equal(fused, separate)
+    assert len(fused_calls) == 2

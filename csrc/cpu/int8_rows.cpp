@@ -7,19 +7,29 @@
 // dtb::dequantize_rows: product [M, N] float32 (the matmul's int32 sums times the weights' per-channel scales),
 //   scale [M], bias [N] or none, residual [M, N] or none -> [M, N] in `dtype`:
 //   act(product * scale[m] + bias) + residual, with act none, GELU (erf) or GELU (tanh), rounded once.
+// dtb::dequantize_quantize_rows: product, scale, bias as above, divisor [K] or none -> the quantize_rows of the
+//   dequantize_rows (no residual) with that divisor, bit for bit: the epilogue of the intermediate Linear feeding
+//   the output Linear, without the [M, N] activations in memory.
 //
 // One pass over each row instead of the 4-6 elementwise ATen ops (and their temporaries) the same arithmetic
-// takes in PyTorch; both match dtb_ext/reference.py's quantize_rows / dequantize_rows (quantize_rows bit for bit).
+// takes in PyTorch; they match dtb_ext/reference.py's quantize_rows / dequantize_rows (quantize_rows bit for bit).
+// Each row is read in chunks of two float vectors (bfloat16 converted in registers) and rows of up to a few
+// thousand columns stay in L1/L2 between the passes over them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../cpu_capability.h"
@@ -42,8 +52,78 @@ int64_t row_grain(int64_t columns) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, columns));
 }
 
-// max |values[0:columns]|.
-float absolute_max(const float* values, int64_t columns) {
+// The rows are processed in chunks of two float vectors (one Vectorized<BFloat16>); `count` < kChunk only at a
+// row's end, where the lanes past `count` load as zeros and are not stored.
+constexpr int64_t kChunk = 2 * Vec::size();
+
+struct Chunk {
+  Vec low;
+  Vec high;
+};
+
+Vec load_partial(const float* source, int64_t count) {
+  if (count >= Vec::size()) {
+    return Vec::loadu(source);
+  }
+  return count > 0 ? Vec::loadu(source, count) : Vec(0.0f);
+}
+
+Chunk load_chunk(const float* source, int64_t count) {
+  return {load_partial(source, count), load_partial(source + Vec::size(), count - Vec::size())};
+}
+
+// bfloat16 -> float32 is exact; ATen's vectorized conversion (at::vec::convert has no bf16 -> float32
+// specialization and converts element by element).
+Chunk load_chunk(const c10::BFloat16* source, int64_t count) {
+  using BVec = Vectorized<c10::BFloat16>;
+  const BVec packed = count >= kChunk ? BVec::loadu(source) : BVec::loadu(source, count);
+  auto [low, high] = at::vec::convert_to_float<c10::BFloat16>(packed);
+  return {low, high};
+}
+
+void store_chunk(const Chunk& chunk, float* out, int64_t count) {
+  if (count >= kChunk) {
+    chunk.low.store(out);
+    chunk.high.store(out + Vec::size());
+    return;
+  }
+  chunk.low.store(out, std::min<int64_t>(count, Vec::size()));
+  if (count > Vec::size()) {
+    chunk.high.store(out + Vec::size(), count - Vec::size());
+  }
+}
+
+// float32 -> bfloat16 rounds half to even (ATen's conversion, the rounding of Tensor.to(torch.bfloat16)).
+void store_chunk(const Chunk& chunk, c10::BFloat16* out, int64_t count) {
+  const auto packed = at::vec::convert_from_float<c10::BFloat16>(chunk.low, chunk.high);
+  if (count >= kChunk) {
+    packed.store(out);
+  } else {
+    packed.store(out, count);
+  }
+}
+
+// Stores the first `count` (<= Vec::size()) lanes of `levels`, integral values in [1, 255], as uint8.
+void store_levels(const Vec& levels, uint8_t* out, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m128i bytes = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(levels));
+  if (count >= Vec::size()) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
+  } else {
+    _mm_mask_storeu_epi8(out, static_cast<__mmask16>((1u << count) - 1u), bytes);
+  }
+#else
+  float lanes[Vec::size()];
+  levels.store(lanes);
+  for (int64_t i = 0; i < std::min<int64_t>(count, Vec::size()); ++i) {
+    out[i] = static_cast<uint8_t>(lanes[i]);
+  }
+#endif
+}
+
+// Quantizes one row already in float32 (`values`, divided by the divisor): writes `quantized` and returns the
+// row's scale.
+float quantize_row(const float* values, uint8_t* quantized, int64_t columns) {
   Vec running(0.0f);
   int64_t k = 0;
   for (; k + Vec::size() <= columns; k += Vec::size()) {
@@ -53,7 +133,32 @@ float absolute_max(const float* values, int64_t columns) {
   for (; k < columns; ++k) {
     highest = std::max(highest, std::abs(values[k]));
   }
-  return highest;
+  const float row_scale = std::max(highest / kQuantMax, kMinScale);
+  // v / scale lies in [-127, 127] by construction of the scale, so no clamp is needed. Vectorized::round rounds
+  // half to even, as torch.round does.
+  const Vec scale_vec(row_scale);
+  const Vec zero_point(kZeroPoint);
+  for (k = 0; k < columns; k += Vec::size()) {
+    const int64_t count = std::min<int64_t>(Vec::size(), columns - k);
+    const Vec v = count == Vec::size() ? Vec::loadu(values + k) : Vec::loadu(values + k, count);
+    store_levels((v / scale_vec).round() + zero_point, quantized + k, count);
+  }
+  return row_scale;
+}
+
+// values = row / divisor in float32 (row alone when divisor is null).
+template <typename scalar_t>
+void load_divided_row(const scalar_t* row, const float* divisor, float* values, int64_t columns) {
+  for (int64_t k = 0; k < columns; k += kChunk) {
+    const int64_t count = std::min(kChunk, columns - k);
+    Chunk chunk = load_chunk(row + k, count);
+    if (divisor != nullptr) {
+      // Lanes past `count` divide 0 by 0; they are not stored.
+      const Chunk factors = load_chunk(divisor + k, count);
+      chunk = {chunk.low / factors.low, chunk.high / factors.high};
+    }
+    store_chunk(chunk, values + k, count);
+  }
 }
 
 template <typename scalar_t>
@@ -62,22 +167,8 @@ void quantize_rows_kernel(const scalar_t* x, const float* divisor, uint8_t* quan
   at::parallel_for(0, rows, row_grain(columns), [&](int64_t begin, int64_t end) {
     std::vector<float> values(columns);
     for (int64_t m = begin; m < end; ++m) {
-      at::vec::convert(x + m * columns, values.data(), columns);
-      if (divisor != nullptr) {
-        at::vec::map2([](Vec v, Vec d) { return v / d; }, values.data(), values.data(), divisor, columns);
-      }
-      const float row_scale = std::max(absolute_max(values.data(), columns) / kQuantMax, kMinScale);
-      scale[m] = row_scale;
-      // v / scale lies in [-127, 127] by construction of the scale, so no clamp is needed. Vectorized::round and
-      // std::nearbyint round half to even, as torch.round does.
-      const Vec scale_vec(row_scale);
-      const Vec zero_point(kZeroPoint);
-      at::vec::map([&](Vec v) { return (v / scale_vec).round() + zero_point; }, values.data(), values.data(),
-                   columns);
-      uint8_t* out = quantized + m * columns;
-      for (int64_t k = 0; k < columns; ++k) {
-        out[k] = static_cast<uint8_t>(values[k]);
-      }
+      load_divided_row(x + m * columns, divisor, values.data(), columns);
+      scale[m] = quantize_row(values.data(), quantized + m * columns, columns);
     }
   });
 }
@@ -98,22 +189,54 @@ Activation parse_activation(const std::string& name) {
               "\"");
 }
 
-// GELU on a vector, as torch.nn.functional.gelu computes it in float32 (approximate="none" / "tanh").
+// GELU on a vector, in float32: x * Phi(x) (approximate="none") or x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+// (approximate="tanh"; the same as 0.5 x (1 + tanh(u))).
+//
+// Phi(x) = 1 - q / 2 for x >= 0 and q / 2 for x < 0, with q = 1 - erf(|x| / sqrt(2)) by Abramowitz and Stegun
+// 7.1.26 (|error| <= 1.5e-7, the formula of ATen's Vectorized::erf), so a negative x loses no digits to 1 + erf. Its
+// exp and the sigmoid's are ATen's polynomial exp_u20 (relative error about 2e-6) instead of Sleef's exp and tanh:
+// 2-4x faster here, and the exp's error is scaled by q (resp. by the sigmoid) where GELU is small.
 template <Activation activation>
 Vec apply_activation(Vec x) {
   if constexpr (activation == Activation::kGeluErf) {
-    const Vec half(0.5f);
     const Vec one(1.0f);
-    const Vec inv_sqrt2(static_cast<float>(M_SQRT1_2));
-    return half * x * (one + (x * inv_sqrt2).erf());
+    const Vec z = x.abs() * Vec(static_cast<float>(M_SQRT1_2));
+    const Vec t = one / (Vec(0.3275911f) * z + one);
+    Vec poly = Vec(1.061405429f) * t + Vec(-1.453152027f);
+    poly = poly * t + Vec(1.421413741f);
+    poly = poly * t + Vec(-0.284496736f);
+    poly = poly * t + Vec(0.254829592f);
+    const Vec q = poly * t * (Vec(0.0f) - z * z).exp_u20();
+    const Vec half_q = Vec(0.5f) * q;
+    return x * Vec::blendv(one - half_q, half_q, x < Vec(0.0f));
   } else if constexpr (activation == Activation::kGeluTanh) {
-    const Vec half(0.5f);
-    const Vec one(1.0f);
-    const Vec sqrt_2_over_pi(static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5));
-    const Vec cubic(0.044715f);
-    return half * x * (one + (sqrt_2_over_pi * (x + cubic * x * x * x)).tanh());
+    const Vec u = Vec(static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5)) * (x + Vec(0.044715f) * x * x * x);
+    // exp_u20 saturates at FLT_MAX for large arguments, so a very negative x gives x / (1 + FLT_MAX) = -0.
+    return x / (Vec(1.0f) + (Vec(-2.0f) * u).exp_u20());
   } else {
     return x;
+  }
+}
+
+// One row of the epilogue: out = act(product * row_scale + bias) + residual, rounded once to scalar_t.
+template <typename scalar_t, Activation activation>
+void dequantize_row(const float* product, float row_scale, const float* bias, const scalar_t* residual,
+                    scalar_t* out, int64_t columns) {
+  const Vec scale_vec(row_scale);
+  for (int64_t k = 0; k < columns; k += kChunk) {
+    const int64_t count = std::min(kChunk, columns - k);
+    Chunk chunk = load_chunk(product + k, count);
+    chunk = {chunk.low * scale_vec, chunk.high * scale_vec};
+    if (bias != nullptr) {
+      const Chunk added = load_chunk(bias + k, count);
+      chunk = {chunk.low + added.low, chunk.high + added.high};
+    }
+    chunk = {apply_activation<activation>(chunk.low), apply_activation<activation>(chunk.high)};
+    if (residual != nullptr) {
+      const Chunk added = load_chunk(residual + k, count);
+      chunk = {chunk.low + added.low, chunk.high + added.high};
+    }
+    store_chunk(chunk, out + k, count);
   }
 }
 
@@ -121,25 +244,56 @@ template <typename scalar_t, Activation activation>
 void dequantize_rows_kernel(const float* product, const float* scale, const float* bias, const scalar_t* residual,
                             scalar_t* out, int64_t rows, int64_t columns) {
   at::parallel_for(0, rows, row_grain(columns), [&](int64_t begin, int64_t end) {
-    std::vector<float> values(columns);
-    std::vector<float> added(residual != nullptr ? columns : 0);
     for (int64_t m = begin; m < end; ++m) {
-      const Vec row_scale(scale[m]);
-      const float* source = product + m * columns;
-      if (bias != nullptr) {
-        at::vec::map2([&](Vec p, Vec b) { return apply_activation<activation>(p * row_scale + b); }, values.data(),
-                      source, bias, columns);
-      } else {
-        at::vec::map([&](Vec p) { return apply_activation<activation>(p * row_scale); }, values.data(), source,
-                     columns);
-      }
-      if (residual != nullptr) {
-        at::vec::convert(residual + m * columns, added.data(), columns);
-        at::vec::map2([](Vec v, Vec r) { return v + r; }, values.data(), values.data(), added.data(), columns);
-      }
-      at::vec::convert(values.data(), out + m * columns, columns);
+      dequantize_row<scalar_t, activation>(product + m * columns, scale[m], bias,
+                                           residual == nullptr ? nullptr : residual + m * columns,
+                                           out + m * columns, columns);
     }
   });
+}
+
+// dequantize_rows then quantize_rows, row by row: the dequantized row (rounded to scalar_t, as the two ops give
+// it) stays in a row buffer instead of a [M, N] tensor written and read back.
+template <typename scalar_t, Activation activation>
+void dequantize_quantize_rows_kernel(const float* product, const float* scale, const float* bias,
+                                     const float* divisor, uint8_t* quantized, float* quantized_scale, int64_t rows,
+                                     int64_t columns) {
+  at::parallel_for(0, rows, row_grain(columns), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> dequantized(columns);
+    std::vector<float> values(columns);
+    for (int64_t m = begin; m < end; ++m) {
+      dequantize_row<scalar_t, activation>(product + m * columns, scale[m], bias, nullptr, dequantized.data(),
+                                           columns);
+      load_divided_row(dequantized.data(), divisor, values.data(), columns);
+      quantized_scale[m] = quantize_row(values.data(), quantized + m * columns, columns);
+    }
+  });
+}
+
+// Calls `body` with a value of the element type (float32 or bfloat16: the inputs are checked before).
+template <typename Body>
+void dispatch_float_or_bfloat16(at::ScalarType dtype, Body body) {
+  if (dtype == at::kBFloat16) {
+    body(c10::BFloat16{});
+  } else {
+    body(float{});
+  }
+}
+
+// Calls `body` with the Activation as a compile-time constant.
+template <typename Body>
+void dispatch_activation(Activation activation, Body body) {
+  switch (activation) {
+    case Activation::kNone:
+      body(std::integral_constant<Activation, Activation::kNone>{});
+      break;
+    case Activation::kGeluErf:
+      body(std::integral_constant<Activation, Activation::kGeluErf>{});
+      break;
+    case Activation::kGeluTanh:
+      body(std::integral_constant<Activation, Activation::kGeluTanh>{});
+      break;
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in,
@@ -155,7 +309,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in,
     divisor = divisor_in->contiguous();
   }
   const float* divisor_data = divisor.defined() ? divisor.const_data_ptr<float>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "quantize_rows_cpu", [&] {
+  dispatch_float_or_bfloat16(x.scalar_type(), [&](auto element) {
+    using scalar_t = decltype(element);
     quantize_rows_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), divisor_data, quantized.mutable_data_ptr<uint8_t>(),
                                    scale.mutable_data_ptr<float>(), rows, columns);
   });
@@ -175,27 +330,47 @@ at::Tensor dequantize_rows_cpu(const at::Tensor& product_in, const at::Tensor& s
   const int64_t columns = product.size(1);
   at::Tensor out = at::empty({rows, columns}, product.options().dtype(dtype));
   const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "dequantize_rows_cpu", [&] {
+  dispatch_float_or_bfloat16(dtype, [&](auto element) {
+    using scalar_t = decltype(element);
     const scalar_t* residual_data = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
-    const float* product_data = product.const_data_ptr<float>();
-    const float* scale_data = scale.const_data_ptr<float>();
-    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    switch (activation) {
-      case Activation::kNone:
-        dequantize_rows_kernel<scalar_t, Activation::kNone>(product_data, scale_data, bias_data, residual_data,
-                                                            out_data, rows, columns);
-        break;
-      case Activation::kGeluErf:
-        dequantize_rows_kernel<scalar_t, Activation::kGeluErf>(product_data, scale_data, bias_data, residual_data,
-                                                               out_data, rows, columns);
-        break;
-      case Activation::kGeluTanh:
-        dequantize_rows_kernel<scalar_t, Activation::kGeluTanh>(product_data, scale_data, bias_data, residual_data,
-                                                                out_data, rows, columns);
-        break;
-    }
+    dispatch_activation(activation, [&](auto chosen) {
+      dequantize_rows_kernel<scalar_t, decltype(chosen)::value>(
+          product.const_data_ptr<float>(), scale.const_data_ptr<float>(), bias_data, residual_data,
+          out.mutable_data_ptr<scalar_t>(), rows, columns);
+    });
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> dequantize_quantize_rows_cpu(const at::Tensor& product_in,
+                                                                const at::Tensor& scale_in,
+                                                                const std::optional<at::Tensor>& bias_in,
+                                                                c10::string_view activation_name,
+                                                                at::ScalarType dtype,
+                                                                const std::optional<at::Tensor>& divisor_in) {
+  constexpr const char* op = "dtb::dequantize_quantize_rows";
+  check_dequantize_rows_inputs(product_in, scale_in, bias_in, std::nullopt, dtype, op);
+  check_divisor(product_in, divisor_in, op);
+  const Activation activation = parse_activation(std::string(activation_name));
+  const at::Tensor product = product_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor divisor = divisor_in.has_value() ? divisor_in->contiguous() : at::Tensor();
+  const int64_t rows = product.size(0);
+  const int64_t columns = product.size(1);
+  at::Tensor quantized = at::empty({rows, columns}, product.options().dtype(at::kByte));
+  at::Tensor quantized_scale = at::empty({rows}, product.options());
+  const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  const float* divisor_data = divisor.defined() ? divisor.const_data_ptr<float>() : nullptr;
+  dispatch_float_or_bfloat16(dtype, [&](auto element) {
+    using scalar_t = decltype(element);
+    dispatch_activation(activation, [&](auto chosen) {
+      dequantize_quantize_rows_kernel<scalar_t, decltype(chosen)::value>(
+          product.const_data_ptr<float>(), scale.const_data_ptr<float>(), bias_data, divisor_data,
+          quantized.mutable_data_ptr<uint8_t>(), quantized_scale.mutable_data_ptr<float>(), rows, columns);
+    });
+  });
+  return {quantized, quantized_scale};
 }
 
 }  // namespace
@@ -203,6 +378,7 @@ at::Tensor dequantize_rows_cpu(const at::Tensor& product_in, const at::Tensor& s
 DTB_CPU_KERNELS(m) {
   m.impl("quantize_rows", &quantize_rows_cpu);
   m.impl("dequantize_rows", &dequantize_rows_cpu);
+  m.impl("dequantize_quantize_rows", &dequantize_quantize_rows_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY

@@ -275,8 +275,7 @@ class DynamicEncoder(nn.Module):
     def _feed_forward(self, index: int, hidden: Tensor) -> Tensor:
         """Layer `index`'s intermediate + output blocks: [B, K, D] -> [B, K, D] (packed_linear.py at inference)."""
         layer = self.layer[index]
-        intermediate = self._linears.intermediate((index, "intermediate"), layer.intermediate, hidden)
-        return self._linears.output((index, "output"), layer.output, intermediate, hidden)
+        return self._linears.feed_forward(index, layer.intermediate, layer.output, hidden)
 
 
 # Scores block size for batched CPU inference: small enough to stay in the L2/L3 caches of a server core.

@@ -14,7 +14,8 @@ Hugging Face BERT/RoBERTa classes, plain biased `nn.Linear`s without hooks. Else
 layers other than `Int8Linear`, hooks) the layers run as Hugging Face wrote them, except that query/key/value still share one
 matmul at inference on any device. An int8 model's layers (`Int8Linear`, dtb_ext/precision/int8.py) run the same
 way: query/key/value as one int8 matmul on one quantized input, the GELU or the residual add in the epilogue that
-dequantizes the matmul (`ops.dequantize_rows`). The packed and concatenated weights are a cache, one extra copy of each
+dequantizes the matmul (`ops.dequantize_rows`), and the GELU's output quantized for the output Linear in that same
+epilogue (`feed_forward`). The packed and concatenated weights are a cache, one extra copy of each
 encoder Linear weight: they are rebuilt whenever one of the source tensors changes (new storage after
 `model.to(...)`, or an in-place update that bumps its version counter: an optimizer step, `load_state_dict`).
 """
@@ -29,7 +30,7 @@ from transformers.activations import GELUActivation, NewGELUActivation
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 from transformers.models.roberta.modeling_roberta import RobertaIntermediate, RobertaOutput, RobertaSelfOutput
 
-from dtb_ext.precision.int8 import Int8Linear, int8_linear
+from dtb_ext.precision.int8 import Int8Linear, int8_linear, int8_linear_of_quantized, int8_linear_quantized_for
 
 # Blocks whose forward is exactly LayerNorm(dropout(dense(x)) + residual), resp. act(dense(x)).
 _OUTPUT_BLOCKS = (BertSelfOutput, BertOutput, RobertaSelfOutput, RobertaOutput)
@@ -89,6 +90,24 @@ class PackedLinears:
         if gelu is None:
             return block.intermediate_act_fn(_pointwise(hidden, entry))
         return _pointwise(hidden, entry, "gelu", gelu)
+
+    def feed_forward(self, key: Hashable, intermediate: nn.Module, output: nn.Module, hidden: Tensor) -> Tensor:
+        """A BERT feed-forward, `output(intermediate(hidden), hidden)`: [B, K, D] -> [B, K, D], through
+        `intermediate` and `output` with the keys (key, "intermediate") and (key, "output").
+
+        With int8 layers the GELU's output reaches the output Linear already quantized (`int8_linear_quantized_for`:
+        the same values as quantizing it after the intermediate block, bit for bit), so the [B, K, I] activations
+        are neither written nor read back."""
+        if (self._runs_int8(intermediate) and self._runs_int8(output)
+                and _gelu_algorithm(intermediate.intermediate_act_fn) is not None
+                and _is_plain(output.LayerNorm) and _is_plain(output.dropout)):
+            activation = _INT8_GELU[_gelu_algorithm(intermediate.intermediate_act_fn)]
+            quantized, scale = int8_linear_quantized_for(hidden, intermediate.dense, activation, output.dense)
+            summed = int8_linear_of_quantized(quantized, scale, output.dense, hidden.shape[:-1], hidden.dtype,
+                                              residual=hidden)
+            return output.LayerNorm(summed)
+        inner = self.intermediate((key, "intermediate"), intermediate, hidden)
+        return self.output((key, "output"), output, inner, hidden)
 
     def output(self, key: Hashable, block: nn.Module, hidden: Tensor, residual: Tensor) -> Tensor:
         """A BERT output block, LayerNorm(dense(hidden) + residual): [B, K, I], [B, K, D] -> [B, K, D]; the

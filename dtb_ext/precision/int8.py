@@ -9,7 +9,10 @@ A call is three passes (`int8_linear`): the fused per-row quantize (`ops.quantiz
 128), oneDNN's int8 matmul on a weight prepacked once into its blocked layout (`torch.ops.onednn.qlinear_pointwise`,
 VNNI/AMX; its int32 sums are exact and come back times the weight scales in float32), and the fused epilogue
 (`ops.dequantize_rows`: the token scales, the bias, a GELU or a residual add, rounded once to the activations'
-dtype). Where oneDNN's int8 ops are missing, `torch._int_mm` computes the same int32 sums.
+dtype). Where oneDNN's int8 ops are missing, `torch._int_mm` computes the same int32 sums. Where an int8 Linear feeds
+another directly (the intermediate block's GELU feeds the output Linear), `int8_linear_quantized_for` quantizes the
+epilogue's rows for the next layer in the same pass (`ops.dequantize_quantize_rows`): the same values, bit for bit,
+without the activations written and read back.
 
 Two optional refinements, measured in `dtb_ext/precision/study.py`:
 - `keep_float`: Linear layers left in float (the ones whose quantization costs the most F1);
@@ -159,20 +162,43 @@ def int8_linear(x: Tensor, layer: Int8Linear, activation: str = "none", residual
         activation: "none", "gelu" (erf) or "gelu_tanh", applied before the residual.
         residual: [..., N] in x's dtype, added last (the output blocks' skip connection), or None.
     """
-    rows = x.reshape(-1, layer.in_features)
-    quantized, scale = ops.quantize_rows(rows, layer.input_divisor)
+    quantized, scale = ops.quantize_rows(x.reshape(-1, layer.in_features), layer.input_divisor)
+    return int8_linear_of_quantized(quantized, scale, layer, x.shape[:-1], x.dtype, activation, residual)
+
+
+def int8_linear_of_quantized(quantized: Tensor, scale: Tensor, layer: Int8Linear, leading: Sequence[int],
+                             dtype: torch.dtype, activation: str = "none",
+                             residual: Tensor | None = None) -> Tensor:
+    """`int8_linear` of an input already quantized for `layer` (`ops.quantize_rows` with its input divisor):
+    [M, K] uint8, [M] scales -> [*leading, N] in `dtype` (M = prod(leading))."""
+    product = _int8_product(quantized, layer)
+    residual_rows = None if residual is None else residual.reshape(-1, layer.out_features)
+    out = ops.dequantize_rows(product, scale, layer.bias, residual_rows, activation, dtype)
+    return out.reshape(*leading, layer.out_features)
+
+
+def int8_linear_quantized_for(x: Tensor, layer: Int8Linear, activation: str, consumer: Int8Linear,
+                              ) -> tuple[Tensor, Tensor]:
+    """act(x W^T + b) through `layer`, returned quantized as `consumer`'s input: [..., K] -> ([M, N] uint8, [M]
+    float32 scales), M the rows of x. The same values as `ops.quantize_rows(int8_linear(x, layer, activation),
+    consumer.input_divisor)`, bit for bit, from one fused epilogue (`ops.dequantize_quantize_rows`)."""
+    if consumer.in_features != layer.out_features:
+        raise ValueError(f"consumer takes {consumer.in_features} features, the layer gives {layer.out_features}")
+    quantized, scale = ops.quantize_rows(x.reshape(-1, layer.in_features), layer.input_divisor)
+    product = _int8_product(quantized, layer)
+    return ops.dequantize_quantize_rows(product, scale, layer.bias, activation, x.dtype, consumer.input_divisor)
+
+
+def _int8_product(quantized: Tensor, layer: Int8Linear) -> Tensor:
+    """[M, K] uint8 (zero point 128) -> [M, N] float32: the matmul's exact int32 sums times the weight scales."""
     packed = layer.packed_weight()
     if packed.weight is not None:
         # x_scale 1 and zero point 128: the int32 sums of (quantized - 128) * weight, times the weight scales.
-        product = torch.ops.onednn.qlinear_pointwise(
+        return torch.ops.onednn.qlinear_pointwise(
             quantized, 1.0, reference.INT8_ZERO_POINT, packed.weight, layer.weight_scale, packed.zero_points, None,
             1.0, 0, torch.float32, "none", [], "")
-    else:
-        centred = (quantized.to(torch.int16) - reference.INT8_ZERO_POINT).to(torch.int8)
-        product = torch._int_mm(centred, layer.weight_int8.t()).float().mul_(layer.weight_scale)
-    residual_rows = None if residual is None else residual.reshape(-1, layer.out_features)
-    out = ops.dequantize_rows(product, scale, layer.bias, residual_rows, activation, x.dtype)
-    return out.reshape(*x.shape[:-1], layer.out_features)
+    centred = (quantized.to(torch.int16) - reference.INT8_ZERO_POINT).to(torch.int8)
+    return torch._int_mm(centred, layer.weight_int8.t()).float().mul_(layer.weight_scale)
 
 
 def encoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
