@@ -194,8 +194,10 @@ Activation parse_activation(const std::string& name) {
 //
 // Phi(x) = 1 - q / 2 for x >= 0 and q / 2 for x < 0, with q = 1 - erf(|x| / sqrt(2)) by Abramowitz and Stegun
 // 7.1.26 (|error| <= 1.5e-7, the formula of ATen's Vectorized::erf), so a negative x loses no digits to 1 + erf. Its
-// exp and the sigmoid's are ATen's polynomial exp_u20 (relative error about 2e-6) instead of Sleef's exp and tanh:
-// 2-4x faster here, and the exp's error is scaled by q (resp. by the sigmoid) where GELU is small.
+// exp and the sigmoid's are ATen's polynomial exp_u20 (relative error about 2e-6) instead of Sleef's exp and tanh;
+// the exp's error is scaled by q (resp. by the sigmoid) where GELU is small. In L1 on one AVX512 core (Xeon, AMX
+// class) this is 1.27x faster than 0.5 x (1 + Vectorized::erf(x / sqrt(2))) and 4.8x faster than
+// 0.5 x (1 + Vectorized::tanh(u)).
 template <Activation activation>
 Vec apply_activation(Vec x) {
   if constexpr (activation == Activation::kGeluErf) {
