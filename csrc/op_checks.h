@@ -224,4 +224,17 @@ inline void check_dequantize_rows_inputs(const at::Tensor& product, const at::Te
   }
 }
 
+// A LayerNorm weight or bias: absent, or [N] of `dtype` (the activations' dtype) on the device of product [M, N].
+inline void check_layer_norm_parameter(const at::Tensor& product, const std::optional<at::Tensor>& parameter,
+                                       const char* name, at::ScalarType dtype, const char* op) {
+  if (parameter.has_value()) {
+    TORCH_CHECK(parameter->dim() == 1 && parameter->size(0) == product.size(1), op, ": LayerNorm ", name,
+                " must be [N] = [", product.size(1), "] to match product of shape ", product.sizes(), ", got shape ",
+                parameter->sizes());
+    TORCH_CHECK(parameter->scalar_type() == dtype, op, ": LayerNorm ", name, " must be ", dtype,
+                " (the output dtype), got ", parameter->scalar_type());
+    check_same_device(op, product, "product", *parameter, name);
+  }
+}
+
 }  // namespace dtb

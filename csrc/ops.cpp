@@ -34,4 +34,11 @@ TORCH_LIBRARY(dtb, m) {
   m.def(
       "dequantize_quantize_rows(Tensor product, Tensor scale, Tensor? bias, str activation, ScalarType dtype, "
       "Tensor? divisor) -> (Tensor quantized, Tensor scale)");
+  // product, scale, bias as dequantize_rows, residual [M, N] dtype, LayerNorm weight/bias [N] dtype or None, eps ->
+  // out = LayerNorm(dequantize_rows(...)) in dtype and, with quantize, quantize_rows(out, divisor) (else [0, N], [0]).
+  // CPU only.
+  m.def(
+      "dequantize_layer_norm_rows(Tensor product, Tensor scale, Tensor? bias, Tensor residual, Tensor? weight, "
+      "Tensor? layer_norm_bias, float eps, ScalarType dtype, bool quantize, Tensor? divisor) -> "
+      "(Tensor out, Tensor quantized, Tensor quantized_scale)");
 }

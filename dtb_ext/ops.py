@@ -155,6 +155,24 @@ def dequantize_quantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None
     return reference.quantize_rows(reference.dequantize_rows(product, scale, bias, None, activation, dtype), divisor)
 
 
+def dequantize_layer_norm_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residual: Tensor,
+                               weight: Tensor | None, layer_norm_bias: Tensor | None, eps: float,
+                               dtype: torch.dtype, quantize: bool,
+                               divisor: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """An int8 output block's epilogue: [M, N] float32 product, [M] scales, [M, N] residual -> LayerNorm(product *
+    scale + bias + residual) as [M, N] `dtype`, and with `quantize` that output quantized for the next int8 Linear
+    ([M, N] uint8, [M] float32; else None, None); see `reference.dequantize_layer_norm_rows`. Kernel on CPU tensors
+    without a recorded gradient, the reference elsewhere."""
+    tensors = [t for t in (product, scale, bias, residual, weight, layer_norm_bias) if t is not None]
+    if (_use_kernels() and product.device.type == "cpu"
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+        out, quantized, quantized_scale = torch.ops.dtb.dequantize_layer_norm_rows(
+            product, scale, bias, residual, weight, layer_norm_bias, eps, dtype, quantize, divisor)
+        return (out, quantized, quantized_scale) if quantize else (out, None, None)
+    return reference.dequantize_layer_norm_rows(product, scale, bias, residual, weight, layer_norm_bias, eps, dtype,
+                                                quantize, divisor)
+
+
 def native_bf16_attention(query: Tensor) -> bool:
     """True when `attention` on `query` [B, H, n, d] runs the kernel's AVX512-BF16 dot products: a bf16 CPU tensor
     with d a multiple of 16, the AVX512 kernels chosen and a CPU with AVX512-BF16. Elsewhere the kernel computes in
@@ -218,6 +236,13 @@ def _register_fake_and_autograd() -> None:
     def _(product, scale, bias, activation, dtype, divisor):
         return (product.new_empty(product.shape, dtype=torch.uint8),
                 product.new_empty((product.shape[0],), dtype=torch.float32))
+
+    @torch.library.register_fake("dtb::dequantize_layer_norm_rows")
+    def _(product, scale, bias, residual, weight, layer_norm_bias, eps, dtype, quantize, divisor):
+        rows = product.shape[0] if quantize else 0
+        return (product.new_empty(product.shape, dtype=dtype),
+                product.new_empty((rows, product.shape[1]), dtype=torch.uint8),
+                product.new_empty((rows,), dtype=torch.float32))
 
     @torch.library.register_fake("dtb::restore")
     def _(base, src, positions):

@@ -178,4 +178,27 @@ def dequantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residua
     return out.to(dtype)
 
 
+def dequantize_layer_norm_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residual: Tensor,
+                               weight: Tensor | None, layer_norm_bias: Tensor | None, eps: float,
+                               dtype: torch.dtype, quantize: bool,
+                               divisor: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """An output block of an int8 layer: out = LayerNorm(dequantize_rows(product, scale, bias, residual, "none",
+    dtype)) over each row, computed in float32 (float64 for a float64 `dtype`, the test oracle) and rounded to
+    `dtype`; with `quantize`, also `quantize_rows(out, divisor)`, else None, None.
+
+    Args:
+        weight, layer_norm_bias: [N] LayerNorm parameters or None (1 and 0).
+        the rest: as `dequantize_rows` and `quantize_rows`.
+    """
+    summed = dequantize_rows(product, scale, bias, residual, "none", dtype)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    out = torch.nn.functional.layer_norm(
+        summed.to(compute), summed.shape[-1:], None if weight is None else weight.to(compute),
+        None if layer_norm_bias is None else layer_norm_bias.to(compute), eps).to(dtype)
+    if not quantize:
+        return out, None, None
+    quantized, quantized_scale = quantize_rows(out, divisor)
+    return out, quantized, quantized_scale
+
+
 _ACTIVATIONS = {"none": "none", "gelu": "none", "gelu_tanh": "tanh"}

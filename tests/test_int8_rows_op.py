@@ -125,6 +125,43 @@ def test_dequantize_quantize_rows_accepts_non_contiguous_inputs_and_matches_the_
     assert empty[0].shape == (0, 8) and empty[1].shape == (0,)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("columns", [7, 37, 384])
+def test_dequantize_layer_norm_rows_matches_the_reference(dtype: torch.dtype, quantize: bool, affine: bool,
+                                                          columns: int) -> None:
+    generator = torch.Generator().manual_seed(columns + 2)
+    rows = 9
+    product = torch.randn(rows, columns, generator=generator) * 40
+    scale = torch.rand(rows, generator=generator) * 0.1
+    bias = torch.randn(columns, generator=generator)
+    residual = (torch.randn(rows, columns, generator=generator) * 3 + 1).to(dtype)
+    weight = (torch.rand(columns, generator=generator) + 0.5).to(dtype) if affine else None
+    norm_bias = torch.randn(columns, generator=generator).to(dtype) if affine else None
+    divisor = torch.rand(columns, generator=generator) + 0.25 if quantize else None
+    out, quantized, quantized_scale = torch.ops.dtb.dequantize_layer_norm_rows(
+        product, scale, bias, residual, weight, norm_bias, 1e-12, dtype, quantize, divisor)
+    # The oracle in float64 from the same rounded sum (dequantize_rows' kernel: the rounding both start from).
+    summed = torch.ops.dtb.dequantize_rows(product, scale, bias, residual, "none", dtype)
+    expected = torch.nn.functional.layer_norm(summed.double(), (columns,),
+                                              None if weight is None else weight.double(),
+                                              None if norm_bias is None else norm_bias.double(), 1e-12)
+    assert out.dtype == dtype and out.shape == (rows, columns)
+    # One rounding to dtype (2^-8 for bfloat16) plus float32 LayerNorm arithmetic.
+    tolerance = 2 ** -8 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+    if quantize:
+        expected_quantized, expected_scale = torch.ops.dtb.quantize_rows(out, divisor)
+        assert torch.equal(quantized, expected_quantized) and torch.equal(quantized_scale, expected_scale)
+    else:
+        assert quantized.shape == (0, columns) and quantized_scale.shape == (0,)
+    with ops.reference_ops():
+        reference_out, _, _ = ops.dequantize_layer_norm_rows(product, scale, bias, residual, weight, norm_bias,
+                                                             1e-12, dtype, False)
+    torch.testing.assert_close(out.double(), reference_out.double(), rtol=2 * tolerance, atol=2 * tolerance)
+
+
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: torch.ops.dtb.quantize_rows(torch.randn(2, 3, 4), None), r"x must be \[M, K\] \(2-D\)"),
     (lambda: torch.ops.dtb.quantize_rows(torch.randn(2, 4).double(), None), "x must be float32 or bfloat16"),
@@ -151,6 +188,22 @@ def test_dequantize_quantize_rows_accepts_non_contiguous_inputs_and_matches_the_
                                                     None), r"dtb::dequantize_quantize_rows: scale must be \[M\]"),
     (lambda: torch.ops.dtb.dequantize_quantize_rows(torch.randn(2, 4), torch.ones(2), None, "relu", torch.float32,
                                                     None), 'activation must be "none", "gelu" or "gelu_tanh"'),
+    (lambda: torch.ops.dtb.dequantize_layer_norm_rows(torch.randn(2, 4), torch.ones(2), None, torch.ones(2, 4),
+                                                      torch.ones(5), None, 1e-5, torch.float32, False, None),
+     r"dtb::dequantize_layer_norm_rows: LayerNorm weight must be \[N\] = \[4\]"),
+    (lambda: torch.ops.dtb.dequantize_layer_norm_rows(torch.randn(2, 4), torch.ones(2), None,
+                                                      torch.ones(2, 4).bfloat16(), None, torch.ones(4), 1e-5,
+                                                      torch.bfloat16, False, None),
+     "LayerNorm bias must be BFloat16"),
+    (lambda: torch.ops.dtb.dequantize_layer_norm_rows(torch.randn(2, 4), torch.ones(2), None, torch.ones(2, 4),
+                                                      None, None, -1.0, torch.float32, False, None),
+     "eps must be >= 0, got -1"),
+    (lambda: torch.ops.dtb.dequantize_layer_norm_rows(torch.randn(2, 4), torch.ones(2), None, torch.ones(2, 4),
+                                                      None, None, 1e-5, torch.float32, False, torch.ones(4)),
+     "a divisor is only used with quantize=True"),
+    (lambda: torch.ops.dtb.dequantize_layer_norm_rows(torch.randn(2, 4), torch.ones(2), None, torch.ones(2, 3),
+                                                      None, None, 1e-5, torch.float32, False, None),
+     "residual must have product's shape"),
 ])
 def test_bad_input_raises_with_a_message(call, message: str) -> None:
     with pytest.raises(RuntimeError, match=message):

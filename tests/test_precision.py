@@ -224,26 +224,57 @@ def test_int8_patched_model_drops_tokens_and_stays_close_to_fp32():
     torch.testing.assert_close(actual[1, :15], alone[0], rtol=1e-4, atol=1e-4)
 
 
-def test_int8_feed_forward_quantizes_the_gelu_output_in_its_epilogue_with_the_same_values(monkeypatch):
-    """The fused int8 feed-forward (GELU output quantized for the output Linear in one epilogue) gives the
-    two-block path's output bit for bit, with and without SmoothQuant factors on the output Linear."""
-    from dtb_ext import ops
+def _int8_layer(smoothing_for: str | None = None):
+    """(int8 tiny model's dynamic encoder, its layer 0, a [2, 11, D] input in the model's float dtype)."""
     from dtb_ext.models.patching import dynamic_encoder
 
-    fused_calls = []
-    fused_op = ops.dequantize_quantize_rows
-    monkeypatch.setattr(ops, "dequantize_quantize_rows", lambda *args: fused_calls.append(1) or fused_op(*args))
     model = dtb_ext.patch(tiny_qa_model(1000, seed=5)).eval()
-    name, linear = next((n, m) for n, m in encoder_linears(model) if n.endswith("0.output.dense"))
-    factors = torch.rand(linear.in_features, generator=torch.Generator().manual_seed(6)) + 0.5
-    for smoothing in (None, {name: factors}):
-        quantized = quantize_int8(model, smoothing=smoothing)
-        encoder = dynamic_encoder(quantized)
-        layer = encoder.layer[0]
-        hidden = torch.randn(2, 11, linear.out_features, generator=torch.Generator().manual_seed(7))
-        with torch.inference_mode():
-            fused = encoder._linears.feed_forward(0, layer.intermediate, layer.output, hidden)
-            inner = encoder._linears.intermediate((0, "intermediate"), layer.intermediate, hidden)
-            separate = encoder._linears.output((0, "output"), layer.output, inner, hidden)
-        assert torch.equal(fused, separate)
-    assert len(fused_calls) == 2
+    smoothing = None
+    if smoothing_for is not None:
+        name, linear = next((n, m) for n, m in encoder_linears(model) if n.endswith(smoothing_for))
+        smoothing = {name: torch.rand(linear.in_features, generator=torch.Generator().manual_seed(6)) + 0.5}
+    encoder = dynamic_encoder(quantize_int8(model, smoothing=smoothing))
+    layer = encoder.layer[0]
+    hidden = torch.randn(2, 11, layer.output.dense.out_features, generator=torch.Generator().manual_seed(7))
+    return encoder, layer, hidden
+
+
+@pytest.mark.parametrize("smoothed", [None, "0.output.dense"])
+def test_int8_feed_forward_fuses_its_epilogues_and_matches_the_two_blocks(monkeypatch, smoothed):
+    """The fused int8 feed-forward (GELU output quantized for the output Linear in one epilogue, LayerNorm in the
+    output Linear's epilogue) gives the two-block path's output within LayerNorm's float32 rounding."""
+    from dtb_ext import ops
+
+    calls = []
+    for name in ("dequantize_quantize_rows", "dequantize_layer_norm_rows"):
+        op = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, _op=op, _name=name: calls.append(_name) or _op(*args))
+    encoder, layer, hidden = _int8_layer(smoothed)
+    with torch.inference_mode():
+        fused = encoder._linears.feed_forward(0, layer.intermediate, layer.output, hidden)
+        inner = encoder._linears.intermediate((0, "intermediate"), layer.intermediate, hidden)
+        dense = layer.output.dense(inner)
+        separate = layer.output.LayerNorm(dense + hidden)
+    assert calls == ["dequantize_quantize_rows", "dequantize_layer_norm_rows"]
+    torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("smoothed", [None, "0.intermediate.dense"])
+def test_int8_attention_output_hands_its_quantized_rows_to_the_feed_forward(smoothed):
+    """An attention-output block that feeds the feed-forward as is quantizes its output for the intermediate
+    Linear in its epilogue: the feed-forward then gives, bit for bit, what it gives on a copy of that output
+    (which it quantizes itself); a copy, or another consumer, never picks the handed-off rows up."""
+    encoder, layer, hidden = _int8_layer(smoothed)
+    context = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(8))
+    block = layer.attention.output
+    with torch.inference_mode():
+        out = encoder._linears.output((0, "attention"), block, context, hidden, feeds=layer.intermediate)
+        assert encoder._linears._handoff is not None and encoder._linears._handoff[0] is out
+        handed = encoder._linears.feed_forward(0, layer.intermediate, layer.output, out)
+        assert encoder._linears._handoff is None
+        copied = encoder._linears.feed_forward(0, layer.intermediate, layer.output, out.clone())
+        plain = encoder._linears.output((0, "attention"), block, context, hidden)
+        assert encoder._linears._handoff is None
+        expected = block.LayerNorm(block.dense(context) + hidden)
+    assert torch.equal(handed, copied) and torch.equal(plain, out)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -10,6 +10,10 @@
 // dtb::dequantize_quantize_rows: product, scale, bias as above, divisor [K] or none -> the quantize_rows of the
 //   dequantize_rows (no residual) with that divisor, bit for bit: the epilogue of the intermediate Linear feeding
 //   the output Linear, without the [M, N] activations in memory.
+// dtb::dequantize_layer_norm_rows: product, scale, bias, residual (required) as dequantize_rows, LayerNorm weight
+//   and bias [N] of `dtype` or none, eps -> out = LayerNorm(dequantize_rows(...)) over each row in float32, rounded to
+//   `dtype`, and with quantize=True also quantize_rows(out, divisor): an output block of an int8 layer in one pass,
+//   its result quantized for the next int8 Linear.
 //
 // One pass over each row instead of the 4-6 elementwise ATen ops (and their temporaries) the same arithmetic
 // takes in PyTorch; they match dtb_ext/reference.py's quantize_rows / dequantize_rows (quantize_rows bit for bit).
@@ -272,6 +276,81 @@ void dequantize_quantize_rows_kernel(const float* product, const float* scale, c
   });
 }
 
+// Sum of values[0:columns].
+float row_sum(const float* values, int64_t columns) {
+  Vec running(0.0f);
+  int64_t k = 0;
+  for (; k + Vec::size() <= columns; k += Vec::size()) {
+    running = running + Vec::loadu(values + k);
+  }
+  float total = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, running);
+  for (; k < columns; ++k) {
+    total += values[k];
+  }
+  return total;
+}
+
+// Sum of (values[0:columns] - mean)^2.
+float row_squared_deviation(const float* values, float mean, int64_t columns) {
+  const Vec mean_vec(mean);
+  Vec running(0.0f);
+  int64_t k = 0;
+  for (; k + Vec::size() <= columns; k += Vec::size()) {
+    const Vec deviation = Vec::loadu(values + k) - mean_vec;
+    running = running + deviation * deviation;
+  }
+  float total = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, running);
+  for (; k < columns; ++k) {
+    total += (values[k] - mean) * (values[k] - mean);
+  }
+  return total;
+}
+
+// dequantize_rows with the residual, then LayerNorm of each (rounded) row in float32, rounded to scalar_t, and
+// optionally quantize_rows of that output with `divisor`: the attention-output block of an int8 layer, its result
+// quantized for the intermediate Linear in the same pass. gamma, beta: [N] scalar_t or null (1 and 0).
+template <typename scalar_t>
+void dequantize_layer_norm_rows_kernel(const float* product, const float* scale, const float* bias,
+                                       const scalar_t* residual, const scalar_t* gamma, const scalar_t* beta,
+                                       float eps, scalar_t* out, const float* divisor, uint8_t* quantized,
+                                       float* quantized_scale, int64_t rows, int64_t columns) {
+  at::parallel_for(0, rows, row_grain(columns), [&](int64_t begin, int64_t end) {
+    std::vector<float> values(columns);
+    std::vector<float> gamma_values(columns, 1.0f);
+    std::vector<float> beta_values(columns, 0.0f);
+    if (gamma != nullptr) {
+      load_divided_row(gamma, nullptr, gamma_values.data(), columns);
+    }
+    if (beta != nullptr) {
+      load_divided_row(beta, nullptr, beta_values.data(), columns);
+    }
+    for (int64_t m = begin; m < end; ++m) {
+      scalar_t* out_row = out + m * columns;
+      // The summed row, rounded as dequantize_rows gives it, is kept in out_row until LayerNorm overwrites it.
+      dequantize_row<scalar_t, Activation::kNone>(product + m * columns, scale[m], bias, residual + m * columns,
+                                                  out_row, columns);
+      load_divided_row(out_row, nullptr, values.data(), columns);
+      const float mean = row_sum(values.data(), columns) / static_cast<float>(columns);
+      const float variance = row_squared_deviation(values.data(), mean, columns) / static_cast<float>(columns);
+      const Vec mean_vec(mean);
+      const Vec inverse_std(1.0f / std::sqrt(variance + eps));
+      for (int64_t k = 0; k < columns; k += kChunk) {
+        const int64_t count = std::min(kChunk, columns - k);
+        const Chunk v = load_chunk(values.data() + k, count);
+        const Chunk g = load_chunk(gamma_values.data() + k, count);
+        const Chunk b = load_chunk(beta_values.data() + k, count);
+        store_chunk({(v.low - mean_vec) * inverse_std * g.low + b.low,
+                     (v.high - mean_vec) * inverse_std * g.high + b.high},
+                    out_row + k, count);
+      }
+      if (quantized != nullptr) {
+        load_divided_row(out_row, divisor, values.data(), columns);
+        quantized_scale[m] = quantize_row(values.data(), quantized + m * columns, columns);
+      }
+    }
+  });
+}
+
 // Calls `body` with a value of the element type (float32 or bfloat16: the inputs are checked before).
 template <typename Body>
 void dispatch_float_or_bfloat16(at::ScalarType dtype, Body body) {
@@ -375,12 +454,51 @@ std::tuple<at::Tensor, at::Tensor> dequantize_quantize_rows_cpu(const at::Tensor
   return {quantized, quantized_scale};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dequantize_layer_norm_rows_cpu(
+    const at::Tensor& product_in, const at::Tensor& scale_in, const std::optional<at::Tensor>& bias_in,
+    const at::Tensor& residual_in, const std::optional<at::Tensor>& gamma_in,
+    const std::optional<at::Tensor>& beta_in, double eps, at::ScalarType dtype, bool quantize,
+    const std::optional<at::Tensor>& divisor_in) {
+  constexpr const char* op = "dtb::dequantize_layer_norm_rows";
+  check_dequantize_rows_inputs(product_in, scale_in, bias_in, residual_in, dtype, op);
+  check_layer_norm_parameter(product_in, gamma_in, "weight", dtype, op);
+  check_layer_norm_parameter(product_in, beta_in, "bias", dtype, op);
+  TORCH_CHECK(eps >= 0.0, op, ": eps must be >= 0, got ", eps);
+  check_divisor(product_in, divisor_in, op);
+  TORCH_CHECK(quantize || !divisor_in.has_value(), op, ": a divisor is only used with quantize=True");
+  const at::Tensor product = product_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
+  const at::Tensor residual = residual_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor gamma = gamma_in.has_value() ? gamma_in->contiguous() : at::Tensor();
+  const at::Tensor beta = beta_in.has_value() ? beta_in->contiguous() : at::Tensor();
+  const at::Tensor divisor = divisor_in.has_value() ? divisor_in->contiguous() : at::Tensor();
+  const int64_t rows = product.size(0);
+  const int64_t columns = product.size(1);
+  at::Tensor out = at::empty({rows, columns}, product.options().dtype(dtype));
+  at::Tensor quantized = at::empty({quantize ? rows : 0, columns}, product.options().dtype(at::kByte));
+  at::Tensor quantized_scale = at::empty({quantize ? rows : 0}, product.options());
+  dispatch_float_or_bfloat16(dtype, [&](auto element) {
+    using scalar_t = decltype(element);
+    dequantize_layer_norm_rows_kernel<scalar_t>(
+        product.const_data_ptr<float>(), scale.const_data_ptr<float>(),
+        bias.defined() ? bias.const_data_ptr<float>() : nullptr, residual.const_data_ptr<scalar_t>(),
+        gamma.defined() ? gamma.const_data_ptr<scalar_t>() : nullptr,
+        beta.defined() ? beta.const_data_ptr<scalar_t>() : nullptr, static_cast<float>(eps),
+        out.mutable_data_ptr<scalar_t>(), divisor.defined() ? divisor.const_data_ptr<float>() : nullptr,
+        quantize ? quantized.mutable_data_ptr<uint8_t>() : nullptr,
+        quantize ? quantized_scale.mutable_data_ptr<float>() : nullptr, rows, columns);
+  });
+  return {out, quantized, quantized_scale};
+}
+
 }  // namespace
 
 DTB_CPU_KERNELS(m) {
   m.impl("quantize_rows", &quantize_rows_cpu);
   m.impl("dequantize_rows", &dequantize_rows_cpu);
   m.impl("dequantize_quantize_rows", &dequantize_quantize_rows_cpu);
+  m.impl("dequantize_layer_norm_rows", &dequantize_layer_norm_rows_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY

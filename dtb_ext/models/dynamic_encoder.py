@@ -182,7 +182,8 @@ class DynamicEncoder(nn.Module):
         ranking = active_ranking(self, positions, hidden.shape[1]) if drops_real else None
         if not drops_real or self.significance == SCORER or ranking is not None:
             # No attention significance is needed, so the fused SDPA kernel can run.
-            attention_output = self._attention_all_kept(index, hidden, mask if padded else None)
+            attention_output = self._attention_all_kept(index, hidden, mask if padded else None,
+                                                        feeds_forward=not drops_real and keep is None)
             attention_significance = None
         else:
             attention_output, attention_significance = self._attention_with_significance(index, hidden, mask)
@@ -221,10 +222,12 @@ class DynamicEncoder(nn.Module):
         projected = self._linears.projections((index, "qkv"), (attention.query, attention.key, attention.value), hidden)
         return tuple(output.view(shape).transpose(1, 2) for output in projected)
 
-    def _attention_all_kept(self, index: int, hidden: Tensor, mask: Tensor | None) -> Tensor:
+    def _attention_all_kept(self, index: int, hidden: Tensor, mask: Tensor | None, feeds_forward: bool) -> Tensor:
         """Layer `index`'s self-attention block with torch SDPA, no significance: [B, n, D] -> [B, n, D].
 
         `mask` is the [B, n] key mask, or None when no example is padded (lets SDPA pick its fastest kernel).
+        `feeds_forward`: the output goes to the layer's feed-forward as is (no tokens gathered in between), which
+        lets an int8 epilogue quantize it for the intermediate Linear (packed_linear.py).
         """
         layer = self.layer[index]
         attention = layer.attention.self
@@ -241,7 +244,8 @@ class DynamicEncoder(nn.Module):
                 scale=attention.scaling,
             )
         context = context.transpose(1, 2).reshape(hidden.shape)
-        return self._linears.output((index, "attention"), layer.attention.output, context, hidden)
+        return self._linears.output((index, "attention"), layer.attention.output, context, hidden,
+                                    feeds=layer.intermediate if feeds_forward else None)
 
     def _attention_with_significance(self, index: int, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Layer `index`'s explicit self-attention block: [B, n, D], [B, n] mask -> ([B, n, D] output, [B, n]

@@ -30,7 +30,13 @@ from transformers.activations import GELUActivation, NewGELUActivation
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 from transformers.models.roberta.modeling_roberta import RobertaIntermediate, RobertaOutput, RobertaSelfOutput
 
-from dtb_ext.precision.int8 import Int8Linear, int8_linear, int8_linear_of_quantized, int8_linear_quantized_for
+from dtb_ext.precision.int8 import (
+    Int8Linear,
+    int8_linear,
+    int8_linear_layer_norm,
+    int8_linear_quantized_for,
+    quantize_input,
+)
 
 # Blocks whose forward is exactly LayerNorm(dropout(dense(x)) + residual), resp. act(dense(x)).
 _OUTPUT_BLOCKS = (BertSelfOutput, BertOutput, RobertaSelfOutput, RobertaOutput)
@@ -52,6 +58,9 @@ class PackedLinears:
     def __init__(self) -> None:
         self._entries: dict[Hashable, _Entry] = {}
         self._int8_entries: dict[Hashable, _Int8Entry] = {}
+        # An int8 attention-output block's result, quantized in its epilogue for the feed-forward that takes it as
+        # is: (output tensor, its consumer, quantized rows, scales), used once, by identity, then dropped.
+        self._handoff: tuple[Tensor, Int8Linear, Tensor, Tensor] | None = None
 
     # A copied or pickled model starts with an empty cache: oneDNN-packed tensors have no storage to copy, and
     # the copy's own weights are what its entries must come from.
@@ -97,21 +106,40 @@ class PackedLinears:
 
         With int8 layers the GELU's output reaches the output Linear already quantized (`int8_linear_quantized_for`:
         the same values as quantizing it after the intermediate block, bit for bit), so the [B, K, I] activations
-        are neither written nor read back."""
+        are neither written nor read back, and the output block's LayerNorm runs in its epilogue
+        (`int8_linear_layer_norm`). `hidden` arrives quantized too when it is the attention-output block's result
+        itself (`output(..., feeds=intermediate)`)."""
+        handoff, self._handoff = self._handoff, None
         if (self._runs_int8(intermediate) and self._runs_int8(output)
                 and _gelu_algorithm(intermediate.intermediate_act_fn) is not None
-                and _is_plain(output.LayerNorm) and _is_plain(output.dropout)):
+                and _fusable_layer_norm(output, hidden) and _is_plain(output.dropout)):
             activation = _INT8_GELU[_gelu_algorithm(intermediate.intermediate_act_fn)]
-            quantized, scale = int8_linear_quantized_for(hidden, intermediate.dense, activation, output.dense)
-            summed = int8_linear_of_quantized(quantized, scale, output.dense, hidden.shape[:-1], hidden.dtype,
-                                              residual=hidden)
-            return output.LayerNorm(summed)
+            if handoff is not None and handoff[0] is hidden and handoff[1] is intermediate.dense:
+                quantized, scale = handoff[2], handoff[3]
+            else:
+                quantized, scale = quantize_input(hidden, intermediate.dense)
+            quantized, scale = int8_linear_quantized_for(quantized, scale, intermediate.dense, activation,
+                                                         output.dense, hidden.dtype)
+            out, _ = int8_linear_layer_norm(quantized, scale, output.dense, hidden, output.LayerNorm)
+            return out
         inner = self.intermediate((key, "intermediate"), intermediate, hidden)
         return self.output((key, "output"), output, inner, hidden)
 
-    def output(self, key: Hashable, block: nn.Module, hidden: Tensor, residual: Tensor) -> Tensor:
+    def output(self, key: Hashable, block: nn.Module, hidden: Tensor, residual: Tensor,
+               feeds: nn.Module | None = None) -> Tensor:
         """A BERT output block, LayerNorm(dense(hidden) + residual): [B, K, I], [B, K, D] -> [B, K, D]; the
-        residual added inside the matmul where packed."""
+        residual added inside the matmul where packed.
+
+        `feeds`: the intermediate block that takes this output as is (no tokens gathered in between), or None.
+        With int8 layers the LayerNorm runs in the matmul's epilogue, which also quantizes the output for `feeds`'
+        int8 Linear (`feed_forward` picks it up)."""
+        if (self._runs_int8(block) and _fusable_layer_norm(block, residual) and _is_plain(block.dropout)
+                and residual.dtype == hidden.dtype):
+            consumer = feeds.dense if feeds is not None and self._runs_int8(feeds) else None
+            quantized, scale = quantize_input(hidden, block.dense)
+            out, handoff = int8_linear_layer_norm(quantized, scale, block.dense, residual, block.LayerNorm, consumer)
+            self._handoff = None if handoff is None else (out, consumer, *handoff)
+            return out
         if (self._runs_int8(block) and _is_plain(block.LayerNorm) and _is_plain(block.dropout)
                 and residual.dtype == hidden.dtype):
             return block.LayerNorm(int8_linear(hidden, block.dense, residual=residual))
@@ -189,6 +217,14 @@ def _is_plain(module: nn.Module) -> bool:
     """No forward hooks on `module` or globally (a hook must see its module run)."""
     return not (module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
                 or nn.modules.module._global_forward_pre_hooks)
+
+
+def _fusable_layer_norm(block: nn.Module, residual: Tensor) -> bool:
+    """Whether an output block's LayerNorm can run in its int8 epilogue: a plain nn.LayerNorm over the last
+    dimension whose parameters (if any) have the activations' dtype."""
+    norm = block.LayerNorm
+    return (type(norm) is nn.LayerNorm and _is_plain(norm) and tuple(norm.normalized_shape) == (residual.shape[-1],)
+            and all(p is None or p.dtype == residual.dtype for p in (norm.weight, norm.bias)))
 
 
 def _is_plain_linear(module: nn.Module) -> bool:

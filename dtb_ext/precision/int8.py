@@ -162,7 +162,7 @@ def int8_linear(x: Tensor, layer: Int8Linear, activation: str = "none", residual
         activation: "none", "gelu" (erf) or "gelu_tanh", applied before the residual.
         residual: [..., N] in x's dtype, added last (the output blocks' skip connection), or None.
     """
-    quantized, scale = ops.quantize_rows(x.reshape(-1, layer.in_features), layer.input_divisor)
+    quantized, scale = quantize_input(x, layer)
     return int8_linear_of_quantized(quantized, scale, layer, x.shape[:-1], x.dtype, activation, residual)
 
 
@@ -177,16 +177,37 @@ def int8_linear_of_quantized(quantized: Tensor, scale: Tensor, layer: Int8Linear
     return out.reshape(*leading, layer.out_features)
 
 
-def int8_linear_quantized_for(x: Tensor, layer: Int8Linear, activation: str, consumer: Int8Linear,
-                              ) -> tuple[Tensor, Tensor]:
-    """act(x W^T + b) through `layer`, returned quantized as `consumer`'s input: [..., K] -> ([M, N] uint8, [M]
-    float32 scales), M the rows of x. The same values as `ops.quantize_rows(int8_linear(x, layer, activation),
-    consumer.input_divisor)`, bit for bit, from one fused epilogue (`ops.dequantize_quantize_rows`)."""
+def int8_linear_quantized_for(quantized: Tensor, scale: Tensor, layer: Int8Linear, activation: str,
+                              consumer: Int8Linear, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """act(x W^T + b) through `layer` from x quantized for it ([M, K] uint8, [M] scales), returned quantized as
+    `consumer`'s input ([M, N] uint8, [M] float32 scales). The same values as `quantize_input(int8_linear(x,
+    layer, activation), consumer)` with that output in `dtype`, bit for bit, from one fused epilogue
+    (`ops.dequantize_quantize_rows`)."""
     if consumer.in_features != layer.out_features:
         raise ValueError(f"consumer takes {consumer.in_features} features, the layer gives {layer.out_features}")
-    quantized, scale = ops.quantize_rows(x.reshape(-1, layer.in_features), layer.input_divisor)
     product = _int8_product(quantized, layer)
-    return ops.dequantize_quantize_rows(product, scale, layer.bias, activation, x.dtype, consumer.input_divisor)
+    return ops.dequantize_quantize_rows(product, scale, layer.bias, activation, dtype, consumer.input_divisor)
+
+
+def int8_linear_layer_norm(quantized: Tensor, scale: Tensor, layer: Int8Linear, residual: Tensor,
+                           layer_norm: nn.LayerNorm, consumer: Int8Linear | None = None,
+                           ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """An output block, LayerNorm(x W^T + b + residual), from an input quantized for `layer` ([M, K] uint8, [M]
+    scales), in one epilogue (`ops.dequantize_layer_norm_rows`): -> ([..., N] in the residual's dtype and shape,
+    that output quantized as `consumer`'s input ([M, N] uint8, [M] float32) or None without a consumer)."""
+    if consumer is not None and consumer.in_features != layer.out_features:
+        raise ValueError(f"consumer takes {consumer.in_features} features, the layer gives {layer.out_features}")
+    product = _int8_product(quantized, layer)
+    out, next_quantized, next_scale = ops.dequantize_layer_norm_rows(
+        product, scale, layer.bias, residual.reshape(-1, layer.out_features), layer_norm.weight, layer_norm.bias,
+        layer_norm.eps, residual.dtype, consumer is not None, None if consumer is None else consumer.input_divisor)
+    handoff = None if next_quantized is None else (next_quantized, next_scale)
+    return out.reshape(residual.shape), handoff
+
+
+def quantize_input(x: Tensor, layer: Int8Linear) -> tuple[Tensor, Tensor]:
+    """[..., K] float -> ([M, K] uint8, [M] float32): x quantized per row as `layer`'s input (its divisor)."""
+    return ops.quantize_rows(x.reshape(-1, layer.in_features), layer.input_divisor)
 
 
 def _int8_product(quantized: Tensor, layer: Int8Linear) -> Tensor:
