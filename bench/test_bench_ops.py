@@ -223,3 +223,44 @@ def test_int8_linear_interleaved(benchmark, time_interleaved, rows: int, in_feat
             "bf16_packed": lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""),
             "bf16_linear": lambda x: torch.nn.functional.linear(x, weight, bias),
         }, [hidden] * 4, 20 if rows < 1000 else 3)
+
+
+@pytest.mark.parametrize("rows", [184, 32 * 184])
+def test_int8_feed_forward_interleaved(benchmark, time_interleaved, rows: int) -> None:
+    """A MiniLM feed-forward (intermediate + GELU, output + residual + LayerNorm) on [1, rows, 384] bf16
+    activations, alternating call by call: the int8 model's fused path (`PackedLinears.feed_forward`: the GELU
+    output quantized for the output Linear in its epilogue, LayerNorm in the output Linear's epilogue) against the
+    same int8 layers as two separate blocks (each Linear quantizes its input, LayerNorm after; the path before
+    the fusion) and the bf16 model's prepacked oneDNN path."""
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from dtb_ext.models.packed_linear import PackedLinears
+    from dtb_ext.precision.int8 import Int8Linear, int8_linear
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    layer = BertLayer(config).eval()
+    int8_layer = BertLayer(config).eval()
+    int8_layer.load_state_dict(layer.state_dict())
+    for block in (int8_layer.intermediate, int8_layer.output):
+        block.dense = Int8Linear.from_linear(block.dense)
+    layer.to(torch.bfloat16)
+    int8_layer.to(torch.bfloat16)
+    hidden = torch.randn(1, rows, config.hidden_size).to(torch.bfloat16)
+    bf16_linears, int8_linears = PackedLinears(), PackedLinears()
+
+    def two_blocks(x):
+        inner = int8_linear(x, int8_layer.intermediate.dense, "gelu")
+        return int8_layer.output.LayerNorm(int8_linear(inner, int8_layer.output.dense, residual=x))
+
+    benchmark.group = f"int8 feed-forward interleaved M={rows} 384->1536->384 bfloat16 cpu"
+    benchmark.extra_info.update(level="ops", interleaved=True, device="cpu", dtype="bfloat16", rows=rows,
+                                threads=torch.get_num_threads(), items_are="the same activations",
+                                baselines=["bf16_packed", "int8_two_blocks"])
+    with torch.inference_mode():
+        time_interleaved({
+            "int8_fused": lambda x: int8_linears.feed_forward(0, int8_layer.intermediate, int8_layer.output, x),
+            "int8_two_blocks": two_blocks,
+            "bf16_packed": lambda x: bf16_linears.feed_forward(0, layer.intermediate, layer.output, x),
+        }, [hidden] * 4, 20 if rows < 1000 else 3)
