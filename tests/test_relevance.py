@@ -343,6 +343,26 @@ def test_relevance_scorer_needs_length_drop(tmp_path, model_dir):
         build_trainer(_options(tmp_path / "x", model_dir, length_drop=False))
 
 
+@needs_data
+def test_plain_fine_tuning_from_a_scorer_model_keeps_the_scorer_in_the_export(tmp_path, model_dir):
+    """--init-from a model that selects by its scorer, without --length-drop: the export still holds the scorer
+    (unchanged: full-length training never calls it), so it loads and selects as before."""
+    from safetensors.torch import load_file
+
+    from dtb_ext.train.finetune import run_training
+
+    with_scorer = run_training(_options(tmp_path / "scorer", model_dir, max_steps=1))["model_dir"]
+    plain = run_training(_options(tmp_path / "plain", None, init_from=with_scorer, length_drop=False,
+                                  relevance_scorer=None, precision="fp32", max_steps=2))["model_dir"]
+    before, after = (load_file(os.path.join(d, "model.safetensors")) for d in (with_scorer, plain))
+    scorer_keys = sorted(key for key in before if ".encoder.relevance." in key)
+    assert scorer_keys and all(torch.equal(before[key], after[key]) for key in scorer_keys)
+    assert any(not torch.equal(before[key], after[key]) for key in before if key.endswith("qa_outputs.weight"))
+    exported = dtb_ext.patch(AutoModelForQuestionAnswering.from_pretrained(plain))
+    assert dynamic_encoder(exported).relevance is not None
+    assert exported.config.dtb_significance == "attention+scorer"
+
+
 def test_relevance_only_trains_the_scorer_alone(tmp_path):
     model = dtb_ext.patch(_model())
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", seed=5, use_cpu=True)

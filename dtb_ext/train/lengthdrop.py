@@ -20,6 +20,7 @@ with `RelevanceSettings.weight`. The selection itself is discrete, so the scorer
 """
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,7 +32,14 @@ from torch import Tensor, nn
 
 from dtb_ext.config import LengthConfig
 from dtb_ext.models.patching import add_relevance_scorer, dynamic_encoder, length_config, set_significance, skip_layers
-from dtb_ext.models.relevance import ATTENTION, ScorerRecord, check_source, record_scorer_logits, values_at_slots
+from dtb_ext.models.relevance import (
+    ATTENTION,
+    SIGNIFICANCE_ATTRIBUTE,
+    ScorerRecord,
+    check_source,
+    record_scorer_logits,
+    values_at_slots,
+)
 from dtb_ext.train.distill import (
     DistillationTrainer,
     Distiller,
@@ -44,6 +52,8 @@ from dtb_ext.train.distill import (
     span_soft_cross_entropy,
 )
 from dtb_ext.train.finetune import QATrainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -312,4 +322,14 @@ def trainer_recipe(options: Any, model: nn.Module) -> tuple[type[QATrainer], dic
     if length_drop is not None:
         patch(model)
         return LengthDropTrainer, {**extras, "length_drop": length_drop, "relevance": relevance_settings(options)}
+    if check_source(getattr(model.config, SIGNIFICANCE_ATTRIBUTE, None) or ATTENTION) != ATTENTION:
+        # A model whose config names a relevance scorer (--init-from a dtb model) is patched so that the scorer's
+        # weights are loaded and exported with it; otherwise the export would name a scorer it does not hold.
+        # Plain fine-tuning runs at full length, where the scorer is never called, so it is not retrained.
+        patch(model)
+        for parameter in dynamic_encoder(model).relevance.parameters():
+            parameter.requires_grad_(False)
+        logger.warning("the relevance scorer of %s is kept as it is: plain fine-tuning does not train it (retrain "
+                       "it with --length-drop --relevance-scorer %s --relevance-only)", model.config._name_or_path,
+                       getattr(model.config, SIGNIFICANCE_ATTRIBUTE))
     return (DistillationTrainer if distill is not None else QATrainer), extras
