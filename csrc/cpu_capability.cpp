@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #if defined(__linux__) && defined(__x86_64__)
@@ -139,15 +140,6 @@ const CapabilityChoice& active_capability() {
     return choose_capability(requested ? requested : "", cpu_best_capability(), built_capabilities());
   }();
   return choice;
-}
-
-KernelRegistration::KernelRegistration(Capability capability, void (*init)(torch::Library&), const char* file,
-                                       uint32_t line) {
-  if (capability != active_capability().chosen) {
-    return;
-  }
-  library_.emplace(torch::Library::IMPL, "dtb", c10::DispatchKey::CPU, file, line);
-  init(*library_);
 }
 
 }  // namespace dtb::cpu

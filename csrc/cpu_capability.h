@@ -2,20 +2,15 @@
 //
 // Every kernel file csrc/cpu/*.cpp is compiled once per instruction set (setup.py, CMakeLists.txt), each time with
 // that set's compiler flags and -DCPU_CAPABILITY=DEFAULT|AVX2|AVX512 (which also selects ATen's at::vec code), into
-// the namespace dtb::CPU_CAPABILITY. Each copy ends in DTB_CPU_KERNELS(m) { m.impl(...); } instead of
-// TORCH_LIBRARY_IMPL(dtb, CPU, m): when the library is loaded, only the copy of the chosen instruction set
-// registers its kernels, so the dispatcher calls the chosen kernels directly and a call costs what it did
-// before. This file and csrc/cpu_capability.cpp are compiled for the baseline instruction set.
+// the namespace dtb::CPU_CAPABILITY. csrc/cpu_kernels.cpp registers the copy of the chosen instruction set when
+// the library is loaded, so the dispatcher calls the chosen kernels directly and a call costs what it did before.
+// This file, csrc/cpu_capability.cpp and csrc/cpu_kernels.cpp are compiled for the baseline instruction set.
 //
 // The choice: the widest set that was built and that this CPU (and its operating system) runs. The environment
 // variable ATEN_CPU_CAPABILITY (default, avx2 or avx512; the one PyTorch reads) lowers it; a request this CPU
 // cannot run, or an unknown value, is not followed and leaves a warning (dtb_ext.ops raises it as a Python warning).
 #pragma once
 
-#include <torch/library.h>
-
-#include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,21 +50,4 @@ std::vector<Capability> built_capabilities();
 // The choice for this process, made once (on first use) from ATEN_CPU_CAPABILITY and the CPU.
 const CapabilityChoice& active_capability();
 
-// Registers one kernel file's kernels for the CPU dispatch key when `capability` is the active one; the other
-// copies of the file register nothing. Constructed by DTB_CPU_KERNELS at load time.
-class KernelRegistration {
- public:
-  KernelRegistration(Capability capability, void (*init)(torch::Library&), const char* file, uint32_t line);
-
- private:
-  std::optional<torch::Library> library_;
-};
-
 }  // namespace dtb::cpu
-
-#define DTB_CPU_KERNELS(m) DTB_CPU_KERNELS_UNIQUE(m, C10_UID)
-#define DTB_CPU_KERNELS_UNIQUE(m, uid)                                                                       \
-  static void C10_CONCATENATE(dtb_cpu_kernels_init_, uid)(torch::Library&);                                 \
-  static const ::dtb::cpu::KernelRegistration C10_CONCATENATE(dtb_cpu_kernels_registration_, uid)(          \
-      ::dtb::cpu::Capability::CPU_CAPABILITY, &C10_CONCATENATE(dtb_cpu_kernels_init_, uid), __FILE__, __LINE__); \
-  void C10_CONCATENATE(dtb_cpu_kernels_init_, uid)(torch::Library & m)

@@ -38,7 +38,7 @@
 #include <immintrin.h>
 #endif
 
-#include "../cpu_capability.h"
+#include "../cpu_kernels.h"
 #include "../op_checks.h"
 
 // Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
@@ -802,6 +802,8 @@ at::Tensor empty_output(const at::Tensor& query) {
   return at::empty({query.size(0), query.size(2), query.size(1), query.size(3)}, query.options()).transpose(1, 2);
 }
 
+}  // namespace
+
 at::Tensor attention_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                          const std::optional<at::Tensor>& mask, double scale) {
   check_attention_inputs(query, key, value, mask);
@@ -823,13 +825,6 @@ std::tuple<at::Tensor, at::Tensor> attention_with_significance_cpu(const at::Ten
     attend(query, key, value, mask, scale, out, significance);
   }
   return {out, significance};
-}
-
-}  // namespace
-
-DTB_CPU_KERNELS(m) {
-  m.impl("attention", &attention_cpu);
-  m.impl("attention_with_significance", &attention_with_significance_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY

@@ -36,7 +36,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../cpu_capability.h"
+#include "../cpu_kernels.h"
 #include "../op_checks.h"
 
 // Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
@@ -377,6 +377,8 @@ void dispatch_activation(Activation activation, Body body) {
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in,
                                                      const std::optional<at::Tensor>& divisor_in) {
   check_quantize_rows_inputs(x_in, divisor_in);
@@ -490,15 +492,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dequantize_layer_norm_rows_cpu(
         quantize ? quantized_scale.mutable_data_ptr<float>() : nullptr, rows, columns);
   });
   return {out, quantized, quantized_scale};
-}
-
-}  // namespace
-
-DTB_CPU_KERNELS(m) {
-  m.impl("quantize_rows", &quantize_rows_cpu);
-  m.impl("dequantize_rows", &dequantize_rows_cpu);
-  m.impl("dequantize_quantize_rows", &dequantize_quantize_rows_cpu);
-  m.impl("dequantize_layer_norm_rows", &dequantize_layer_norm_rows_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY

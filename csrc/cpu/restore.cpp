@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "../cpu_capability.h"
+#include "../cpu_kernels.h"
 #include "../op_checks.h"
 
 // Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
@@ -19,6 +19,8 @@ namespace {
 // Bytes of row copies per parallel task: below this a copy stays on the calling thread, since waking the
 // other threads costs more than the copy.
 constexpr int64_t kParallelBytes = int64_t{1} << 18;
+
+}  // namespace
 
 at::Tensor restore_cpu(const at::Tensor& base_in, const at::Tensor& src_in, const at::Tensor& positions_in) {
   check_restore_inputs(base_in, src_in, positions_in);
@@ -70,12 +72,6 @@ at::Tensor restore_cpu(const at::Tensor& base_in, const at::Tensor& src_in, cons
     }
   });
   return out;
-}
-
-}  // namespace
-
-DTB_CPU_KERNELS(m) {
-  m.impl("restore", &restore_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY

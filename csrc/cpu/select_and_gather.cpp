@@ -11,7 +11,7 @@
 #include <functional>
 #include <vector>
 
-#include "../cpu_capability.h"
+#include "../cpu_kernels.h"
 #include "../op_checks.h"
 #include "../selection_key.h"
 
@@ -57,6 +57,8 @@ void select_positions(const float* significance, const mask_t* mask, const int64
     std::fill(kept_mask_row + count, kept_mask_row + max_keep, mask_t(0));
   }
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_gather_cpu(const at::Tensor& hidden_in,
                                                                      const at::Tensor& significance_in,
@@ -110,12 +112,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_gather_cpu(const at::T
     }
   });
   return {kept_hidden, kept_mask, positions};
-}
-
-}  // namespace
-
-DTB_CPU_KERNELS(m) {
-  m.impl("select_and_gather", &select_and_gather_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY

@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../cpu_capability.h"
+#include "../cpu_kernels.h"
 #include "../op_checks.h"
 
 // Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
@@ -278,6 +278,8 @@ void softmax_with_significance_kernel(const at::Tensor& scores, const at::Tensor
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> softmax_with_significance_cpu(const at::Tensor& scores_in, const at::Tensor& mask) {
   check_softmax_inputs(scores_in, mask);
   const at::Tensor scores = scores_in.contiguous();
@@ -290,12 +292,6 @@ std::tuple<at::Tensor, at::Tensor> softmax_with_significance_cpu(const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "softmax_with_significance_cpu",
                                   [&] { softmax_with_significance_kernel<scalar_t>(scores, valid, probs, significance); });
   return {probs, significance};
-}
-
-}  // namespace
-
-DTB_CPU_KERNELS(m) {
-  m.impl("softmax_with_significance", &softmax_with_significance_cpu);
 }
 
 }  // namespace dtb::CPU_CAPABILITY
