@@ -392,5 +392,6 @@ def test_relevance_only_needs_a_scorer(tmp_path, model_dir):
 def test_train_refuses_a_precision_it_cannot_train_in(tmp_path, model_dir):
     from dtb_ext.train.finetune import build_trainer
 
-    with pytest.raises(ValueError, match="runs in fp32, bf16 \\(autocast\\) or auto, got --precision 'int8'"):
-        build_trainer(_options(tmp_path / "x", model_dir, precision="int8"))
+    with pytest.raises(ValueError, match="runs in fp32, bf16 \\(autocast\\), int8 \\(quantization-aware\\) or auto, got "
+                                         "--precision 'fp16'"):
+        build_trainer(_options(tmp_path / "x", model_dir, precision="fp16"))

@@ -69,19 +69,19 @@ def prepare_for_precision(model: nn.Module, precision: str) -> nn.Module:
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (resolve 'auto' first); got {precision!r}")
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype for training at `precision`: bfloat16 for bf16, None (no autocast) for fp32.
-
-    Raises:
-        ValueError: int8 (training in int8 is quantization-aware training, which is not implemented).
-    """
+def autocast_dtype(precision: str, device_type: str = "cpu") -> torch.dtype | None:
+    """The autocast dtype for training at `precision` on `device_type`: None (no autocast) for fp32, bfloat16 for
+    bf16, and for int8 (quantization-aware training, dtb_ext/precision/qat.py) bfloat16 where the device runs it
+    natively, else None: the int8 model's float part runs in bf16 there too (`prepare_for_precision`)."""
     import torch
 
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    raise ValueError(f"training precision must be fp32 or bf16 (resolve 'auto' first); got {precision!r}")
+    if precision == "int8":
+        return torch.bfloat16 if _native_bf16(device_type)[0] else None
+    raise ValueError(f"training precision must be fp32, bf16 or int8 (resolve 'auto' first); got {precision!r}")
 
 
 def cpu_flags() -> frozenset[str]:

@@ -50,9 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--init-from", default=None, metavar="DIR",
                         help="start from an already fine-tuned QA model directory (e.g. OUTPUT/model of an earlier run) instead of --model")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=defaults.precision,
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default=defaults.precision,
                         help="bf16: autocast (float32 master weights and optimizer state), about 2.5x cheaper per "
-                             "step on CPUs with AVX512-BF16/AMX; auto: bf16 where the hardware runs it natively")
+                             "step on CPUs with AVX512-BF16/AMX; int8: quantization-aware training for the int8 "
+                             "format (encoder Linears on the int8 grid, bf16 autocast where native), evaluated in "
+                             "int8; auto: bf16 where the hardware runs it natively")
     length_drop = parser.add_argument_group("LengthDrop", "train every length configuration at once (sandwich rule, inplace distillation)")
     length_drop.add_argument("--length-drop", action="store_true",
                              help="each batch also trains the smallest and --num-sandwich random sub-models on the full model's span distributions")

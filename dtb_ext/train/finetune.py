@@ -147,8 +147,9 @@ def _check_options(options: TrainOptions) -> None:
     if options.init_from is not None and options.model is not None:
         raise ValueError(f"give --model (a base model) or --init-from (a fine-tuned QA model), not both: "
                          f"got --model {options.model!r} and --init-from {options.init_from!r}")
-    if options.precision not in ("fp32", "bf16", "auto"):
-        raise ValueError(f"dtb train runs in fp32, bf16 (autocast) or auto, got --precision {options.precision!r}")
+    if options.precision not in ("fp32", "bf16", "int8", "auto"):
+        raise ValueError(f"dtb train runs in fp32, bf16 (autocast), int8 (quantization-aware) or auto, got "
+                         f"--precision {options.precision!r}")
     if options.init_from is not None and not os.path.isfile(os.path.join(options.init_from, "config.json")):
         raise ValueError(f"--init-from expects a fine-tuned model directory with a config.json, got {options.init_from!r}")
     from dtb_ext.train.lengthdrop import recipe_settings
@@ -183,22 +184,24 @@ def load_train_examples(options: TrainOptions):
     return examples
 
 
+def training_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def training_precision(options: TrainOptions) -> str:
-    """"fp32" or "bf16" for --precision (auto resolved for this machine's CPU or GPU)."""
+    """"fp32", "bf16" or "int8" for --precision (auto resolved for this machine's CPU or GPU)."""
     from dtb_ext.precision import resolve_precision
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = resolve_precision(options.precision, device)
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"dtb train runs in fp32 or bf16 (autocast), got --precision {options.precision!r}")
-    return precision
+    return resolve_precision(options.precision, training_device())
 
 
 def training_arguments(options: TrainOptions, checkpoint_dir: str) -> TrainingArguments:
     """The TrainingArguments of the recipe: AdamW, linear decay after a warmup fraction, safetensors
     checkpoints every save_steps, length-grouped batches; bf16 autocast (float32 master weights and optimizer
-    state) with --precision bf16."""
-    bf16 = training_precision(options) == "bf16"
+    state) with --precision bf16, and with int8 where the hardware runs bf16 natively."""
+    from dtb_ext.precision import autocast_dtype
+
+    bf16 = autocast_dtype(training_precision(options), training_device()) == torch.bfloat16
     return TrainingArguments(
         bf16=bf16,
         # Trainer accepts bf16 on a machine without a GPU only when told to run on the CPU
@@ -245,6 +248,10 @@ def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATra
         raise ValueError(f"none of the {len(examples)} training questions could be featurised: {dict(skips.counts)}")
     set_seed(options.seed)  # the QA head is initialised here; seed it like the rest of the run
     model = load_student(model_path, fine_tuned=options.init_from is not None)
+    if training_precision(options) == "int8":
+        from dtb_ext.precision.qat import enable_fake_quantization
+
+        enable_fake_quantization(model)
     trainer_class, recipe = trainer_recipe(options, model)  # LengthDrop / distillation when asked
     checkpoint_dir = os.path.join(options.output, CHECKPOINT_SUBDIR)
     return trainer_class(
@@ -293,11 +300,14 @@ def resume_checkpoint(options: TrainOptions) -> str | None:
 def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool = False,
                  info: dict[str, Any] | None = None) -> str:
     """Write a model directory that `dtb eval --model DIR` loads: config.json, model.safetensors (fp16 when
-    asked, to halve the size), tokenizer files and `dtb_train.json` (how it was trained)."""
+    asked, to halve the size), tokenizer files and `dtb_train.json` (how it was trained). Layers trained on the
+    int8 grid are exported as the plain Linears they are (`prepare_for_precision(model, "int8")` quantizes them)."""
     import copy
 
+    from dtb_ext.precision.qat import disable_fake_quantization
+
     os.makedirs(directory, exist_ok=True)
-    exported = copy.deepcopy(model).to("cpu")
+    exported = disable_fake_quantization(copy.deepcopy(model).to("cpu"))
     if fp16:
         exported = exported.to(torch.float16)
     exported.save_pretrained(directory)
@@ -309,17 +319,26 @@ def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool =
 
 
 def final_evaluation(model: torch.nn.Module, tokenizer, options: TrainOptions) -> dict[str, Any]:
-    """EM/F1 on the eval file (dev-a by default), first `eval_limit` questions."""
+    """EM/F1 on the eval file (dev-a by default), first `eval_limit` questions; a quantization-aware run is scored
+    as the int8 model it trained for (`prepare_for_precision(..., "int8")`), other runs in float32."""
+    import copy
+
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
     from dtb_ext.data_paths import DEV_FILE
+    from dtb_ext.precision import prepare_for_precision
+    from dtb_ext.precision.qat import disable_fake_quantization, is_fake_quantized
 
+    precision = "int8" if is_fake_quantized(model) else "fp32"
+    if precision == "int8":
+        model = prepare_for_precision(disable_fake_quantization(copy.deepcopy(model).to("cpu")), "int8").eval()
     path = options.eval_data or DEV_FILE
     examples = load_squad(path)
     if options.eval_limit is not None:
         examples = examples[:options.eval_limit]
     features = prepare_eval_features(examples, tokenizer, options.max_seq_length, options.doc_stride, options.max_query_length)
     result = evaluate_qa(model, features, batch_size=options.eval_batch_size, progress=options.progress)
-    return {**result, "eval_data": os.path.abspath(path), "skipped": dict(features.skips.counts)}
+    return {**result, "eval_data": os.path.abspath(path), "skipped": dict(features.skips.counts),
+            "precision": precision}
 
 
 def run_training(options: TrainOptions, loss_fn: LossFn | None = None) -> dict[str, Any]:

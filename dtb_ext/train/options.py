@@ -35,7 +35,9 @@ class TrainOptions:
     fp16_export: bool = False
     progress: bool = True
     init_from: str | None = None  # an already fine-tuned QA model directory to start from (instead of --model)
-    precision: str = "fp32"  # "fp32", or "bf16": autocast with float32 master weights and optimizer state
+    # "fp32"; "bf16": autocast with float32 master weights and optimizer state; "int8": quantization-aware training
+    # (dtb_ext/precision/qat.py) under bf16 autocast where the hardware runs bf16 natively, else in fp32
+    precision: str = "fp32"
     # LengthDrop (lengthdrop.py)
     length_drop: bool = False
     num_sandwich: int = 2
