@@ -15,6 +15,7 @@ from transformers import BertConfig, BertForQuestionAnswering
 import dtb_ext
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig, MixedLengthConfig
+from tiny_qa import alone, padded_qa_batch
 
 pytestmark = pytest.mark.cuda
 
@@ -45,26 +46,8 @@ def _qa_model(seed: int = 0) -> BertForQuestionAnswering:
     return BertForQuestionAnswering._from_config(config, attn_implementation="sdpa").eval()
 
 
-def _padded_batch(lengths: list[int], seed: int = 7) -> dict[str, torch.Tensor]:
-    """Right-padded random inputs on the CPU: ids, attention mask and token types, each [B, max(lengths)]."""
-    generator = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.randint(100, VOCAB, (len(lengths), width), generator=generator)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    types = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        mask[row, :length] = 1
-        ids[row, length:] = 0
-        types[row, length // 3:length] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
 def _on(inputs: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     return {name: tensor.to(device) for name, tensor in inputs.items()}
-
-
-def _alone(inputs: dict[str, torch.Tensor], row: int, length: int) -> dict[str, torch.Tensor]:
-    return {name: tensor[row:row + 1, :length] for name, tensor in inputs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +60,7 @@ def models() -> tuple[BertForQuestionAnswering, BertForQuestionAnswering, BertFo
 
 def test_full_length_matches_hugging_face_on_cuda(models):
     reference, patched, _ = models
-    inputs = _on(_padded_batch(LENGTHS), DEVICE)
+    inputs = _on(padded_qa_batch(LENGTHS, VOCAB), DEVICE)
     real = inputs["attention_mask"].bool()
     with torch.no_grad():
         expected = reference(**inputs)
@@ -92,7 +75,7 @@ def test_full_length_matches_hugging_face_on_cuda(models):
 def test_reduced_config_on_cuda_equals_the_cpu_model(models, config):
     """The CUDA kernels select the same tokens as the CPU kernels: the same logits to float tolerance."""
     _, on_gpu, on_cpu = models
-    inputs = _padded_batch(LENGTHS)
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
     real = inputs["attention_mask"].bool()
     with torch.no_grad():
         with dtb_ext.length_config(on_cpu, config):
@@ -109,27 +92,27 @@ def test_reduced_config_on_cuda_equals_the_cpu_model(models, config):
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_example_alone_equals_example_in_padded_batch_on_cuda(models, config):
     _, patched, _ = models
-    inputs = _on(_padded_batch(LENGTHS), DEVICE)
+    inputs = _on(padded_qa_batch(LENGTHS, VOCAB), DEVICE)
     with torch.no_grad(), dtb_ext.length_config(patched, config):
         batched = patched(**inputs)
         for row, length in enumerate(LENGTHS):
-            alone = patched(**_alone(inputs, row, length))
+            single = patched(**alone(inputs, row, length))
             for name in ("start_logits", "end_logits"):
-                torch.testing.assert_close(getattr(batched, name)[row, :length], getattr(alone, name)[0],
+                torch.testing.assert_close(getattr(batched, name)[row, :length], getattr(single, name)[0],
                                            atol=1e-5, rtol=1e-4)
 
 
 def test_each_example_of_a_mixed_batch_equals_it_alone_under_its_config_on_cuda(models):
     _, patched, _ = models
     configs = [None, *CONFIGS, LengthConfig.absolute([40] * NUM_LAYERS)]
-    inputs = _on(_padded_batch(LENGTHS), DEVICE)
+    inputs = _on(padded_qa_batch(LENGTHS, VOCAB), DEVICE)
     with torch.no_grad():
         with dtb_ext.length_config(patched, MixedLengthConfig(configs)):
             mixed = patched(**inputs)
         for row, (config, length) in enumerate(zip(configs, LENGTHS, strict=True)):
             with dtb_ext.length_config(patched, config):
-                alone = patched(**_alone(inputs, row, length))
-            torch.testing.assert_close(mixed.start_logits[row, :length], alone.start_logits[0], atol=1e-5, rtol=1e-4)
+                single = patched(**alone(inputs, row, length))
+            torch.testing.assert_close(mixed.start_logits[row, :length], single.start_logits[0], atol=1e-5, rtol=1e-4)
 
 
 def _relative_error(actual: torch.Tensor, truth: torch.Tensor) -> float:
@@ -139,7 +122,7 @@ def _relative_error(actual: torch.Tensor, truth: torch.Tensor) -> float:
 def test_bf16_full_length_errs_no_more_than_hugging_face_bf16_on_cuda(models):
     """Against the float32 model, the patched bf16 model's error is at most about twice HF bf16's own."""
     reference, patched, _ = models
-    inputs = _on(_padded_batch(LENGTHS), DEVICE)
+    inputs = _on(padded_qa_batch(LENGTHS, VOCAB), DEVICE)
     real = inputs["attention_mask"].bool()
     reference_bf16 = copy.deepcopy(reference).to(torch.bfloat16)
     patched_bf16 = dtb_ext.prepare_for_precision(copy.deepcopy(patched), "bf16")
@@ -157,18 +140,18 @@ def test_bf16_reduced_config_is_batch_invariant_on_cuda(models, config):
     tolerance (the significance is accumulated in float32)."""
     _, patched, _ = models
     patched_bf16 = dtb_ext.prepare_for_precision(copy.deepcopy(patched), "bf16")
-    inputs = _on(_padded_batch(LENGTHS), DEVICE)
+    inputs = _on(padded_qa_batch(LENGTHS, VOCAB), DEVICE)
     with torch.no_grad(), dtb_ext.length_config(patched_bf16, config):
         batched = patched_bf16(**inputs).start_logits.float()
         for row, length in enumerate(LENGTHS):
-            alone = patched_bf16(**_alone(inputs, row, length)).start_logits.float()
-            scale = float(alone.abs().max())
-            torch.testing.assert_close(batched[row, :length], alone[0], atol=0.05 * scale, rtol=0.05)
+            single = patched_bf16(**alone(inputs, row, length)).start_logits.float()
+            scale = float(single.abs().max())
+            torch.testing.assert_close(batched[row, :length], single[0], atol=0.05 * scale, rtol=0.05)
 
 
 def test_gradients_flow_through_a_reduced_config_on_cuda():
     model = dtb_ext.patch(_qa_model(seed=1)).to(DEVICE).train()
-    inputs = _on(_padded_batch(LENGTHS[:3]), DEVICE)
+    inputs = _on(padded_qa_batch(LENGTHS[:3], VOCAB), DEVICE)
     with dtb_ext.length_config(model, CONFIGS[1]):
         output = model(**inputs)
     (output.start_logits.square().mean() + output.end_logits.square().mean()).backward()

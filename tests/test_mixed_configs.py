@@ -13,7 +13,7 @@ import dtb_ext
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig, MixedLengthConfig, as_length_config, length_config_from_json
 from dtb_ext.macs import count_macs
-from tiny_qa import tiny_qa_model
+from tiny_qa import alone, padded_qa_batch, tiny_qa_model
 
 NUM_LAYERS = 4
 VOCAB = 2000
@@ -103,23 +103,6 @@ def _ops_path(source: str) -> contextlib.AbstractContextManager:
     return ops.reference_ops()
 
 
-def _padded_batch(lengths: list[int]) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(7)
-    width = max(lengths)
-    ids = torch.randint(100, VOCAB, (len(lengths), width), generator=generator)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    types = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        mask[row, :length] = 1
-        ids[row, length:] = 0
-        types[row, length // 3:length] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def _alone(inputs: dict[str, torch.Tensor], row: int, length: int) -> dict[str, torch.Tensor]:
-    return {name: tensor[row:row + 1, :length] for name, tensor in inputs.items()}
-
-
 CONFIGS = [
     None,
     LengthConfig.absolute([30, 20, 12, 5]),
@@ -133,24 +116,24 @@ LENGTHS = [37, 40, 23, 11, 40, 29]  # padding in most rows
 
 @pytest.mark.parametrize("source", ["kernels", "reference"])
 def test_each_example_of_a_mixed_batch_equals_it_alone_under_its_config(model, source):
-    inputs = _padded_batch(LENGTHS)
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
     with torch.no_grad(), _ops_path(source):
         with dtb_ext.length_config(model, MixedLengthConfig(CONFIGS)):
             mixed = model(**inputs)
         changed = 0
         for row, (config, length) in enumerate(zip(CONFIGS, LENGTHS)):
-            single = _alone(inputs, row, length)
+            single = alone(inputs, row, length)
             with dtb_ext.length_config(model, config):
-                alone = model(**single)
+                by_itself = model(**single)
             full = model(**single)
             for name in ("start_logits", "end_logits"):
-                torch.testing.assert_close(getattr(mixed, name)[row, :length], getattr(alone, name)[0], atol=1e-5, rtol=1e-4)
-            changed += not torch.allclose(alone.start_logits, full.start_logits, atol=1e-3)
+                torch.testing.assert_close(getattr(mixed, name)[row, :length], getattr(by_itself, name)[0], atol=1e-5, rtol=1e-4)
+            changed += not torch.allclose(by_itself.start_logits, full.start_logits, atol=1e-3)
     assert changed >= 3  # the reduced configs really drop tokens, so a wrong assignment would show
 
 
 def test_set_length_config_takes_a_mixed_config_and_saves_its_json(model):
-    inputs = _padded_batch(LENGTHS[:3])
+    inputs = padded_qa_batch(LENGTHS[:3], VOCAB)
     mixed = MixedLengthConfig(CONFIGS[:3])
     try:
         dtb_ext.set_length_config(model, mixed)
@@ -161,6 +144,6 @@ def test_set_length_config_takes_a_mixed_config_and_saves_its_json(model):
             dtb_ext.set_length_config(model, json.loads(json.dumps(model.config.dtb_length_config)))
             torch.testing.assert_close(model(**inputs).start_logits, expected)
         with pytest.raises(ValueError, match="3 configurations for a batch of 2 examples"), torch.no_grad():
-            model(**_padded_batch(LENGTHS[:2]))
+            model(**padded_qa_batch(LENGTHS[:2], VOCAB))
     finally:
         dtb_ext.set_length_config(model, None)

