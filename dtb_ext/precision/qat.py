@@ -11,6 +11,8 @@ training saw them (up to float32 summation order).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -67,3 +69,9 @@ def disable_fake_quantization(model: nn.Module) -> nn.Module:
 def is_fake_quantized(model: nn.Module) -> bool:
     """Whether some layer of `model` trains on the int8 grid."""
     return any(type(module) is FakeQuantizedLinear for module in model.modules())
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` on the CPU whose layers trained on the int8 grid are plain `nn.Linear`s again (what is
+    exported, and what `prepare_for_precision(..., "int8")` quantizes); `model` itself is left as it is."""
+    return disable_fake_quantization(copy.deepcopy(model).to("cpu"))

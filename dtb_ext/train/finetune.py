@@ -185,23 +185,24 @@ def load_train_examples(options: TrainOptions):
 
 
 def training_device() -> str:
+    """Where Trainer runs: "cuda" when a GPU is present, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def training_precision(options: TrainOptions) -> str:
-    """"fp32", "bf16" or "int8" for --precision (auto resolved for this machine's CPU or GPU)."""
+    """"fp32", "bf16" or "int8" for --precision (auto resolved, and printed, for this machine's CPU or GPU)."""
     from dtb_ext.precision import resolve_precision
 
     return resolve_precision(options.precision, training_device())
 
 
-def training_arguments(options: TrainOptions, checkpoint_dir: str) -> TrainingArguments:
+def training_arguments(options: TrainOptions, checkpoint_dir: str, precision: str) -> TrainingArguments:
     """The TrainingArguments of the recipe: AdamW, linear decay after a warmup fraction, safetensors
     checkpoints every save_steps, length-grouped batches; bf16 autocast (float32 master weights and optimizer
-    state) with --precision bf16, and with int8 where the hardware runs bf16 natively."""
+    state) at `precision` bf16 (`training_precision`), and at int8 where the hardware runs bf16 natively."""
     from dtb_ext.precision import autocast_dtype
 
-    bf16 = autocast_dtype(training_precision(options), training_device()) == torch.bfloat16
+    bf16 = autocast_dtype(precision, training_device()) == torch.bfloat16
     return TrainingArguments(
         bf16=bf16,
         # Trainer accepts bf16 on a machine without a GPU only when told to run on the CPU
@@ -248,7 +249,8 @@ def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATra
         raise ValueError(f"none of the {len(examples)} training questions could be featurised: {dict(skips.counts)}")
     set_seed(options.seed)  # the QA head is initialised here; seed it like the rest of the run
     model = load_student(model_path, fine_tuned=options.init_from is not None)
-    if training_precision(options) == "int8":
+    precision = training_precision(options)
+    if precision == "int8":
         from dtb_ext.precision.qat import enable_fake_quantization
 
         enable_fake_quantization(model)
@@ -256,7 +258,7 @@ def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATra
     checkpoint_dir = os.path.join(options.output, CHECKPOINT_SUBDIR)
     return trainer_class(
         model=model,
-        args=training_arguments(options, checkpoint_dir),
+        args=training_arguments(options, checkpoint_dir, precision),
         train_dataset=QAFeatureDataset(features),
         data_collator=DynamicPaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
@@ -302,12 +304,10 @@ def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool =
     """Write a model directory that `dtb eval --model DIR` loads: config.json, model.safetensors (fp16 when
     asked, to halve the size), tokenizer files and `dtb_train.json` (how it was trained). Layers trained on the
     int8 grid are exported as the plain Linears they are (`prepare_for_precision(model, "int8")` quantizes them)."""
-    import copy
-
-    from dtb_ext.precision.qat import disable_fake_quantization
+    from dtb_ext.precision.qat import float_copy
 
     os.makedirs(directory, exist_ok=True)
-    exported = disable_fake_quantization(copy.deepcopy(model).to("cpu"))
+    exported = float_copy(model)
     if fp16:
         exported = exported.to(torch.float16)
     exported.save_pretrained(directory)
@@ -321,16 +321,14 @@ def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool =
 def final_evaluation(model: torch.nn.Module, tokenizer, options: TrainOptions) -> dict[str, Any]:
     """EM/F1 on the eval file (dev-a by default), first `eval_limit` questions; a quantization-aware run is scored
     as the int8 model it trained for (`prepare_for_precision(..., "int8")`), other runs in float32."""
-    import copy
-
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
     from dtb_ext.data_paths import DEV_FILE
     from dtb_ext.precision import prepare_for_precision
-    from dtb_ext.precision.qat import disable_fake_quantization, is_fake_quantized
+    from dtb_ext.precision.qat import float_copy, is_fake_quantized
 
     precision = "int8" if is_fake_quantized(model) else "fp32"
     if precision == "int8":
-        model = prepare_for_precision(disable_fake_quantization(copy.deepcopy(model).to("cpu")), "int8").eval()
+        model = prepare_for_precision(float_copy(model), "int8").eval()
     path = options.eval_data or DEV_FILE
     examples = load_squad(path)
     if options.eval_limit is not None:
