@@ -136,9 +136,13 @@ def open_study(
             f"study {study_name!r} optimises {[d.name for d in study.directions]}, "
             f"not {[d.name for d in DIRECTIONS]} (F1, cost); use another study name or storage"
         )
+    # Trials first, then the identity: a worker creating the study sets its identity before its first trial, so a
+    # study seen with trials shows that identity when read afterwards (read the other way round, a concurrent
+    # creator's first trial could land between the two reads and look like a foreign study).
+    has_trials = bool(study.get_trials(deepcopy=False))
     stored = study.user_attrs.get(IDENTITY_ATTR)
     if stored is None:
-        if study.get_trials(deepcopy=False):
+        if has_trials:
             raise ValueError(
                 f"study {study_name!r} has trials but no {IDENTITY_ATTR!r}: it was not made by this search; "
                 "use another study name or storage"
