@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "prepare_eval_features": "dtb_ext.qa",
     "search_split_articles": "dtb_ext.qa",
     "squad_metrics": "dtb_ext.qa",
-    "QuestionAnswerer": "dtb_ext.qa.answerer",
+    "QuestionAnswerer": "dtb_ext.answering.answerer",
     "LengthConfig": "dtb_ext.config",
     "MixedLengthConfig": "dtb_ext.config",
     "patch": "dtb_ext.models.patching",

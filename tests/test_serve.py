@@ -17,8 +17,8 @@ import threading
 import httpx
 import pytest
 
-from dtb_ext.qa.answerer import QuestionAnswerer
-from dtb_ext.qa.latency import LatencyModel
+from dtb_ext.answering.answerer import QuestionAnswerer
+from dtb_ext.answering.latency import LatencyModel
 from dtb_ext.serve.admission import choose_config
 from dtb_ext.serve.app import create_app
 from dtb_ext.serve.metrics import Histogram

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dtb_ext.qa.answerer import QuestionAnswerer
-from dtb_ext.qa.budget import InputError
+from dtb_ext.answering.answerer import QuestionAnswerer
+from dtb_ext.answering.budget import InputError
 from dtb_ext.serve.batcher import Batcher, Overloaded
 from dtb_ext.serve.metrics import CONTENT_TYPE, ServerMetrics
 from dtb_ext.serve.requests import RequestError, parse_answer_request, read_body

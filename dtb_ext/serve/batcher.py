@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dtb_ext.config import LengthConfig
-from dtb_ext.qa.answerer import Answer, PreparedQuestion, QuestionAnswerer
+from dtb_ext.answering.answerer import Answer, PreparedQuestion, QuestionAnswerer
 from dtb_ext.serve.admission import choose_config
 from dtb_ext.serve.metrics import ServerMetrics
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from dtb_ext.qa.budget import BUDGET_FIELDS, Budget, InputError
+from dtb_ext.answering.budget import BUDGET_FIELDS, Budget, InputError
 
 TEXT_FIELDS = ("question", "context")
 ALLOWED_FIELDS = TEXT_FIELDS + BUDGET_FIELDS

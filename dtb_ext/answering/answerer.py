@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dtb_ext.config import LengthConfig, MixedLengthConfig
-from dtb_ext.qa.budget import (
+from dtb_ext.answering.budget import (
     FULL_LENGTH,
     LATENCY_BUDGET_MS,
     MIN_SPEEDUP,
@@ -30,7 +30,7 @@ from dtb_ext.qa.budget import (
 )
 from dtb_ext.qa.data import SquadExample
 from dtb_ext.qa.features import EvalFeatures, prepare_eval_features
-from dtb_ext.qa.latency import LatencyModel
+from dtb_ext.answering.latency import LatencyModel
 from dtb_ext.qa.postprocess import SpanCollector
 from dtb_ext.search.front import Front, Point, load_front
 
