@@ -202,7 +202,7 @@ def _options(output, model_dir, **overrides):
 def test_a_resumed_run_samples_and_learns_what_an_uninterrupted_one_does(tmp_path, model_dir):
     import shutil
 
-    from dtb_ext.train.finetune import build_trainer
+    from dtb_ext.train.run import build_trainer
 
     straight = build_trainer(_options(tmp_path / "straight", model_dir))
     straight.train()

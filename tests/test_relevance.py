@@ -314,7 +314,7 @@ def _options(output, model_dir, **overrides):
 def test_bf16_training_with_the_scorer_resumes_exactly_and_exports_it(tmp_path, model_dir):
     import shutil
 
-    from dtb_ext.train.finetune import build_trainer, run_training
+    from dtb_ext.train.run import build_trainer, run_training
 
     straight = build_trainer(_options(tmp_path / "straight", model_dir))
     assert straight.args.bf16
@@ -337,7 +337,7 @@ def test_bf16_training_with_the_scorer_resumes_exactly_and_exports_it(tmp_path, 
 
 @needs_data
 def test_relevance_scorer_needs_length_drop(tmp_path, model_dir):
-    from dtb_ext.train.finetune import build_trainer
+    from dtb_ext.train.run import build_trainer
 
     with pytest.raises(ValueError, match="--relevance-scorer apply only with --length-drop"):
         build_trainer(_options(tmp_path / "x", model_dir, length_drop=False))
@@ -349,7 +349,7 @@ def test_plain_fine_tuning_from_a_scorer_model_keeps_the_scorer_in_the_export(tm
     (unchanged: full-length training never calls it), so it loads and selects as before."""
     from safetensors.torch import load_file
 
-    from dtb_ext.train.finetune import run_training
+    from dtb_ext.train.run import run_training
 
     with_scorer = run_training(_options(tmp_path / "scorer", model_dir, max_steps=1))["model_dir"]
     plain = run_training(_options(tmp_path / "plain", None, init_from=with_scorer, length_drop=False,
@@ -382,7 +382,7 @@ def test_relevance_only_trains_the_scorer_alone(tmp_path):
 
 @needs_data
 def test_relevance_only_needs_a_scorer(tmp_path, model_dir):
-    from dtb_ext.train.finetune import build_trainer
+    from dtb_ext.train.run import build_trainer
 
     with pytest.raises(ValueError, match="--relevance-only trains the relevance scorer"):
         build_trainer(_options(tmp_path / "x", model_dir, relevance_scorer=None, relevance_only=True))
@@ -390,7 +390,7 @@ def test_relevance_only_needs_a_scorer(tmp_path, model_dir):
 
 @needs_data
 def test_train_refuses_a_precision_it_cannot_train_in(tmp_path, model_dir):
-    from dtb_ext.train.finetune import build_trainer
+    from dtb_ext.train.run import build_trainer
 
     with pytest.raises(ValueError, match="runs in fp32, bf16 \\(autocast\\), int8 \\(quantization-aware\\) or auto, got "
                                          "--precision 'fp16'"):

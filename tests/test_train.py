@@ -9,14 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from dtb_ext.qa.data import default_squad_file, search_split_articles
-from dtb_ext.train.finetune import (
-    DynamicPaddingCollator,
-    EpochSeededLengthGroupedSampler,
-    build_trainer,
-    load_train_examples,
-    run_training,
-)
 from dtb_ext.train.options import TrainOptions
+from dtb_ext.train.run import build_trainer, load_train_examples, run_training
+from dtb_ext.train.trainer import DynamicPaddingCollator, EpochSeededLengthGroupedSampler
 from tiny_qa import save_tiny_qa_model
 
 TRAIN = default_squad_file("train-subset-v1.1.json")

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from dtb_ext.train.finetune import QATrainer
+from dtb_ext.train.trainer import QATrainer
 
 PROJECTION_ATTRIBUTE = "dtb_distill_projection"
 

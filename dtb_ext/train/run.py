@@ -1,9 +1,8 @@
-"""Fine-tuning a BERT-family model for SQuAD span QA with Hugging Face `Trainer`.
+"""A `dtb train` run from TrainOptions: check the options, featurise the training questions, build the trainer the
+recipe names (recipe.py), train or resume from the last complete checkpoint, export a plain model directory and
+score it (EM/F1) on the evaluation file.
 
-Trainer brings the launch story (torchrun/accelerate, multi-GPU), safetensors checkpoints and exact resume
-(model, optimizer, scheduler, RNG, data position). This module adds what SQuAD needs: sliding-window features,
-dynamic padding with length-grouped batches (features average ~180 of 384 tokens), a pluggable loss (LengthDrop
-and distillation plug in there), an export to a plain model directory and a final EM/F1 evaluation.
+Features are fed with dynamic padding in length-grouped batches (they average ~180 of 384 tokens); see trainer.py.
 """
 from __future__ import annotations
 
@@ -11,108 +10,27 @@ import json
 import logging
 import os
 from dataclasses import asdict
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import AutoTokenizer, BertForQuestionAnswering, TrainingArguments, set_seed
 
+from dtb_ext.data_paths import DEV_FILE, training_file
+from dtb_ext.precision import autocast_dtype, prepare_for_precision, resolve_precision
+from dtb_ext.precision.qat import enable_fake_quantization, float_copy, is_fake_quantized
+from dtb_ext.qa.data import load_squad, search_split_articles
+from dtb_ext.qa.evaluate import evaluate_qa
+from dtb_ext.qa.features import prepare_eval_features, prepare_train_features
 from dtb_ext.train.options import TrainOptions
+from dtb_ext.train.recipe import recipe_settings, trainer_recipe
+from dtb_ext.train.trainer import DynamicPaddingCollator, LossFn, QAFeatureDataset, QATrainer
 
 logger = logging.getLogger(__name__)
-
-# (model, inputs) -> (loss, outputs). The default is the model's own start/end cross-entropy.
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Any]]
 
 CHECKPOINT_SUBDIR = "checkpoints"
 MODEL_SUBDIR = "model"
 METRICS_FILE = "metrics.json"
 TRAIN_INFO_FILE = "dtb_train.json"
-
-
-class QAFeatureDataset(torch.utils.data.Dataset):
-    """Training features (dicts of unpadded lists, see prepare_train_features) as a map-style dataset."""
-
-    def __init__(self, features: Sequence[dict[str, Any]]) -> None:
-        self.features = list(features)
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.features[index]
-
-
-class DynamicPaddingCollator:
-    """Pads a batch of features to its longest one: input_ids/token_type_ids/attention_mask (B, T) and
-    start_positions/end_positions (B,)."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(feature["input_ids"]) for feature in features)
-        batch = {
-            "input_ids": torch.full((len(features), width), self.pad_token_id, dtype=torch.long),
-            "token_type_ids": torch.zeros((len(features), width), dtype=torch.long),
-            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
-        }
-        for row, feature in enumerate(features):
-            n = len(feature["input_ids"])
-            for name in ("input_ids", "token_type_ids", "attention_mask"):
-                batch[name][row, :n] = torch.tensor(feature[name], dtype=torch.long)
-        for name in ("start_positions", "end_positions"):
-            batch[name] = torch.tensor([feature[name] for feature in features], dtype=torch.long)
-        return batch
-
-
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from a generator seeded with `seed + epoch`, so the order of an epoch does not
-    depend on the global RNG: a run resumed in the middle of any epoch sees exactly the batches of an
-    uninterrupted run (Trainer's own LengthGroupedSampler draws from the global RNG, which differs after a
-    resume once an epoch boundary has been crossed)."""
-
-    def __init__(self, batch_size: int, lengths: Sequence[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=list(lengths))
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-class QATrainer(Trainer):
-    """Trainer whose loss is a pluggable `loss_fn(model, inputs) -> (loss, outputs)`; None keeps the model's
-    own loss. LengthDrop/distillation supply their own loss_fn (several forward passes per step).
-    Batches group features of similar length (see EpochSeededLengthGroupedSampler)."""
-
-    def __init__(self, *args: Any, loss_fn: LossFn | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.loss_fn = loss_fn
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or not isinstance(dataset, QAFeatureDataset):
-            return super()._get_train_sampler(train_dataset)
-        return EpochSeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=[len(feature["input_ids"]) for feature in dataset.features],
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-        )
-
-    def model_for_export(self) -> torch.nn.Module:
-        """The model to export after training (subclasses strip training-only modules)."""
-        return self.model
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.loss_fn is None:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        loss, outputs = self.loss_fn(model, inputs)
-        return (loss, outputs) if return_outputs else loss
 
 
 def default_base_model() -> str:
@@ -152,15 +70,11 @@ def _check_options(options: TrainOptions) -> None:
                          f"--precision {options.precision!r}")
     if options.init_from is not None and not os.path.isfile(os.path.join(options.init_from, "config.json")):
         raise ValueError(f"--init-from expects a fine-tuned model directory with a config.json, got {options.init_from!r}")
-    from dtb_ext.train.lengthdrop import recipe_settings
-
     recipe_settings(options)
 
 
 def load_student(model_path: str, fine_tuned: bool) -> torch.nn.Module:
     """The model to train, in float32; with `fine_tuned`, ValueError unless its QA head was trained."""
-    from transformers import BertForQuestionAnswering
-
     model, loading = BertForQuestionAnswering.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
     untrained = sorted(key for key in loading["missing_keys"] if key.startswith("qa_outputs"))
     if fine_tuned and untrained:
@@ -171,9 +85,6 @@ def load_student(model_path: str, fine_tuned: bool) -> torch.nn.Module:
 
 def load_train_examples(options: TrainOptions):
     """Training questions: the train file minus the search articles (unless included), first `limit` of them."""
-    from dtb_ext.data_paths import training_file
-    from dtb_ext.qa.data import load_squad, search_split_articles
-
     path = training_file(options.train_data, "the training questions", "--train-data")
     exclude = None if options.include_search_articles else search_split_articles()
     examples = load_squad(path, exclude_articles=exclude)
@@ -191,8 +102,6 @@ def training_device() -> str:
 
 def training_precision(options: TrainOptions) -> str:
     """"fp32", "bf16" or "int8" for --precision (auto resolved, and printed, for this machine's CPU or GPU)."""
-    from dtb_ext.precision import resolve_precision
-
     return resolve_precision(options.precision, training_device())
 
 
@@ -200,8 +109,6 @@ def training_arguments(options: TrainOptions, checkpoint_dir: str, precision: st
     """The TrainingArguments of the recipe: AdamW, linear decay after a warmup fraction, safetensors
     checkpoints every save_steps, length-grouped batches; bf16 autocast (float32 master weights and optimizer
     state) at `precision` bf16 (`training_precision`), and at int8 where the hardware runs bf16 natively."""
-    from dtb_ext.precision import autocast_dtype
-
     bf16 = autocast_dtype(precision, training_device()) == torch.bfloat16
     return TrainingArguments(
         bf16=bf16,
@@ -232,11 +139,6 @@ def training_arguments(options: TrainOptions, checkpoint_dir: str, precision: st
 
 def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATrainer:
     """Load tokenizer and model, featurise the training questions and return the configured trainer."""
-    from transformers import AutoTokenizer, set_seed
-
-    from dtb_ext.qa.features import prepare_train_features
-    from dtb_ext.train.lengthdrop import trainer_recipe
-
     _check_options(options)
     model_path = options.init_from or options.model or default_base_model()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -251,8 +153,6 @@ def build_trainer(options: TrainOptions, loss_fn: LossFn | None = None) -> QATra
     model = load_student(model_path, fine_tuned=options.init_from is not None)
     precision = training_precision(options)
     if precision == "int8":
-        from dtb_ext.precision.qat import enable_fake_quantization
-
         enable_fake_quantization(model)
     trainer_class, recipe = trainer_recipe(options, model)  # LengthDrop / distillation when asked
     checkpoint_dir = os.path.join(options.output, CHECKPOINT_SUBDIR)
@@ -304,8 +204,6 @@ def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool =
     """Write a model directory that `dtb eval --model DIR` loads: config.json, model.safetensors (fp16 when
     asked, to halve the size), tokenizer files and `dtb_train.json` (how it was trained). Layers trained on the
     int8 grid are exported as the plain Linears they are (`prepare_for_precision(model, "int8")` quantizes them)."""
-    from dtb_ext.precision.qat import float_copy
-
     os.makedirs(directory, exist_ok=True)
     exported = float_copy(model)
     if fp16:
@@ -321,11 +219,6 @@ def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool =
 def final_evaluation(model: torch.nn.Module, tokenizer, options: TrainOptions) -> dict[str, Any]:
     """EM/F1 on the eval file (dev-a by default), first `eval_limit` questions; a quantization-aware run is scored
     as the int8 model it trained for (`prepare_for_precision(..., "int8")`), other runs in float32."""
-    from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
-    from dtb_ext.data_paths import DEV_FILE
-    from dtb_ext.precision import prepare_for_precision
-    from dtb_ext.precision.qat import float_copy, is_fake_quantized
-
     precision = "int8" if is_fake_quantized(model) else "fp32"
     if precision == "int8":
         model = prepare_for_precision(float_copy(model), "int8").eval()
