@@ -85,9 +85,9 @@ def _setup() -> dict[str, Any]:
         chosen += [(f"front-{speedup:g}x", pick(front, min_speedup=speedup)) for speedup in SPEEDUPS]
         for name, point in chosen:
             picks[name] = "full length" if point.length_config == front.full_length.length_config else str(
-                list(point.length_config))
+                list(point.length_config.values))
             if picks[name] != "full length":
-                configs[name] = point.length_spec
+                configs[name] = point.length_config
     examples = sample_questions(load_squad(default_squad_file("dev-a-v1.1.json")), QUESTIONS, 0)
     features = prepare_eval_features(examples, tokenizer, int(identity.get("max_seq_length", MAX_SEQ_LENGTH)),
                                      int(identity.get("doc_stride", 128)), int(identity.get("max_query_length", 64)))

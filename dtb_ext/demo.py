@@ -59,7 +59,7 @@ class DemoConfig:
     full-length config absent from the front)."""
 
     labels: tuple[str, ...]
-    length_config: tuple[int, ...]
+    length_config: LengthConfig
     front_f1: float | None
     front_speedup: float | None
 
@@ -102,7 +102,7 @@ class DemoRow:
     def to_json(self) -> dict[str, Any]:
         return {
             "label": self.config.label,
-            "length_config": list(self.config.length_config),
+            "length_config": self.config.length_config.to_json(),
             "front_f1": self.config.front_f1,
             "front_speedup": self.config.front_speedup,
             "f1": self.fp32.f1,
@@ -159,7 +159,7 @@ def choose_configs(front: Any, min_f1: float | None = None) -> list[DemoConfig]:
         ("F1 within 3%", pick(front, max_f1_drop_percent=3.0)),
         (f"fastest F1 >= {min_f1:.1f}", pick(front, max_f1_drop=full.f1 - min_f1)),
     ]
-    by_config: dict[tuple[int, ...], DemoConfig] = {}
+    by_config: dict[LengthConfig, DemoConfig] = {}
     for label, point in choices:
         previous = by_config.get(point.length_config)
         labels = (label,) if previous is None else previous.labels + (label,)
@@ -187,14 +187,11 @@ def sample_for_latency(features: Any, count: int) -> Any:
     )
 
 
-def run_spec(length_config: tuple[int, ...], full_length: tuple[int, ...]) -> list[int] | None:
+def run_spec(length_config: LengthConfig, full_length: LengthConfig | None) -> LengthConfig | None:
     """The length config a demo row runs (and counts MACs) with. Full length runs without one, as the unpatched
     model does: every layer at the input width, padding included (the baseline of the paper's protocol). Any
     config drops the padding at its first gather (DESIGN.md §2.1)."""
-    if length_config == full_length:
-        return None
-    # a ratio front's configs are floats (see dtb_ext.search.front.Point.length_spec)
-    return LengthConfig.ratios(length_config) if isinstance(length_config[0], float) else list(length_config)
+    return None if length_config == full_length else length_config
 
 
 def measure_latency(
@@ -322,9 +319,9 @@ def run_demo(
     if second != "fp32":
         models[second] = prepare_for_precision(copy.deepcopy(model), second)
     num_layers = model.config.num_hidden_layers
-    if len(front.full_length.length_config) != num_layers:
+    if front.full_length.length_config.num_layers != num_layers:
         raise ValueError(
-            f"the front {front_path} holds {len(front.full_length.length_config)}-layer configs, the model has "
+            f"the front {front_path} holds {front.full_length.length_config.num_layers}-layer configs, the model has "
             f"{num_layers} layers: was it searched on another model?"
         )
     configs = choose_configs(front, min_f1)
@@ -341,7 +338,7 @@ def run_demo(
     for name, candidate in models.items():
         for config in configs:
             if progress:
-                print(f"F1/EM at {config.label} {list(config.length_config)}, {name}", file=sys.stderr)
+                print(f"F1/EM at {config.label} {list(config.length_config.values)}, {name}", file=sys.stderr)
             scores[name, config.length_config] = evaluate_qa(
                 candidate, features, length_config=run_spec(config.length_config, None), batch_size=batch_size,
                 padding="dynamic", progress=progress,
@@ -429,7 +426,7 @@ def format_table(result: DemoResult) -> str:
                 f"{m.latency_ms['dynamic']:8.2f} {m.speedup['dynamic']:6.2f} "
                 f"{m.speedup_same_precision['dynamic']:6.2f} {row.macs_ratio['dynamic']:6.2f} "
                 f"{m.latency_ms['max_length']:8.2f} {m.speedup['max_length']:6.2f} "
-                f"{row.macs_ratio['max_length']:6.2f}  {list(row.config.length_config) if index == 0 else ''}"
+                f"{row.macs_ratio['max_length']:6.2f}  {list(row.config.length_config.values) if index == 0 else ''}"
             )
     return "\n".join(lines)
 

@@ -39,14 +39,14 @@ def tiny_model_dir(tmp_path_factory):
 
 def test_configs_are_the_pick_choices_full_length_first():
     configs = demo.choose_configs(_front(SMALL_FRONT))
-    assert [c.length_config for c in configs] == [(384, 384), (300, 200), (200, 100), (128, 64)]
+    assert [c.length_config.values for c in configs] == [(384, 384), (300, 200), (200, 100), (128, 64)]
     assert [c.label for c in configs] == ["full length", "F1 within 1%", "F1 within 3%", "fastest F1 >= 72.0"]
     assert configs[3].front_f1 == 73.0 and configs[3].front_speedup == pytest.approx(768 / 192)
 
 
 def test_a_config_chosen_by_several_budgets_is_listed_once_with_every_label():
     configs = demo.choose_configs(_front([((384, 384), 80.0), ((128, 64), 79.9), ((64, 32), 50.0)]), min_f1=75)
-    assert [c.length_config for c in configs] == [(384, 384), (128, 64)]
+    assert [c.length_config.values for c in configs] == [(384, 384), (128, 64)]
     assert configs[1].label == "F1 within 1% = F1 within 3% = fastest F1 >= 75.0"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pytest
 
+from dtb_ext.config import LengthConfig
 from dtb_ext.search.engine import run_search
 from dtb_ext.search.evaluation import Evaluation
 from dtb_ext.search.front import Front, load_front
@@ -131,7 +132,7 @@ def test_search_is_seeded_and_reproducible(strategy):
         front = run_search(evaluator, SPACE, n_evaluations=25, strategy=strategy, seed=7, progress=False)
         runs.append(evaluator.calls)
         assert len(front.points) == 25 and len(set(evaluator.calls)) == 25
-        assert front.full_length.length_config == SPACE.full and front.full_length.speedup == 1.0
+        assert front.full_length.length_config.values == SPACE.full and front.full_length.speedup == 1.0
     assert runs[0] == runs[1]
 
 
@@ -358,23 +359,34 @@ def _front() -> Front:
 
 def test_front_keeps_full_length_reference_even_when_dominated():
     front = _front()
-    assert front.full_length.length_config == (64, 64, 64, 64)
-    assert [p.length_config for p in front.front] == [(48, 32, 16, 8), (64, 48, 32, 16), (64, 64, 48, 32)]
+    assert front.full_length.length_config.values == (64, 64, 64, 64)
+    assert [p.length_config.values for p in front.front] == [(48, 32, 16, 8), (64, 48, 32, 16), (64, 64, 48, 32)]
     assert front.full_length not in front.front
     assert front.front[0].speedup == pytest.approx(256 / 104)
 
 
+def test_front_points_carry_length_configs_of_their_space():
+    absolute = pick(_front(), max_f1_drop=1.0)
+    assert absolute.length_config == LengthConfig.absolute([64, 48, 32, 16]) and absolute.space == "absolute"
+    ratios = Front.build("macs", [((1.0, 1.0), dict(f1=80.0, exact_match=70.0, macs=4.0)),
+                                  ((1.0, 0.5), dict(f1=79.9, exact_match=70.0, macs=3.0))], (1.0, 1.0),
+                         space="ratios")
+    chosen = pick(ratios, max_f1_drop=1.0)
+    assert chosen.length_config == LengthConfig.ratios([1.0, 0.5]) and chosen.space == "ratios"
+    assert Front.from_json(ratios.to_json()).front == ratios.front
+
+
 def test_pick_constraints():
     front = _front()
-    assert pick(front, max_f1_drop=1.0).length_config == (64, 48, 32, 16)  # 79.2 >= 80 - 1
-    assert pick(front, max_f1_drop=0.5).length_config == (64, 64, 48, 32)
-    assert pick(front, max_f1_drop=4.0).length_config == (48, 32, 16, 8)
-    assert pick(front, max_f1_drop_percent=1.0).length_config == (64, 48, 32, 16)  # 1 % of 80 = 0.8
-    assert pick(front, max_f1_drop_percent=0.5).length_config == (64, 64, 48, 32)
-    assert pick(front, min_speedup=1.5).length_config == (64, 48, 32, 16)
-    assert pick(front, min_speedup=1.0).length_config == (64, 64, 48, 32)
-    assert pick(front, latency_budget_ms=16.5).length_config == (64, 48, 32, 16)
-    assert pick(front, latency_budget_ms=100).length_config == (64, 64, 48, 32)
+    assert pick(front, max_f1_drop=1.0).length_config.values == (64, 48, 32, 16)  # 79.2 >= 80 - 1
+    assert pick(front, max_f1_drop=0.5).length_config.values == (64, 64, 48, 32)
+    assert pick(front, max_f1_drop=4.0).length_config.values == (48, 32, 16, 8)
+    assert pick(front, max_f1_drop_percent=1.0).length_config.values == (64, 48, 32, 16)  # 1 % of 80 = 0.8
+    assert pick(front, max_f1_drop_percent=0.5).length_config.values == (64, 64, 48, 32)
+    assert pick(front, min_speedup=1.5).length_config.values == (64, 48, 32, 16)
+    assert pick(front, min_speedup=1.0).length_config.values == (64, 64, 48, 32)
+    assert pick(front, latency_budget_ms=16.5).length_config.values == (64, 48, 32, 16)
+    assert pick(front, latency_budget_ms=100).length_config.values == (64, 64, 48, 32)
 
 
 def test_pick_errors_name_the_best_achievable_value():
@@ -389,6 +401,10 @@ def test_pick_errors_name_the_best_achievable_value():
         pick(front)
     with pytest.raises(ValueError, match="must be >= 0"):
         pick(front, max_f1_drop=-1.0)
+    for name in ("max_f1_drop", "max_f1_drop_percent", "latency_budget_ms", "min_speedup"):
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number, got {value}"):
+                pick(front, **{name: value})
     no_latency = Front.build("macs", [((64, 64, 64, 64), dict(f1=1.0, exact_match=1.0, macs=1.0))], (64,) * 4)
     with pytest.raises(ValueError, match="no latency measurements"):
         pick(no_latency, latency_budget_ms=10.0)
@@ -446,7 +462,7 @@ def test_full_length_point_is_retried_after_it_failed(strategy):
                    progress=False)
     evaluator = AnalyticEvaluator()
     front = run_search(evaluator, SPACE, n_evaluations=5, strategy=strategy, storage=storage, progress=False)
-    assert evaluator.calls[0] == SPACE.full and front.full_length.length_config == SPACE.full
+    assert evaluator.calls[0] == SPACE.full and front.full_length.length_config.values == SPACE.full
 
 
 def test_evolution_continues_a_study_started_by_another_strategy():
@@ -468,7 +484,7 @@ def test_seed_configs_are_evaluated_right_after_full_length_once_each(tmp_path):
     assert evaluator.calls.count((64, 64, 32, 16)) == 1
     trials = optuna.load_study(study_name="dtb-length-search", storage=f"sqlite:///{storage}").get_trials()
     assert [t.user_attrs.get("origin") for t in trials[:3]] == ["full_length", "seed", "seed"]
-    assert {(64, 64, 32, 16), (64, 64, 64, 8)} <= {point.length_config for point in front.points}
+    assert {(64, 64, 32, 16), (64, 64, 64, 8)} <= {point.length_config.values for point in front.points}
     # resuming with the same seeds evaluates none of them again
     again = AnalyticEvaluator()
     run_search(again, SPACE, n_evaluations=10, strategy="evolution", storage=storage, progress=False,

@@ -113,18 +113,18 @@ def _synthetic_front() -> Front:
 def test_pick_takes_the_fastest_config_whose_upper_bound_is_within_the_budget():
     front = _synthetic_front()
     assert front.rule["name"] == "paired-bootstrap upper bound" and front.rule["confidence"] == 0.9
-    by_config = {p.length_config: p for p in front.points}
+    by_config = {p.length_config.values: p for p in front.points}
     lucky = by_config[(48, 32)]
     assert lucky.f1 > front.full_length.f1 and lucky.drop.percent()[2] > 3.0
     # on point estimates the lucky config would win every budget; its interval keeps it out below ~2.5 %
-    assert pick(front, max_f1_drop_percent=1.0).length_config == (64, 48)
-    assert pick(front, max_f1_drop_percent=2.5).length_config == (64, 32)
-    assert pick(front, max_f1_drop_percent=5.0).length_config == (48, 32)
-    assert pick(front, max_f1_drop_percent=30.0).length_config == (32, 16)
-    assert pick(front, max_f1_drop_percent=0.0).length_config == FULL
+    assert pick(front, max_f1_drop_percent=1.0).length_config.values == (64, 48)
+    assert pick(front, max_f1_drop_percent=2.5).length_config.values == (64, 32)
+    assert pick(front, max_f1_drop_percent=5.0).length_config.values == (48, 32)
+    assert pick(front, max_f1_drop_percent=30.0).length_config.values == (32, 16)
+    assert pick(front, max_f1_drop_percent=0.0).length_config.values == FULL
     # an absolute budget is the same rule in F1 points: 1 % of F1 70 is 0.7 points
-    assert pick(front, max_f1_drop=0.7).length_config == (64, 48)
-    assert pick(front, max_f1_drop=1.75).length_config == (64, 32)
+    assert pick(front, max_f1_drop=0.7).length_config.values == (64, 48)
+    assert pick(front, max_f1_drop=1.75).length_config.values == (64, 32)
     choice = describe_choice(front, by_config[(64, 32)])
     assert choice["scores"] == "search" and choice["confidence"] == 0.9
     assert choice["drop_percent"][0] == pytest.approx(100 * 6 / 420)
@@ -133,7 +133,7 @@ def test_pick_takes_the_fastest_config_whose_upper_bound_is_within_the_budget():
 
 def test_confirmation_candidates_keep_the_tight_configs_a_lucky_one_pushed_off_the_front():
     front = _synthetic_front()
-    assert [p.length_config for p in front.front] == [(32, 16), (48, 32)]  # the lucky one dominates
+    assert [p.length_config.values for p in front.front] == [(32, 16), (48, 32)]  # the lucky one dominates
     assert front.confirmation_candidates() == [FULL, (32, 16), (48, 32), (64, 32), (64, 48)]
 
 
@@ -147,9 +147,9 @@ def test_pick_decides_on_the_confirmation_part_when_the_front_was_confirmed():
         (64, 32): full,  # and this one loses none
     }.items()}
     confirmed = front.with_confirmation(confirmation, {"split": "confirmation"})
-    assert pick(confirmed, max_f1_drop_percent=1.0).length_config == (64, 32)
+    assert pick(confirmed, max_f1_drop_percent=1.0).length_config.values == (64, 32)
     # only confirmed configs are candidates: (48, 32) and (32, 16) were not re-scored
-    assert pick(confirmed, min_speedup=1.1).length_config == (64, 32)
+    assert pick(confirmed, min_speedup=1.1).length_config.values == (64, 32)
     with pytest.raises(ValueError, match="highest speedup is 1.500x"):
         pick(confirmed, min_speedup=1.6)
     choice = describe_choice(confirmed, pick(confirmed, max_f1_drop_percent=1.0))
@@ -180,7 +180,7 @@ def test_interval_front_round_trips_and_old_fronts_keep_the_point_estimate_rule(
     old["full_length"] = {k: v for k, v in saved["full_length"].items() if k not in ("space", "drop", "confirmation")}
     legacy = Front.from_json(old)
     assert legacy.rule is None and legacy.space == "absolute"
-    assert pick(legacy, max_f1_drop_percent=1.0).length_config == (48, 32)  # the lucky one, as before
+    assert pick(legacy, max_f1_drop_percent=1.0).length_config.values == (48, 32)  # the lucky one, as before
     assert describe_choice(legacy, legacy.full_length)["rule"].startswith("point estimate")
 
 
@@ -188,7 +188,7 @@ def test_a_format_1_front_still_loads_and_picks():
     # v3's shipped front (format 1, absolute space), kept as a fixture when v4's replaced it
     front = load_front(os.path.join(os.path.dirname(__file__), "data", "front_v3_format1.json"))
     assert front.space == "absolute" and len(front.points) >= 2
-    assert pick(front, max_f1_drop_percent=1.0).length_config != ()
+    assert pick(front, max_f1_drop_percent=1.0).length_config.values != ()
 
 
 def test_the_shipped_default_front_loads_and_picks():

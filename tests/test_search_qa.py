@@ -36,7 +36,7 @@ def test_short_real_search_writes_front_and_resumes(tmp_path, tokenizer):
                      out_dir=str(tmp_path), reevaluate_on=DEV, reevaluate_questions=10, progress=False)
     front = search_lengths(model, tokenizer, **arguments)
     assert len(front.points) == 4
-    assert front.full_length.length_config == (384, 384) and front.full_length.speedup == 1.0
+    assert front.full_length.length_config.values == (384, 384) and front.full_length.speedup == 1.0
     assert all(p.macs < front.full_length.macs for p in front.points if p is not front.full_length)
     assert all(p.dev_f1 is not None for p in front.front) and front.full_length.dev_f1 is not None
     assert front.identity["questions"] == 20 and front.identity["split"] == "search"

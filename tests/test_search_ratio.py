@@ -81,7 +81,7 @@ def test_engine_searches_the_ratio_space(strategy):
     assert evaluator.calls[0] == SPACE.full and len(set(evaluator.calls)) == len(evaluator.calls) == 14
     assert all(_is_monotone_config(SPACE, c) for c in evaluator.calls)
     assert front.space == "ratios" and front.identity["space"] == "ratios" and front.identity["ratio_grid"] == 20
-    assert all(p.space == "ratios" and p.length_spec.kind == "ratio" for p in front.points)
+    assert all(p.space == "ratios" and p.length_config.kind == "ratio" for p in front.points)
 
 
 def test_a_ratio_study_is_not_reopened_as_an_absolute_one(tmp_path):
@@ -112,7 +112,7 @@ def test_ratio_search_end_to_end_on_a_tiny_model(tmp_path, capsys):
         n_evaluations=5, strategy="evolution", confirmation_questions=15, reevaluate_on=DEV,
         reevaluate_questions=10, out_dir=str(tmp_path / "search"), progress=False,
     )
-    assert front.space == "ratios" and front.full_length.length_config == (1.0, 1.0)
+    assert front.space == "ratios" and front.full_length.length_config.values == (1.0, 1.0)
     assert front.identity["precision"] == "fp32" and front.identity["space"] == "ratios"
     assert front.rule is not None and front.confirmed_on["split"] == "confirmation"
     assert front.confirmed_on["questions"] == 15
@@ -126,15 +126,15 @@ def test_ratio_search_end_to_end_on_a_tiny_model(tmp_path, capsys):
     model_dir = save_tiny_qa_model(str(tmp_path / "model"))
     save_config_to_model(model_dir, chosen)
     with open(os.path.join(model_dir, "config.json")) as handle:
-        assert json.load(handle)["dtb_length_config"] == {"ratios": list(chosen.length_config)}
+        assert json.load(handle)["dtb_length_config"] == {"ratios": list(chosen.length_config.values)}
     patched = dtb_ext.patch(BertForQuestionAnswering.from_pretrained(model_dir))
-    assert dtb_ext.get_length_config(patched) == chosen.length_spec
+    assert dtb_ext.get_length_config(patched) == chosen.length_config
 
     # `dtb eval --length-ratios` runs the picked ratios, with the scores evaluate_qa gives them directly
     examples = load_squad(DEV)[:4]
-    direct = evaluate_qa(model, prepare_eval_features(examples, tokenizer), length_config=chosen.length_spec,
+    direct = evaluate_qa(model, prepare_eval_features(examples, tokenizer), length_config=chosen.length_config,
                          progress=False)
-    ratios = ",".join(repr(v) for v in chosen.length_config)
+    ratios = ",".join(repr(v) for v in chosen.length_config.values)
     capsys.readouterr()
     assert main(["eval", "--data", DEV, "--model", model_dir, "--limit", "4", "--length-ratios", ratios,
                  "--no-progress"]) == 0
@@ -179,6 +179,6 @@ def test_demo_runs_a_ratio_front(tmp_path, capsys):
                  "--precision", "fp32", "--out", out, "--no-progress"]) == 0
     with open(os.path.join(out, "demo.json")) as handle:
         rows = json.load(handle)["rows"]
-    assert [row["length_config"] for row in rows][:3] == [[1.0, 1.0], [0.8, 0.6], [0.6, 0.4]]
+    assert [row["length_config"] for row in rows][:3] == [{"ratios": r} for r in ([1.0, 1.0], [0.8, 0.6], [0.6, 0.4])]
     ratios = [row["macs_ratio"]["dynamic"] for row in rows]
     assert ratios[0] == 1.0 and ratios == sorted(ratios) and ratios[-1] > 1.0

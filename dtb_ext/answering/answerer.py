@@ -281,7 +281,7 @@ class QuestionAnswerer:
             front = Front.from_json(front)
         elif not isinstance(front, Front):
             raise ValueError(f"front must be a Front, a path to a front JSON or its parsed dict, got {type(front).__name__}")
-        layers = len(front.full_length.length_config)
+        layers = front.full_length.length_config.num_layers
         if layers != self.num_layers:
             raise ValueError(f"the front's configurations have {layers} layers but the model has {self.num_layers}")
         return front
@@ -310,7 +310,7 @@ class QuestionAnswerer:
     def _config_of(self, point: Point) -> LengthConfig | None:
         if point.length_config == self.front.full_length.length_config:
             return None  # full length runs as the unpatched model does, without a configuration
-        return point.length_spec
+        return point.length_config
 
     def _front_with_latency(self, prepared: PreparedQuestion) -> Front:
         """The front with each point's latency_ms set to `prepared`'s predicted time under it."""

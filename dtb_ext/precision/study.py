@@ -144,9 +144,9 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
             if point.length_config == front.full_length.length_config:
                 log(f"the within-{percent:g}% pick is full length: its int8 score is step 3's")
                 continue
-            fp32_step = f"fp32 at the within-{percent:g}% pick {list(point.length_config)}"
-            score(fp32_step, model, point.length_spec)
-            score(f"int8 at the within-{percent:g}% pick", prepare_for_precision(model, "int8"), point.length_spec,
+            fp32_step = f"fp32 at the within-{percent:g}% pick {list(point.length_config.values)}"
+            score(fp32_step, model, point.length_config)
+            score(f"int8 at the within-{percent:g}% pick", prepare_for_precision(model, "int8"), point.length_config,
                   reference=fp32_step)
     settings = {"model": os.path.abspath(model_dir), "dev": os.path.abspath(dev_path), "questions": questions,
                 "features": len(dev), "seed": seed, "calibration": os.path.abspath(calibration_path),

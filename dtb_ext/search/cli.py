@@ -187,8 +187,8 @@ def _drop_cell(drop, width: int = 22) -> str:
 
 def _config_text(point) -> str:
     if point.space == "ratios":
-        return "[" + ", ".join(f"{v:.2f}" for v in point.length_config) + "]"
-    return str(list(point.length_config))
+        return "[" + ", ".join(f"{v:.2f}" for v in point.length_config.values) + "]"
+    return str(list(point.length_config.values))
 
 
 def format_front(front) -> str:
@@ -251,7 +251,7 @@ def run_pick_command(args: argparse.Namespace) -> int:
             min_speedup=args.min_speedup,
         )
         if args.save_to is not None:
-            save_config_to_model(args.save_to, point.length_spec)
+            save_config_to_model(args.save_to, point.length_config)
     except ValueError as error:
         return _fail("pick", error)
     print(json.dumps({**point.to_json(), "decision": describe_choice(front, point)}))

@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
-from dtb_ext.config import LengthConfig
+from dtb_ext.config import RATIO, LengthConfig
 from dtb_ext.jsonfile import read_json_file
 from dtb_ext.search.evaluation import COST_MODELS
 from dtb_ext.search.paired import BootstrapSettings, DropInterval, paired_drop_interval
@@ -49,8 +49,11 @@ class PartScores:
         return PartScores(float(record["f1"]), float(record["exact_match"]), DropInterval.from_json(record.get("drop")))
 
 
-def _config_values(values: Sequence[Any], space: str) -> Config:
-    return tuple(float(v) for v in values) if space == "ratios" else tuple(int(v) for v in values)
+def _length_config(values: Sequence[Any], space: str) -> LengthConfig:
+    """A searched config (a tuple of the space's values) as the LengthConfig of its space."""
+    if space == "ratios":
+        return LengthConfig.ratios([float(v) for v in values])
+    return LengthConfig.absolute([int(v) for v in values])
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,11 @@ class Point:
     """One evaluated configuration. f1/exact_match are on the search part; `drop` is the paired interval of its
     F1 drop below full length on the same questions; `confirmation` its scores on the confirmation part; dev_*
     on the optional re-evaluation set. speedup = cost(full length) / cost(this config) under the search's cost
-    model. length_config holds ints (space "absolute": tokens per layer) or floats (space "ratios")."""
+    model. length_config is the config as a `LengthConfig` (absolute token counts or ratios, whichever space
+    the front was searched in), which `set_length_config`, `length_config`, `evaluate_qa` and
+    `save_config_to_model` take as it is."""
 
-    length_config: Config
+    length_config: LengthConfig
     f1: float
     exact_match: float
     macs: float | None
@@ -68,21 +73,18 @@ class Point:
     speedup: float
     dev_f1: float | None = None
     dev_exact_match: float | None = None
-    space: str = "absolute"
     drop: DropInterval | None = None
     confirmation: PartScores | None = None
 
     @property
-    def length_spec(self) -> LengthConfig:
-        """The config as a `LengthConfig` (absolute or ratios), accepted by `evaluate_qa`, `patch` and
-        `save_config_to_model`."""
-        if self.space == "ratios":
-            return LengthConfig.ratios(self.length_config)
-        return LengthConfig.absolute(self.length_config)
+    def space(self) -> str:
+        """The search space the config comes from: "ratios" or "absolute"."""
+        return "ratios" if self.length_config.kind == RATIO else "absolute"
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
-        record["length_config"] = list(self.length_config)
+        record["length_config"] = list(self.length_config.values)
+        record["space"] = self.space
         record["drop"] = None if self.drop is None else self.drop.to_json()
         record["confirmation"] = None if self.confirmation is None else self.confirmation.to_json()
         return record
@@ -92,10 +94,10 @@ class Point:
         space = record.get("space", "absolute")
         if space not in SPACE_KINDS:
             raise ValueError(f"a front point's space must be one of {SPACE_KINDS}, got {space!r}")
+        fields = {name: value for name, value in record.items() if name != "space"}
         return Point(**{
-            **record,
-            "space": space,
-            "length_config": _config_values(record["length_config"], space),
+            **fields,
+            "length_config": _length_config(record["length_config"], space),
             "drop": DropInterval.from_json(record.get("drop")),
             "confirmation": PartScores.from_json(record.get("confirmation")),
         })
@@ -151,13 +153,12 @@ class Front:
 
         points = tuple(
             Point(
-                length_config=config,
+                length_config=_length_config(config, space),
                 f1=float(record["f1"]),
                 exact_match=float(record["exact_match"]),
                 macs=None if record.get("macs") is None else float(record["macs"]),
                 latency_ms=None if record.get("latency_ms") is None else float(record["latency_ms"]),
                 speedup=full_cost / float(record[cost_key]),
-                space=space,
                 drop=drop(record),
             )
             for config, record in by_config.items()
@@ -168,7 +169,7 @@ class Front:
     @staticmethod
     def _from_points(cost_model, points, full_config, identity, reevaluated_on, space, rule, confirmed_on) -> "Front":
         on_front = pareto_indices([p.f1 for p in points], [1.0 / p.speedup for p in points])
-        full = next(p for p in points if p.length_config == full_config)
+        full = next(p for p in points if p.length_config.values == tuple(full_config))
         return Front(cost_model, tuple(points), tuple(points[i] for i in on_front), full, identity, reevaluated_on,
                      space, rule, confirmed_on)
 
@@ -181,20 +182,20 @@ class Front:
             bounded = [p for p in self.points if p.drop is not None]
             on_bound_front = pareto_indices([-p.drop.high for p in bounded], [1.0 / p.speedup for p in bounded])
             chosen += [bounded[i] for i in on_bound_front]
-        return list(dict.fromkeys(p.length_config for p in chosen))
+        return list(dict.fromkeys(p.length_config.values for p in chosen))
 
     def _with_points(self, update, **fields: Any) -> "Front":
         points = tuple(update(p) for p in self.points)
         merged = {"reevaluated_on": self.reevaluated_on, "confirmed_on": self.confirmed_on, **fields}
-        return Front._from_points(self.cost_model, points, self.full_length.length_config, self.identity,
+        return Front._from_points(self.cost_model, points, self.full_length.length_config.values, self.identity,
                                   merged["reevaluated_on"], self.space, self.rule, merged["confirmed_on"])
 
     def with_dev_scores(self, scores: dict[Config, tuple[float, float]], description: dict[str, Any]) -> "Front":
         """A copy whose points carry (dev_f1, dev_exact_match) from `scores`, keyed by config."""
         def update(point: Point) -> Point:
-            if point.length_config not in scores:
+            if point.length_config.values not in scores:
                 return point
-            dev_f1, dev_em = scores[point.length_config]
+            dev_f1, dev_em = scores[point.length_config.values]
             return replace(point, dev_f1=dev_f1, dev_exact_match=dev_em)
 
         return self._with_points(update, reevaluated_on=description)
@@ -207,16 +208,16 @@ class Front:
         """A copy whose points carry their confirmation-part scores from `scores` (config -> (f1, exact_match,
         per-question F1 or None)); drop intervals are computed against the full-length config's per-question
         scores, which `scores` must hold, with this front's bootstrap settings."""
-        full_config = self.full_length.length_config
+        full_config = self.full_length.length_config.values
         if full_config not in scores:
             raise ValueError(f"confirmation scores need the full-length config {full_config}, the reference")
         reference = scores[full_config][2]
         settings = BootstrapSettings.from_json(self.rule) if self.rule is not None else BootstrapSettings()
 
         def update(point: Point) -> Point:
-            if point.length_config not in scores:
+            if point.length_config.values not in scores:
                 return point
-            f1, exact_match, per_question = scores[point.length_config]
+            f1, exact_match, per_question = scores[point.length_config.values]
             drop = None
             if reference is not None and per_question is not None:
                 drop = paired_drop_interval(reference, per_question, settings)
@@ -247,7 +248,7 @@ class Front:
             raise ValueError(f"not a dtb_ext search front: expected format {FRONT_FORMAT!r}, found {found!r}")
         space = data.get("space", "absolute")
         points = tuple(Point.from_json(r) for r in data["points"])
-        full = _config_values(data["full_length"]["length_config"], space)
+        full = _length_config(data["full_length"]["length_config"], space).values
         return Front._from_points(
             data["cost_model"], points, full, data.get("identity") or {}, data.get("reevaluated_on"), space,
             data.get("rule"), data.get("confirmed_on"),
@@ -264,7 +265,7 @@ class Front:
             writer.writerow(CSV_COLUMNS + (CSV_INTERVAL_COLUMNS if with_intervals else ()))
             for point in self.front:
                 record = point.to_json()
-                record["length_config"] = " ".join(str(v) for v in point.length_config)
+                record["length_config"] = " ".join(str(v) for v in point.length_config.values)
                 row = ["" if record[c] is None else record[c] for c in CSV_COLUMNS]
                 if with_intervals:
                     row += [_csv_number(v) for v in _interval_cells(point)]

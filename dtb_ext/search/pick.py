@@ -7,6 +7,7 @@ estimates of the search-part F1. The re-evaluation (dev) scores never enter a ch
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,8 @@ def pick(
         raise ValueError(f"pick needs exactly one constraint out of {sorted(given)}, got {sorted(chosen) or 'none'}")
     (name, value), = chosen.items()
     value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     front = as_front(front)
     points = _candidates(front)
     decisions = {p.length_config: _decision(front, p) for p in points}

@@ -131,9 +131,8 @@ def _score_configs(configs: Sequence[Config], evaluator: QAEvaluator, cache_pref
 
 
 def _front_and_full(front: Front) -> list[Config]:
-    return [front.full_length.length_config] + [
-        p.length_config for p in front.front if p.length_config != front.full_length.length_config
-    ]
+    full = front.full_length.length_config
+    return [full.values] + [p.length_config.values for p in front.front if p.length_config != full]
 
 
 def reevaluate_front(front: Front, evaluator: QAEvaluator, description: dict[str, Any],
