@@ -99,6 +99,14 @@ def test_output_attentions_is_refused_with_a_clear_error(tiny_model):
         tiny_model(**_inputs([5]), output_attentions=True)
 
 
+@pytest.mark.parametrize("config", [None, [8, 6, 4, 2], dtb_ext.LengthConfig.ratios([1.0, 0.5, 0.5, 0.25])])
+def test_an_empty_batch_is_refused_with_a_clear_error(tiny_model, config):
+    dtb_ext.set_length_config(tiny_model, config)
+    empty = dict(input_ids=torch.zeros(0, 8, dtype=torch.long), attention_mask=torch.ones(0, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"at least one example, got an empty batch \(input shape \(0, 8\)\)"):
+        tiny_model(**empty)
+
+
 # --- patching shares weights; saving keeps the configuration ------------------------------------------------------
 
 

@@ -93,6 +93,12 @@ class DynamicEncoder(nn.Module):
                 "output_attentions is not supported by the dynamic encoder (attention maps shrink with the kept "
                 "tokens); leave it off (output_hidden_states gives full-length per-layer states)"
             )
+        if hidden_states.shape[0] == 0:
+            # Hugging Face's own layers fail on an empty batch with a reshape error; say what is wrong instead.
+            raise ValueError(
+                f"the model needs a batch of at least one example, got an empty batch (input shape "
+                f"{tuple(hidden_states.shape[:2])})"
+            )
         mask = padding_mask_from_hf(attention_mask, hidden_states)
         output = self.encode(hidden_states, mask, self.active_length_config())
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=output)
