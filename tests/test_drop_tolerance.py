@@ -1,4 +1,4 @@
-"""`python -m dtb_ext.qa.drop_tolerance`: F1 and real-length MACs ratios at fixed ratio configurations."""
+"""`python -m dtb_ext.experiments.drop_tolerance`: F1 and real-length MACs ratios at fixed ratio configurations."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dtb_ext.qa.drop_tolerance import DROP_CONFIGS, format_table, main, real_length_macs_ratio
+from dtb_ext.experiments.drop_tolerance import DROP_CONFIGS, format_table, main, real_length_macs_ratio
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "squad", "dev-a-v1.1.json")
 
@@ -71,7 +71,7 @@ def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens():
 
     import dtb_ext
     from dtb_ext.models import relevance
-    from dtb_ext.qa.drop_tolerance import AnswerOracle
+    from dtb_ext.experiments.drop_tolerance import AnswerOracle
 
     torch.manual_seed(0)
     model = dtb_ext.patch(BertForQuestionAnswering(BertConfig(

@@ -81,7 +81,7 @@ def test_demo_shows_fp32_and_the_chosen_precision_side_by_side(tiny_model_dir, t
 
 
 def test_int8_study_runs_every_step(tmp_path, tiny_front):
-    from dtb_ext.precision.study import run_study
+    from dtb_ext.experiments.int8_study import run_study
 
     model_dir = save_tiny_qa_model(str(tmp_path / "model"))
     with open(tiny_front) as source, open(os.path.join(model_dir, "front.json"), "w") as target:

@@ -14,7 +14,7 @@ another directly (the intermediate block's GELU feeds the output Linear), `int8_
 epilogue's rows for the next layer in the same pass (`ops.dequantize_quantize_rows`): the same values, bit for bit,
 without the activations written and read back.
 
-Two optional refinements, measured in `dtb_ext/precision/study.py`:
+Two optional refinements, measured in `dtb_ext/experiments/int8_study.py`:
 - `keep_float`: Linear layers left in float (the ones whose quantization costs the most F1);
 - `smoothing`: SmoothQuant-style per-input-channel factors s (from `calibrate_smoothing`): the layer computes
   (x / s) @ (W * s)^T, which moves activation outliers into the weights, where per-channel scales absorb them.

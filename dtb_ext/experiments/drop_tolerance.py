@@ -1,9 +1,9 @@
 """Drop tolerance of a QA model: F1 and real-length MACs at a fixed set of ratio configurations.
 
-`python -m dtb_ext.qa.drop_tolerance --model DIR` scores the model on a fixed sample of dev-a questions (batch 32,
-dynamic padding) at full length and at each configuration of `DROP_CONFIGS`: the per-layer sensitivity rows
-("0.8 from layer k on": 20 % of the real tokens go at layer k and no more after it, so the row prices one layer's
-drop) and a few schedules. MACs are analytic (dtb_ext.macs) at each feature's real length, summed over the
+`python -m dtb_ext.experiments.drop_tolerance --model DIR` scores the model on a fixed sample of dev-a questions
+(batch 32, dynamic padding) at full length and at each configuration of `DROP_CONFIGS`: the per-layer sensitivity
+rows ("0.8 from layer k on": 20 % of the real tokens go at layer k and no more after it, so the row prices one
+layer's drop) and a few schedules. MACs are analytic (dtb_ext.macs) at each feature's real length, summed over the
 sample, and reported as full length / config. Prints a Markdown table and writes JSON with `--out`.
 
 `--answer-oracle` replaces the model's significance source at every dropping layer by a fixed ranking: the

@@ -1,6 +1,6 @@
 """The INT8 recipe, step by step: F1 of each quantization step on the same dev questions, against fp32 and bf16.
 
-    .venv/bin/python -m dtb_ext.precision.study [--model DIR] [--questions 1000] [--out runs/int8-study.json]
+    .venv/bin/python -m dtb_ext.experiments.int8_study [--model DIR] [--questions 1000] [--out runs/int8-study.json]
 
 Steps (each on the same fixed sample of dev-a, seed 0, full length, batch 64, dynamic padding):
 1. torch dynamic quantization as shipped (`quantize_dynamic`, one weight scale per tensor);
