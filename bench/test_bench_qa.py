@@ -63,7 +63,7 @@ def _setup() -> dict[str, Any]:
 
     from dtb_ext.precision import prepare_for_precision
     from dtb_ext.qa import load_squad, prepare_eval_features
-    from dtb_ext.qa.cli import load_qa_model
+    from dtb_ext.qa.model import load_qa_model
     from dtb_ext.qa.data import default_squad_file
     from dtb_ext.search.front import load_front
     from dtb_ext.search.pick import pick

@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "run_search": "dtb_ext.search.engine",
     "pick": "dtb_ext.search.pick",
     "load_front": "dtb_ext.search.front",
-    "save_config_to_model": "dtb_ext.search.model_config",
+    "save_config_to_model": "dtb_ext.models.saved_config",
     "resolve_precision": "dtb_ext.precision",
     "prepare_for_precision": "dtb_ext.precision",
 }

@@ -23,6 +23,7 @@ from dtb_ext.cli import HelpFormatter
 from dtb_ext.config import LengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.precision import PRECISION_CHOICES
+from dtb_ext.qa.model import HOW_TO_MAKE_A_MODEL
 
 FRONT_FILE = "front.json"
 DEFAULT_OUT = os.path.join("runs", "demo")
@@ -38,12 +39,7 @@ DEFAULT_LATENCY_FEATURES = 64
 DEFAULT_MIN_F1_FRACTION = 0.9
 PADDINGS = ("dynamic", "max_length")
 
-MAKE_DEFAULT_MODEL = """\
-Make it from the repository root (about 40 minutes of training on a 2-core CPU, see dtb_ext/default_model/README.md):
-  .venv/bin/python -m dtb_ext.cli train --output runs/default-minilm --epochs 1 --lr 1e-4 --batch-size 32 \\
-      --warmup 0.1 --weight-decay 0.01 --fp16-export
-  cp -r runs/default-minilm/model/. dtb_ext/default_model/
-"""
+MAKE_DEFAULT_MODEL = f"To make it, {HOW_TO_MAKE_A_MODEL}.\n"
 MAKE_DEFAULT_FRONT = """\
 Search it from the repository root (an hour or more on a 2-core CPU, see dtb_ext/search/README.md):
   .venv/bin/python -m dtb_ext.cli search --model dtb_ext/default_model --out runs/default-search \\
@@ -294,7 +290,7 @@ def run_demo(
     import dtb_ext
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
     from dtb_ext.precision import prepare_for_precision, resolve_precision
-    from dtb_ext.qa.cli import load_qa_model
+    from dtb_ext.qa.model import load_qa_model
     from dtb_ext.search.front import load_front
     from dtb_ext.search.qa_objective import sample_questions
 

@@ -7,13 +7,13 @@ import os
 
 import pytest
 
-from dtb_ext.config import LengthConfig
-from dtb_ext.macs import count_macs
 from dtb_ext.answering.answerer import QuestionAnswerer
 from dtb_ext.answering.budget import Budget, InputError
-from dtb_ext.qa.cli import DEFAULT_MODEL_DIR
-from dtb_ext.qa.data import default_squad_file, load_squad
 from dtb_ext.answering.latency import LatencyModel
+from dtb_ext.config import LengthConfig
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.macs import count_macs
+from dtb_ext.qa.data import default_squad_file, load_squad
 from dtb_ext.search.front import Front
 from serving import TINY_FRONT_CONFIGS, save_tiny_model_with_front
 from tiny_qa import save_tiny_qa_model

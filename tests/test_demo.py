@@ -60,7 +60,8 @@ def test_missing_default_model_says_how_to_make_it(tmp_path, monkeypatch, capsys
     assert main(["demo", "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "the bundled default model is not there yet" in error
-    assert "dtb_ext.cli train --output runs/default-minilm" in error and "search --model dtb_ext/default_model" in error
+    assert "dtb train --output RUN" in error and "dtb_ext/default_model/README.md" in error
+    assert "search --model dtb_ext/default_model" in error
     assert "dtb demo --model DIR" in error
 
 

@@ -227,7 +227,7 @@ def test_command_line_distillation_trains_resumes_and_exports_a_plain_model(tmp_
     from safetensors.torch import load_file
 
     from dtb_ext.cli import main
-    from dtb_ext.qa.cli import load_qa_model
+    from dtb_ext.qa.model import load_qa_model
 
     args = ["train", "--output", str(tmp_path), "--model", model_dirs["student"], "--teacher", model_dirs["teacher"],
             "--kd-temperature", "2", "--kd-alpha", "0.7", "--kd-hidden-weight", "1", "--kd-attention-weight", "1",

@@ -65,12 +65,12 @@ def test_command_reports_bad_input(capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens():
+def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens(monkeypatch):
     import torch
     from transformers import BertConfig, BertForQuestionAnswering
 
     import dtb_ext
-    from dtb_ext.models import relevance
+    from dtb_ext.experiments import drop_tolerance
     from dtb_ext.experiments.drop_tolerance import AnswerOracle
 
     torch.manual_seed(0)
@@ -81,19 +81,16 @@ def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens():
     mask = torch.ones(1, 12, dtype=torch.long)
     types = torch.tensor([[0] * 4 + [1] * 8])
     seen = []
-    original = relevance.rank_tokens_by
+    original = drop_tolerance.rank_tokens_by
 
     def spy(encoder, scores):
         seen.append(scores)
         return original(encoder, scores)
 
-    relevance.rank_tokens_by = spy
-    try:
-        with torch.no_grad():
-            full = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
-            AnswerOracle(model, [8, 8])(ids, mask, types)
-    finally:
-        relevance.rank_tokens_by = original
+    monkeypatch.setattr(drop_tolerance, "rank_tokens_by", spy)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        AnswerOracle(model, [8, 8])(ids, mask, types)
     expected = full.start_logits.softmax(-1) + full.end_logits.softmax(-1) + 3.0 * (types == 0).float()
     assert torch.allclose(seen[0], expected)
     assert bool((seen[0][0, :4] > seen[0][0, 4:].max()).all())

@@ -231,7 +231,7 @@ def test_command_line_length_drop_from_a_fine_tuned_model(tmp_path, model_dir, c
     options = json.loads((tmp_path / "ld" / "model" / "dtb_train.json").read_text())["options"]
     assert (options["num_sandwich"], options["length_drop_ratio_bound"], options["layer_drop"]) == (1, 0.3, 0.2)
     assert options["init_from"] == fine_tuned
-    from dtb_ext.qa.cli import load_qa_model
+    from dtb_ext.qa.model import load_qa_model
 
     model, _ = load_qa_model(str(tmp_path / "ld" / "model"))
     dtb_ext.patch(model)  # the exported model serves every length configuration

@@ -10,7 +10,7 @@ import pytest
 from dtb_ext.cli import main
 from dtb_ext.search import pick as pick_module
 from dtb_ext.search.front import Front
-from dtb_ext.search.model_config import save_config_to_model
+from dtb_ext.models.saved_config import save_config_to_model
 from tiny_qa import save_tiny_qa_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -101,7 +101,7 @@ def test_ratio_search_end_to_end_on_a_tiny_model(tmp_path, capsys):
 
     from dtb_ext.cli import main
     from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
-    from dtb_ext.search.model_config import save_config_to_model
+    from dtb_ext.models.saved_config import save_config_to_model
     from dtb_ext.search.pick import pick
     from dtb_ext.search.qa_search import search_lengths
 

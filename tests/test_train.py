@@ -81,7 +81,7 @@ def test_resume_requires_a_checkpoint_and_checkpoints_require_resume(tmp_path, t
 
 
 def test_fp16_export_halves_the_weights_and_loads_as_float32(tmp_path, tiny_model_dir):
-    from dtb_ext.qa.cli import load_qa_model
+    from dtb_ext.qa.model import load_qa_model
 
     run_training(_options(tmp_path, tiny_model_dir, max_steps=1, skip_eval=True, fp16_export=True))
     weights = _weights(tmp_path)

@@ -103,7 +103,8 @@ class QuestionAnswerer:
     ) -> None:
         import dtb_ext
         from dtb_ext.precision import prepare_for_precision, resolve_precision
-        from dtb_ext.qa.cli import DEFAULT_MODEL_DIR, load_qa_model
+        from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+        from dtb_ext.qa.model import load_qa_model
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

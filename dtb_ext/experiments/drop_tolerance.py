@@ -20,6 +20,20 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
+import dtb_ext
+from dtb_ext.config import LengthConfig
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.macs import count_macs
+from dtb_ext.models.patching import dynamic_encoder
+from dtb_ext.models.relevance import rank_tokens_by
+from dtb_ext.qa.data import default_squad_file, load_squad
+from dtb_ext.qa.evaluate import evaluate_qa
+from dtb_ext.qa.features import prepare_eval_features
+from dtb_ext.qa.model import load_qa_model
+from dtb_ext.search.qa_objective import sample_questions
+from dtb_ext.search.split import read_split_part
+from dtb_ext.train.distill import masked_softmax
+
 # (label, per-layer keep ratios of each example's real input length); 6-layer models
 DROP_CONFIGS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("0.8 from layer 1 on", (0.8,) * 6),
@@ -37,9 +51,6 @@ DROP_CONFIGS: tuple[tuple[str, tuple[float, ...]], ...] = (
 
 def real_length_macs_ratio(model_config: Any, features: Any, ratios: Sequence[float] | None) -> float:
     """Full-length MACs / MACs under `ratios` (None: 1.0), each feature at its real length, summed."""
-    from dtb_ext.config import LengthConfig
-    from dtb_ext.macs import count_macs
-
     if ratios is None:
         return 1.0
     config = LengthConfig.ratios(ratios)
@@ -63,11 +74,6 @@ class AnswerOracle(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Any:
         """[B, L0] inputs -> the model's outputs under the length config, selection by the oracle ranking."""
-        import dtb_ext
-        from dtb_ext.models.patching import dynamic_encoder
-        from dtb_ext.models.relevance import rank_tokens_by
-        from dtb_ext.train.distill import masked_softmax
-
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         with dtb_ext.length_config(self.model, None):
             full = self.model(**inputs)
@@ -85,9 +91,6 @@ def drop_tolerance(model: Any, features: Any, configs: Sequence[tuple[str, Seque
                    batch_size: int = 32, progress: bool = True, answer_oracle: bool = False) -> list[dict[str, Any]]:
     """Rows {"label", "ratios", "f1", "exact_match", "f1_drop_percent", "macs_ratio"}, full length first; with
     `answer_oracle`, the reduced configs select tokens by `AnswerOracle`'s ranking."""
-    from dtb_ext.config import LengthConfig
-    from dtb_ext.qa.evaluate import evaluate_qa
-
     rows = []
     full_f1 = None
     for label, ratios in (("full length", None), *configs):
@@ -132,14 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    import dtb_ext
-    from dtb_ext.models.patching import dynamic_encoder
-    from dtb_ext.qa.cli import DEFAULT_MODEL_DIR, load_qa_model
-    from dtb_ext.qa.data import default_squad_file, load_squad, search_split_articles
-    from dtb_ext.qa.features import prepare_eval_features
-    from dtb_ext.search.qa_objective import sample_questions
-    from dtb_ext.search.split import split_part
-
     try:
         model, tokenizer = load_qa_model(args.model or DEFAULT_MODEL_DIR)
         dtb_ext.patch(model)
@@ -151,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             examples = sample_questions(load_squad(data), args.questions or 1000, args.seed)
         else:
             data = args.data or default_squad_file("train-subset-v1.1.json")
-            held_out = split_part(load_squad(data, articles=search_split_articles()), args.part)
-            examples = sample_questions(held_out, args.questions, args.seed)
+            examples = sample_questions(read_split_part(data, args.part), args.questions, args.seed)
         print(f"data: {data}" + (f" ({args.part} part)" if args.part else "") + f", {len(examples)} questions",
               file=sys.stderr)
     except ValueError as error:

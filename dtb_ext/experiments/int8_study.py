@@ -18,6 +18,7 @@ model it exports goes through the same steps with `--model`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -29,7 +30,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.models.patching import patch
+from dtb_ext.precision import prepare_for_precision
 from dtb_ext.precision.int8 import encoder_linears, input_channel_ranges, quantize_int8, smoothing_factors
+from dtb_ext.qa.data import default_squad_file, load_squad
+from dtb_ext.qa.evaluate import evaluate_qa
+from dtb_ext.qa.features import prepare_eval_features
+from dtb_ext.qa.model import load_qa_model
+from dtb_ext.search.front import load_front
+from dtb_ext.search.pick import pick
+from dtb_ext.search.qa_objective import sample_questions
 
 
 def span_logits(model: nn.Module, features: Any, batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -78,9 +89,6 @@ def torch_dynamic(model: nn.Module, per_channel: bool) -> nn.Module:
 
 
 def _features(path: str, questions: int, seed: int, tokenizer: Any, identity: dict[str, Any]) -> Any:
-    from dtb_ext.qa import load_squad, prepare_eval_features
-    from dtb_ext.search.qa_objective import sample_questions
-
     examples = sample_questions(load_squad(path), questions, seed)
     return prepare_eval_features(examples, tokenizer, int(identity.get("max_seq_length", 384)),
                                  int(identity.get("doc_stride", 128)), int(identity.get("max_query_length", 64)))
@@ -92,13 +100,6 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
               picks: Sequence[float] = (1.0, 3.0), batch_size: int = 64,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every step of the module docstring; returns {"settings", "sensitivity", "steps": [{step, f1, ...}]}."""
-    from dtb_ext.models.patching import patch
-    from dtb_ext.precision import prepare_for_precision
-    from dtb_ext.qa import evaluate_qa
-    from dtb_ext.qa.cli import load_qa_model
-    from dtb_ext.search.front import load_front
-    from dtb_ext.search.pick import pick
-
     front_path = os.path.join(model_dir, "front.json")
     front = load_front(front_path) if os.path.isfile(front_path) else None
     identity = front.identity if front is not None else {}
@@ -157,15 +158,10 @@ def run_study(model_dir: str, dev_path: str, calibration_path: str, questions: i
 
 
 def _bf16_copy(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to(torch.bfloat16)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dtb_ext.qa.cli import DEFAULT_MODEL_DIR
-    from dtb_ext.qa.data import default_squad_file
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL_DIR)
     parser.add_argument("--dev", default=default_squad_file("dev-a-v1.1.json"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -11,11 +10,7 @@ from dtb_ext.cli import HelpFormatter
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.jsonfile import read_json_file
 from dtb_ext.precision import PRECISION_CHOICES
-
-HOW_TO_TRAIN = (
-    "train one with `dtb train --output runs/default-minilm` and pass `--model runs/default-minilm/model` "
-    "(or copy that folder to dtb_ext/default_model/)"
-)
+from dtb_ext.qa.model import load_qa_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,24 +99,6 @@ def parse_length_option(length_config: str | None, length_ratios: str | None) ->
 
         return LengthConfig.ratios(ratios)
     return None
-
-
-def load_qa_model(path: str, device: str = "cpu"):
-    """(model in float32 on `device`, tokenizer) from a model directory; ValueError when it is missing."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        if os.path.abspath(path) == DEFAULT_MODEL_DIR:
-            raise ValueError(f"the bundled default model is missing ({DEFAULT_MODEL_DIR}): {HOW_TO_TRAIN}")
-        raise ValueError(f"no model directory with a config.json at {path!r}: {HOW_TO_TRAIN}")
-    import torch
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    # fp16-exported weights are widened to float32: CPU inference in fp16 is slow and less accurate
-    model, loading = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
-    untrained = sorted(key for key in loading["missing_keys"] if key.startswith("qa_outputs"))
-    if untrained:
-        # a base encoder would get a fresh random QA head: its scores would be noise, different on every run
-        raise ValueError(f"{path} is not a question-answering model: {', '.join(untrained)} missing; {HOW_TO_TRAIN}")
-    return model.to(device), AutoTokenizer.from_pretrained(path)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -238,7 +238,7 @@ def format_front(front) -> str:
 
 
 def run_pick_command(args: argparse.Namespace) -> int:
-    from dtb_ext.search.model_config import save_config_to_model
+    from dtb_ext.models.saved_config import save_config_to_model
     from dtb_ext.search.pick import as_front, describe_choice, pick
 
     try:

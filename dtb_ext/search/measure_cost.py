@@ -8,6 +8,13 @@ import argparse
 import resource
 import time
 
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.qa.data import default_squad_file
+from dtb_ext.qa.features import prepare_eval_features
+from dtb_ext.qa.model import load_qa_model
+from dtb_ext.search.qa_objective import QAEvaluator
+from dtb_ext.search.qa_search import prepare_search_model
+from dtb_ext.search.split import read_split_part
 
 
 def ratio_config(num_layers: int) -> tuple[float, ...]:
@@ -21,22 +28,17 @@ def _cpu_seconds() -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dtb_ext.qa import prepare_eval_features
-    from dtb_ext.qa.data import default_squad_file
-    from dtb_ext.search.qa_objective import QAEvaluator
-    from dtb_ext.search.qa_search import _prepare_model, _split_examples, load_qa_model
-
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=None, help="QA model directory (default: dtb_ext/default_model)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_DIR, help="QA model directory (default: dtb_ext/default_model)")
     parser.add_argument("--data", default=default_squad_file("train-subset-v1.1.json"))
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     args = parser.parse_args(argv)
     _, tokenizer = load_qa_model(args.model)
-    examples = _split_examples(args.data, "search")
+    examples = read_split_part(args.data, "search")
     features = prepare_eval_features(examples, tokenizer)
     print(f"search part: {len(examples)} questions, {len(features)} features, mean length {features.lengths.mean():.1f}")
     for precision in args.precision:
-        model, _, resolved = _prepare_model(load_qa_model(args.model)[0], True, precision)
+        model, _, resolved = prepare_search_model(load_qa_model(args.model)[0], True, precision)
         evaluator = QAEvaluator(model, features, "macs", space="ratios")
         num_layers = model.config.num_hidden_layers
         for config in ((1.0,) * num_layers, ratio_config(num_layers)):

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import optuna
 
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, training_file
+from dtb_ext.qa.model import load_qa_model
 from dtb_ext.search.engine import run_search
 from dtb_ext.search.front import Front
 from dtb_ext.search.paired import BootstrapSettings
@@ -24,7 +25,7 @@ from dtb_ext.search.qa_objective import (
     sample_questions,
 )
 from dtb_ext.search.space import SPACE_KINDS, Config, LengthSpace, RatioSpace, SearchSpace
-from dtb_ext.search.split import SPLIT_FILE, split_part
+from dtb_ext.search.split import SPLIT_FILE, read_split_part
 from dtb_ext.search.strategies import EvolutionSettings
 from dtb_ext.search.study import open_storage
 
@@ -35,21 +36,6 @@ DEFAULT_MIN_LENGTH = 32
 # search may go below it (cheap configs the model was not trained on, which the front shows for what they are).
 DEFAULT_MIN_RATIO = 0.1
 DEFAULT_SPACE = "ratios"
-
-
-def load_qa_model(path: str | None, device: str = "cpu") -> tuple[Any, Any]:
-    """(model in float32 on `device`, tokenizer) from a saved model directory; None: the bundled default model."""
-    path = path or DEFAULT_MODEL_DIR
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ValueError(
-            f"no model directory with a config.json at {path!r}"
-            + (" (the default model has not been shipped yet); pass --model DIR" if path == DEFAULT_MODEL_DIR else "")
-        )
-    import torch
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32).to(device)
-    return model, AutoTokenizer.from_pretrained(path)
 
 
 def _file_sha256(path: str) -> str:
@@ -71,16 +57,6 @@ def _data_identity(path: str, examples: Sequence[Any], max_seq_length: int, doc_
         "doc_stride": doc_stride,
         "max_query_length": max_query_length,
     }
-
-
-def _split_examples(path: str, part: str) -> list[Any]:
-    """The questions of one part of the held-out split, read from the SQuAD training file `path`."""
-    from dtb_ext.qa import load_squad
-    from dtb_ext.qa.data import search_split_articles
-
-    if not os.path.isfile(path):
-        raise ValueError(f"SQuAD file not found: {path}")
-    return split_part(load_squad(path, articles=search_split_articles()), part)
 
 
 def _file_examples(path: str) -> list[Any]:
@@ -168,7 +144,7 @@ def make_space(kind: str, num_layers: int, max_seq_length: int, min_length: int 
     return RatioSpace(num_layers, DEFAULT_MIN_RATIO if min_ratio is None else min_ratio)
 
 
-def _prepare_model(model: Any, loaded_here: bool, precision: str) -> tuple[Any, str, str]:
+def prepare_search_model(model: Any, loaded_here: bool, precision: str) -> tuple[Any, str, str]:
     """(model to evaluate, the fingerprint of its fp32 weights, the concrete precision). The model is patched
     (full-length outputs unchanged); a caller's model is converted on a copy, so it stays as it was given."""
     import dtb_ext
@@ -248,17 +224,17 @@ def search_lengths(
         print(f"data: {data}", file=sys.stderr)
     loaded_here = isinstance(model, str) or model is None
     if loaded_here:
-        model, tokenizer = load_qa_model(model, device)
+        model, tokenizer = load_qa_model(model or DEFAULT_MODEL_DIR, device)
     elif tokenizer is None:
         raise ValueError("a loaded model needs its tokenizer: pass tokenizer=...")
     search_space = make_space(space, model.config.num_hidden_layers, max_seq_length, min_length, min_ratio)
-    model, fingerprint, precision = _prepare_model(model, loaded_here, precision)
+    model, fingerprint, precision = prepare_search_model(model, loaded_here, precision)
     latency = latency or LatencySettings()
     def evaluator_on(path: str, examples: Sequence[Any], cost: str) -> tuple[QAEvaluator, dict[str, Any]]:
         return _evaluator_for(model, tokenizer, path, examples, space, cost, max_seq_length, doc_stride,
                               max_query_length, batch_size, latency)
 
-    search_examples = sample_questions(_split_examples(data, "search"), questions, sample_seed)
+    search_examples = sample_questions(read_split_part(data, "search"), questions, sample_seed)
     evaluator, data_identity = evaluator_on(data, search_examples, cost_model)
     split_sha256 = _file_sha256(SPLIT_FILE)
     identity = {
@@ -281,7 +257,7 @@ def search_lengths(
     )
     study = optuna.load_study(study_name=study_name, storage=storage)
     if confirm:
-        examples = sample_questions(_split_examples(data, "confirmation"), confirmation_questions, sample_seed)
+        examples = sample_questions(read_split_part(data, "confirmation"), confirmation_questions, sample_seed)
         confirm_evaluator, description = evaluator_on(data, examples, "macs")
         description.update(split="confirmation", split_sha256=split_sha256,
                            articles=read_split()["articles"])

@@ -10,11 +10,13 @@ share their context and are correlated) stay in one part. The ids are stored in 
 """
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Sequence
 
 from dtb_ext.data_paths import SEARCH_SPLIT_FILE
 from dtb_ext.jsonfile import read_json_file
+from dtb_ext.qa.data import SquadExample, load_squad, search_split_articles
 
 PARTS: tuple[str, ...] = ("search", "confirmation")
 SPLIT_FILE = SEARCH_SPLIT_FILE
@@ -71,3 +73,11 @@ def split_part(examples: Sequence[Any], part: str, path: str = SPLIT_FILE) -> li
             "is it the SQuAD training subset the split was made from?"
         )
     return chosen
+
+
+def read_split_part(path: str, part: str) -> list[SquadExample]:
+    """The questions of `part` ("search" or "confirmation"), read from the SQuAD training file `path` that holds
+    the held-out articles."""
+    if not os.path.isfile(path):
+        raise ValueError(f"SQuAD file not found: {path}")
+    return split_part(load_squad(path, articles=search_split_articles()), part)

@@ -1,4 +1,5 @@
-"""Storing a chosen length configuration in a saved model, where `dtb_ext.patch()` applies it on load."""
+"""Storing a chosen length configuration in a saved model's config.json, where `dtb_ext.patch()` (patching.py, the
+reader of the same field) applies it on load."""
 from __future__ import annotations
 
 import json
