@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "is_patched": "dtb_ext.models.patching",
     "add_relevance_scorer": "dtb_ext.models.patching",
     "set_significance": "dtb_ext.models.patching",
+    "save_patched_model": "dtb_ext.models.patching",
     "count_macs": "dtb_ext.macs",
     "search_lengths": "dtb_ext.search.qa_search",
     "run_search": "dtb_ext.search.engine",

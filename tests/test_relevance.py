@@ -8,13 +8,15 @@ import os
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering, TrainingArguments
 
 import dtb_ext
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
 from dtb_ext.models.patching import dynamic_encoder
-from dtb_ext.models.relevance import rank_tokens_by, record_scorer_logits, standardise
+from dtb_ext.models.relevance import SCORER_FILE, rank_tokens_by, record_scorer_logits, standardise
 from dtb_ext.train.lengthdrop import (
     LengthDropSettings,
     LengthDropTrainer,
@@ -212,14 +214,40 @@ def test_a_model_without_a_scorer_is_exactly_as_before():
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_save_from_pretrained_patch_round_trip(tmp_path, source):
+def test_save_from_pretrained_patch_round_trip(tmp_path, source, capfd):
     model = _scored_model(source)
     keys = set(model.state_dict())
     assert {key for key in keys if "relevance" in key} == {
         f"bert.encoder.relevance.layers.{i}.{name}" for i in range(3) for name in ("weight", "bias")}
-    model.save_pretrained(tmp_path)
-    loaded = dtb_ext.patch(AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval())
+    dtb_ext.save_patched_model(model, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
+        assert not any("relevance" in key for key in handle.keys())  # the scorer has its own file
+    assert (tmp_path / SCORER_FILE).is_file()
+    capfd.readouterr()
+    unpatched = AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval()
+    assert "UNEXPECTED" not in "".join(capfd.readouterr())  # a plain load knows every key of model.safetensors
+    loaded = dtb_ext.patch(unpatched)
     assert loaded.config.dtb_significance == source and set(loaded.state_dict()) == keys
+    batch = _batch()
+    with dtb_ext.length_config(model, RATIOS), dtb_ext.length_config(loaded, RATIOS):
+        torch.testing.assert_close(_logits(loaded, batch), _logits(model, batch), rtol=0, atol=0)
+
+
+def test_the_default_model_loads_without_a_report(capfd):
+    capfd.readouterr()
+    AutoModelForQuestionAnswering.from_pretrained(DEFAULT_MODEL_DIR)
+    assert "LOAD REPORT" not in "".join(capfd.readouterr())
+    model = dtb_ext.patch(AutoModelForQuestionAnswering.from_pretrained(DEFAULT_MODEL_DIR))
+    assert dynamic_encoder(model).relevance is not None and model.config.dtb_significance != "attention"
+
+
+def test_a_scorer_saved_inside_model_safetensors_still_loads(tmp_path):
+    """A plain save_pretrained (Trainer checkpoints, models saved before relevance_scorer.safetensors existed)
+    keeps the scorer's keys in model.safetensors."""
+    model = _scored_model("attention+scorer")
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / SCORER_FILE).exists()
+    loaded = dtb_ext.patch(AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval())
     batch = _batch()
     with dtb_ext.length_config(model, RATIOS), dtb_ext.length_config(loaded, RATIOS):
         torch.testing.assert_close(_logits(loaded, batch), _logits(model, batch), rtol=0, atol=0)
@@ -355,8 +383,9 @@ def test_plain_fine_tuning_from_a_scorer_model_keeps_the_scorer_in_the_export(tm
     plain = run_training(_options(tmp_path / "plain", None, init_from=with_scorer, length_drop=False,
                                   relevance_scorer=None, precision="fp32", max_steps=2))["model_dir"]
     before, after = (load_file(os.path.join(d, "model.safetensors")) for d in (with_scorer, plain))
-    scorer_keys = sorted(key for key in before if ".encoder.relevance." in key)
-    assert scorer_keys and all(torch.equal(before[key], after[key]) for key in scorer_keys)
+    scorer_before, scorer_after = (load_file(os.path.join(d, SCORER_FILE)) for d in (with_scorer, plain))
+    assert scorer_before and all(torch.equal(scorer_before[key], scorer_after[key]) for key in scorer_before)
+    assert not any(".encoder.relevance." in key for key in after)  # the export keeps it in its own file
     assert any(not torch.equal(before[key], after[key]) for key in before if key.endswith("qa_outputs.weight"))
     exported = dtb_ext.patch(AutoModelForQuestionAnswering.from_pretrained(plain))
     assert dynamic_encoder(exported).relevance is not None

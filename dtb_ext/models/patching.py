@@ -6,9 +6,11 @@ very same `layer` ModuleList, so `state_dict()` keys (`bert.encoder.layer.N...`)
 as `model.config.dtb_length_config`, so `save_pretrained` saves it and `patch()` applies it on load.
 
 An optional learned relevance scorer (relevance.py, `add_relevance_scorer`) adds its own keys to the state dict
-and names its significance source in `model.config.dtb_significance`. Hugging Face's `from_pretrained` does not
-know those keys and leaves them out of the unpatched model, so `patch()` reads them back from the model's
-safetensors in the directory it was loaded from.
+and names its significance source in `model.config.dtb_significance`. `save_patched_model` writes its weights to
+their own file, relevance_scorer.safetensors, beside model.safetensors: Hugging Face's `from_pretrained` knows
+only the model's own keys (it reported the scorer's as UNEXPECTED), and `patch()` reads the scorer back from the
+directory the model was loaded from. A plain `save_pretrained` (Trainer checkpoints, models saved before that
+file existed) keeps the scorer in model.safetensors, where `patch()` finds it too.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
 from transformers import (
@@ -33,6 +36,7 @@ from dtb_ext.models.dynamic_encoder import _OVERRIDES, _SKIPPED_LAYERS, DynamicE
 from dtb_ext.models.relevance import (
     ATTENTION,
     ATTENTION_AND_SCORER,
+    SCORER_FILE,
     SCORER_MODULE,
     SIGNIFICANCE_ATTRIBUTE,
     RelevanceScorer,
@@ -116,32 +120,64 @@ def set_significance(model: PreTrainedModel, significance: str) -> None:
     setattr(model.config, SIGNIFICANCE_ATTRIBUTE, significance)
 
 
-def _saved_relevance_scorer(model: PreTrainedModel, base: PreTrainedModel) -> RelevanceScorer:
-    """The relevance scorer stored in the safetensors of the directory `model` was loaded from."""
-    from safetensors import safe_open
+def save_patched_model(model: PreTrainedModel, directory: str | os.PathLike, **kwargs: Any) -> None:
+    """`model.save_pretrained(directory, **kwargs)`, with a relevance scorer's weights in their own file.
 
+    The scorer goes to relevance_scorer.safetensors beside model.safetensors, whose keys are then the unpatched
+    model's alone: a plain `from_pretrained` loads the directory without an UNEXPECTED-keys report, and
+    `patch()` reads the scorer back. A model without a scorer is saved exactly as `save_pretrained` saves it.
+    (`save_pretrained` itself keeps the scorer inside model.safetensors, which Trainer checkpoints rely on.)
+    """
+    from safetensors.torch import save_file
+
+    scorer = dynamic_encoder(model).relevance if is_patched(model) else None
+    if scorer is None:
+        model.save_pretrained(directory, **kwargs)
+        return
+    prefix = f"{model.base_model_prefix}." if model is not _base_model(model) else ""
+    scorer_keys = {f"{prefix}encoder.{SCORER_MODULE}.{key}" for key in scorer.state_dict()}
+    state = {key: value for key, value in model.state_dict().items() if key not in scorer_keys}
+    model.save_pretrained(directory, state_dict=state, **kwargs)
+    weights = {key: value.detach().to("cpu").contiguous() for key, value in scorer.state_dict().items()}
+    save_file(weights, os.path.join(directory, SCORER_FILE), metadata={"format": "pt"})
+
+
+def _saved_relevance_scorer(model: PreTrainedModel, base: PreTrainedModel) -> RelevanceScorer:
+    """The relevance scorer saved in the directory `model` was loaded from: SCORER_FILE, or (models saved
+    before it) the scorer's keys in the model's own safetensors."""
     directory = model.name_or_path
     source = getattr(model.config, SIGNIFICANCE_ATTRIBUTE)
-    files = _safetensors_files(directory) if directory and os.path.isdir(directory) else []
-    marker = f"encoder.{SCORER_MODULE}."
-    state = {}
-    for path in files:
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():
-                if marker in key:
-                    state[key.split(marker, 1)[1]] = handle.get_tensor(key)
+    in_directory = bool(directory) and os.path.isdir(directory)
+    own_file = os.path.join(directory, SCORER_FILE) if in_directory else ""
+    if os.path.isfile(own_file):
+        state = _read_safetensors([own_file], "")
+    else:
+        state = _read_safetensors(_safetensors_files(directory) if in_directory else [], f"encoder.{SCORER_MODULE}.")
     scorer = RelevanceScorer(base.config.num_hidden_layers, base.config.hidden_size)
     expected = set(scorer.state_dict())
     if set(state) != expected:
         raise ValueError(
             f"config.json sets {SIGNIFICANCE_ATTRIBUTE}={source!r}, which needs the relevance scorer's weights "
-            f"({len(expected)} tensors under '{marker}'), but the model's directory {directory!r} holds "
+            f"({len(expected)} tensors, in {SCORER_FILE}), but the model's directory {directory!r} holds "
             f"{len(state)} of them; load the model with from_pretrained from its saved directory, or set "
             f"config.{SIGNIFICANCE_ATTRIBUTE} = 'attention' before patching"
         )
     reference = next(base.encoder.layer.parameters())
     scorer.load_state_dict(state)
     return scorer.to(reference.device, reference.dtype)
+
+
+def _read_safetensors(paths: list[str], marker: str) -> dict[str, Any]:
+    """The tensors of `paths` whose key contains `marker`, keyed by what follows it (every tensor for "")."""
+    from safetensors import safe_open
+
+    state = {}
+    for path in paths:
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                if marker in key:
+                    state[key.split(marker, 1)[1] if marker else key] = handle.get_tensor(key)
+    return state
 
 
 def _safetensors_files(directory: str) -> list[str]:

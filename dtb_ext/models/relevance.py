@@ -35,6 +35,10 @@ SIGNIFICANCE_SOURCES = (ATTENTION, SCORER, ATTENTION_AND_SCORER)
 SIGNIFICANCE_ATTRIBUTE = "dtb_significance"
 # Prefix of the scorer's weights inside the base model's state dict (e.g. bert.encoder.relevance.0.weight).
 SCORER_MODULE = "relevance"
+# The file beside model.safetensors that holds the scorer's weights (keys as in RelevanceScorer.state_dict()).
+# They stay out of model.safetensors, whose keys a plain Hugging Face from_pretrained must all know: there they
+# were reported as UNEXPECTED on every load.
+SCORER_FILE = "relevance_scorer.safetensors"
 
 
 def check_source(source: str) -> str:

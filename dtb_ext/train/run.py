@@ -16,6 +16,7 @@ import torch
 from transformers import AutoTokenizer, BertForQuestionAnswering, TrainingArguments, set_seed
 
 from dtb_ext.data_paths import DEV_FILE, training_file
+from dtb_ext.models.patching import save_patched_model
 from dtb_ext.precision import autocast_dtype, prepare_for_precision, resolve_precision
 from dtb_ext.precision.qat import enable_fake_quantization, float_copy, is_fake_quantized
 from dtb_ext.qa.data import load_squad, search_split_articles
@@ -202,13 +203,13 @@ def resume_checkpoint(options: TrainOptions) -> str | None:
 def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool = False,
                  info: dict[str, Any] | None = None) -> str:
     """Write a model directory that `dtb eval --model DIR` loads: config.json, model.safetensors (fp16 when
-    asked, to halve the size), tokenizer files and `dtb_train.json` (how it was trained). Layers trained on the
+    asked, to halve the size), relevance_scorer.safetensors for a model with a scorer, tokenizer files and `dtb_train.json` (how it was trained). Layers trained on the
     int8 grid are exported as the plain Linears they are (`prepare_for_precision(model, "int8")` quantizes them)."""
     os.makedirs(directory, exist_ok=True)
     exported = float_copy(model)
     if fp16:
         exported = exported.to(torch.float16)
-    exported.save_pretrained(directory)
+    save_patched_model(exported, directory)
     tokenizer.save_pretrained(directory)
     if info is not None:
         with open(os.path.join(directory, TRAIN_INFO_FILE), "w", encoding="utf-8") as handle:
