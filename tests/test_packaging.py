@@ -4,6 +4,7 @@ commands default to, and none of a build's outputs. (.ci/run installs it into a 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,3 +72,17 @@ def test_sdist_holds_no_build_outputs(sdist_files):
     outputs = [path for path in sdist_files
                if path.endswith((".so", ".o", ".pyc")) or path.startswith("build/") or "__pycache__" in path]
     assert outputs == []
+
+
+def test_shipped_text_files_hold_no_machine_paths():
+    """Package data (model cards, training records, fronts, READMEs) is read on other machines: a path of the
+    machine that wrote it (/work/..., /root/..., /home/..., /tmp/...) means nothing there."""
+    machine_path = re.compile(r"(?<![\w.])/(work|root|home|tmp)/")
+    shipped = [path for path in repository_files() if path.startswith("dtb_ext/")
+               and path.endswith((".md", ".json", ".csv", ".txt")) and "/data/squad/" not in path]
+    assert shipped
+    found = []
+    for path in shipped:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as handle:
+            found += [f"{path}:{number}" for number, line in enumerate(handle, 1) if machine_path.search(line)]
+    assert found == []
