@@ -1,5 +1,5 @@
 """The `dtb` command. Each subcommand lives beside the code it drives, in a module that exposes
-`register(subparsers)`; this file only lists those modules."""
+`register(subparsers)`; this file only lists those modules. Their shared help format is help_format.py."""
 from __future__ import annotations
 
 import argparse
@@ -14,18 +14,6 @@ COMMAND_MODULES: list[str] = [
     "dtb_ext.demo",
     "dtb_ext.serve.cli",
 ]
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" after an option's help, except where it says nothing: no default (None), an off
-    flag, or a help text that already states its default in words."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        # identity, not equality: a default of 0 or 0.0 compares equal to False and must still be shown
-        if action.default is None or action.default is False or "(default" in help_text:
-            return help_text
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Any, Sequence
 
-from dtb_ext.cli import HelpFormatter
+from dtb_ext.help_format import HelpFormatter
 from dtb_ext.config import LengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.precision import PRECISION_CHOICES

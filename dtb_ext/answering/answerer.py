@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtb_ext.config import LengthConfig, MixedLengthConfig
 from dtb_ext.answering.budget import (
     FULL_LENGTH,
     LATENCY_BUDGET_MS,
@@ -28,11 +27,18 @@ from dtb_ext.answering.budget import (
     InputError,
     as_budget,
 )
+from dtb_ext.answering.latency import LatencyModel
+from dtb_ext.config import LengthConfig, MixedLengthConfig
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.macs import count_macs
+from dtb_ext.models.patching import length_config, patch
+from dtb_ext.precision import prepare_for_precision, resolve_precision
 from dtb_ext.qa.data import SquadExample
 from dtb_ext.qa.features import EvalFeatures, prepare_eval_features
-from dtb_ext.answering.latency import LatencyModel
+from dtb_ext.qa.model import load_qa_model
 from dtb_ext.qa.postprocess import SpanCollector
 from dtb_ext.search.front import Front, Point, load_front
+from dtb_ext.search.pick import pick
 
 BudgetLike = Budget | Mapping[str, Any] | None
 
@@ -101,11 +107,6 @@ class QuestionAnswerer:
         latency_model: LatencyModel | None = None,
         patched: bool = True,
     ) -> None:
-        import dtb_ext
-        from dtb_ext.precision import prepare_for_precision, resolve_precision
-        from dtb_ext.data_paths import DEFAULT_MODEL_DIR
-        from dtb_ext.qa.model import load_qa_model
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model_dir = DEFAULT_MODEL_DIR if model_dir is None else model_dir
@@ -114,7 +115,7 @@ class QuestionAnswerer:
         if not patched and front is not None:
             raise ValueError("an unpatched model runs at full length only: it takes no front")
         self.patched = patched
-        self.model = prepare_for_precision(dtb_ext.patch(model) if patched else model, self.precision).eval()
+        self.model = prepare_for_precision(patch(model) if patched else model, self.precision).eval()
         self.device = torch.device(device)
         self.num_layers = int(self.model.config.num_hidden_layers)
         self.batch_size = batch_size
@@ -245,15 +246,13 @@ class QuestionAnswerer:
 
     def _forward(self, inputs: dict[str, torch.Tensor], spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits, [B, T] float32 on the CPU, of one padded batch under `spec`."""
-        import dtb_ext
-
         inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
         if not self.patched:
             if spec is not None:
                 raise ValueError("an unpatched model runs at full length only")
             outputs = self.model(**inputs)
         else:
-            with dtb_ext.length_config(self.model, spec):
+            with length_config(self.model, spec):
                 outputs = self.model(**inputs)
         return outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
 
@@ -266,8 +265,6 @@ class QuestionAnswerer:
         return Answer(features.examples[e].context[start:end], start, end, float(collector.score[e]), config)
 
     def _macs_uncached(self, config: LengthConfig | None, length: int) -> int:
-        from dtb_ext.macs import count_macs
-
         return count_macs(self.model.config, config, length).total
 
     def _load_front(self, front: Front | str | dict[str, Any] | None) -> Front | None:
@@ -291,8 +288,6 @@ class QuestionAnswerer:
     def _ladder(front: Front, name: str, value: float) -> list[Point]:
         """`pick`'s choice for the budget; for a speed floor, then pick's choice among the strictly faster
         configurations, and so on (each one what pick would choose were the floor just above the last)."""
-        from dtb_ext.search.pick import pick
-
         try:
             ladder = [pick(front, **{name: value})]
         except ValueError as error:

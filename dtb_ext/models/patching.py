@@ -196,6 +196,14 @@ def is_patched(model: nn.Module) -> bool:
     return isinstance(getattr(_base_model(model), "encoder", None), DynamicEncoder)
 
 
+def ensure_patched(model: PreTrainedModel) -> PreTrainedModel:
+    """`patch(model)` unless it is patched already (a second `patch()` would reset an explicit keep_first);
+    returns `model`. For code that takes a caller's model and needs the dynamic encoder."""
+    if not is_patched(model):
+        patch(model)
+    return model
+
+
 def set_length_config(model: PreTrainedModel, config: LengthSpec | dict) -> None:
     """Set the length configuration every later call of `model` uses (unless overridden by `length_config`).
 

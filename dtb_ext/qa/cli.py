@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from dtb_ext.cli import HelpFormatter
+from dtb_ext.help_format import HelpFormatter
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
 from dtb_ext.jsonfile import read_json_file
 from dtb_ext.precision import PRECISION_CHOICES

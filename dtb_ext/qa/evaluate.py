@@ -16,11 +16,9 @@ def _length_config_context(model: torch.nn.Module, length_config: Any) -> contex
     """`dtb_ext.length_config(model, cfg)` (patching the model first when needed), or nothing when cfg is None."""
     if length_config is None:
         return contextlib.nullcontext()
-    import dtb_ext  # lazily: plain evaluation does not need the dynamic encoder
+    from dtb_ext.models import patching  # lazily: plain evaluation does not need the dynamic encoder
 
-    if not dtb_ext.is_patched(model):
-        dtb_ext.patch(model)
-    return dtb_ext.length_config(model, length_config)
+    return patching.length_config(patching.ensure_patched(model), length_config)
 
 
 def evaluate_qa(

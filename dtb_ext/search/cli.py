@@ -9,7 +9,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from dtb_ext.cli import HelpFormatter
+    from dtb_ext.help_format import HelpFormatter
     from dtb_ext.precision import PRECISION_CHOICES
     from dtb_ext.search.paired import DEFAULT_CONFIDENCE
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dtb_ext.config import LengthConfig
+from dtb_ext.models.patching import ensure_patched, length_config
 from dtb_ext.search.evaluation import COST_MODELS, Evaluation
 from dtb_ext.search.space import SPACE_KINDS, Config
 
@@ -85,17 +86,13 @@ class QAEvaluator:
         latency: LatencySettings | None = None,
         space: str = "absolute",
     ) -> None:
-        import dtb_ext
-
         if cost_model not in COST_MODELS:
             raise ValueError(f"cost model must be one of {COST_MODELS}, got {cost_model!r}")
         if space not in SPACE_KINDS:
             raise ValueError(f"space must be one of {SPACE_KINDS}, got {space!r}")
         if len(features) == 0:
             raise ValueError("the evaluation features are empty: no question could be featurised")
-        if not dtb_ext.is_patched(model):
-            dtb_ext.patch(model)
-        self.model = model
+        self.model = ensure_patched(model)
         self.features = features
         self.cost_model = cost_model
         self.batch_size = batch_size
@@ -140,8 +137,6 @@ class QAEvaluator:
 
     def latency_ms(self, config: Config | None) -> float:
         """Median over repeats of the milliseconds per batch on the fixed latency sample."""
-        import dtb_ext
-
         if not self._warmed_up:
             # the first timed config would otherwise also pay for one-off costs (allocator, thread pool, caches)
             self._warmed_up = True
@@ -156,7 +151,7 @@ class QAEvaluator:
         self.model.eval()
         timings = []
         try:
-            with torch.inference_mode(), dtb_ext.length_config(self.model, self.length_spec(config)):
+            with torch.inference_mode(), length_config(self.model, self.length_spec(config)):
                 for repeat in range(self.latency.warmup + self.latency.repeats):
                     started = time.perf_counter()
                     for inputs in batches:

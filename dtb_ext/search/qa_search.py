@@ -11,10 +11,16 @@ import sys
 from typing import Any, Sequence
 
 import optuna
+import torch
 
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, training_file
+from dtb_ext.models.patching import ensure_patched
+from dtb_ext.precision import prepare_for_precision, resolve_precision
+from dtb_ext.qa.data import load_squad
+from dtb_ext.qa.features import prepare_eval_features
 from dtb_ext.qa.model import load_qa_model
 from dtb_ext.search.engine import run_search
+from dtb_ext.search.evaluation import compact_scores
 from dtb_ext.search.front import Front
 from dtb_ext.search.paired import BootstrapSettings
 from dtb_ext.search.qa_objective import (
@@ -25,7 +31,7 @@ from dtb_ext.search.qa_objective import (
     sample_questions,
 )
 from dtb_ext.search.space import SPACE_KINDS, Config, LengthSpace, RatioSpace, SearchSpace
-from dtb_ext.search.split import SPLIT_FILE, read_split_part
+from dtb_ext.search.split import SPLIT_FILE, read_split, read_split_part
 from dtb_ext.search.strategies import EvolutionSettings
 from dtb_ext.search.study import open_storage
 
@@ -60,8 +66,6 @@ def _data_identity(path: str, examples: Sequence[Any], max_seq_length: int, doc_
 
 
 def _file_examples(path: str) -> list[Any]:
-    from dtb_ext.qa import load_squad
-
     if not os.path.isfile(path):
         raise ValueError(f"SQuAD file not found: {path}")
     return load_squad(path)
@@ -72,8 +76,6 @@ def _evaluator_for(
     doc_stride: int, max_query_length: int, batch_size: int, latency: LatencySettings,
 ) -> tuple[QAEvaluator, dict[str, Any]]:
     """The evaluator on `examples` (questions of the file `path`) and the identity of that data."""
-    from dtb_ext.qa import prepare_eval_features
-
     features = prepare_eval_features(examples, tokenizer, max_seq_length, doc_stride, max_query_length)
     evaluator = QAEvaluator(model, features, cost_model, batch_size=batch_size, latency=latency, space=space)
     return evaluator, _data_identity(path, examples, max_seq_length, doc_stride, max_query_length)
@@ -89,8 +91,6 @@ def _score_configs(configs: Sequence[Config], evaluator: QAEvaluator, cache_pref
     in its user attributes, keyed by the data's description and the config, so an interrupted run resumes
     (caches written before per-question scores were kept hold two numbers; they give None there)."""
     from tqdm.auto import tqdm
-
-    from dtb_ext.search.evaluation import compact_scores
 
     key_prefix = cache_prefix + hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
     scores: ScoreTable = {}
@@ -147,14 +147,8 @@ def make_space(kind: str, num_layers: int, max_seq_length: int, min_length: int 
 def prepare_search_model(model: Any, loaded_here: bool, precision: str) -> tuple[Any, str, str]:
     """(model to evaluate, the fingerprint of its fp32 weights, the concrete precision). The model is patched
     (full-length outputs unchanged); a caller's model is converted on a copy, so it stays as it was given."""
-    import dtb_ext
-    from dtb_ext.precision import prepare_for_precision, resolve_precision
-
-    import torch
-
     resolved = resolve_precision(precision, next(model.parameters()).device)
-    if not dtb_ext.is_patched(model):
-        dtb_ext.patch(model)
+    ensure_patched(model)
     fingerprint = model_fingerprint(model)
     if resolved != "fp32" or any(p.dtype != torch.float32 for p in model.parameters()):
         model = prepare_for_precision(model if loaded_here else copy.deepcopy(model), resolved)
@@ -217,8 +211,6 @@ def search_lengths(
     out_dir: where front.json, front.csv and front.png are written (None: not written).
     device: where a model loaded from a directory runs (a loaded model stays where it is).
     """
-    from dtb_ext.search.split import read_split
-
     data = training_file(data, "the search split's articles (dtb_ext/data/search_articles.json)", "--data")
     if progress:
         print(f"data: {data}", file=sys.stderr)

@@ -10,7 +10,7 @@ WORKER_HEALTHCHECK_TIMEOUT_S = 60
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from dtb_ext.cli import HelpFormatter
+    from dtb_ext.help_format import HelpFormatter
     from dtb_ext.precision import PRECISION_CHOICES
     from dtb_ext.serve.settings import ServeSettings
 

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from dtb_ext.cli import HelpFormatter
+from dtb_ext.help_format import HelpFormatter
 from dtb_ext.train.options import TrainOptions
 
 
