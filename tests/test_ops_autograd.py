@@ -1,12 +1,11 @@
-"""Registration checks of the compiled dtb ops: gradients (float64 gradcheck), torch.library.opcheck, and a
-torch.compile(fullgraph=True) smoke test."""
+"""Registration checks of the compiled dtb ops: gradients (float64 gradcheck) and a torch.compile(fullgraph=True)
+smoke test (torch.library.opcheck of every op: test_opcheck.py)."""
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
-from torch.library import opcheck
 
 from dtb_ext import ops, reference
 
@@ -69,15 +68,6 @@ def test_gradcheck_restore_base_and_src() -> None:
     src = kept.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda b, s: ops.restore(b, s, positions), (base, src))
     assert torch.autograd.gradgradcheck(lambda b, s: ops.restore(b, s, positions), (base, src))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck(dtype: torch.dtype) -> None:
-    scores, mask, hidden, significance, keep = small_case(dtype)
-    opcheck(torch.ops.dtb.softmax_with_significance.default, (scores.requires_grad_(), mask))
-    opcheck(torch.ops.dtb.select_and_gather.default, (hidden.requires_grad_(), significance, mask, keep, 6, True))
-    kept, _, positions = ops.select_and_gather(hidden.detach(), significance, mask, keep, 6, False)
-    opcheck(torch.ops.dtb.restore.default, (torch.randn_like(hidden).requires_grad_(), kept.requires_grad_(), positions))
 
 
 def chain(scores: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
