@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "prepare_eval_features": "dtb_ext.qa",
     "search_split_articles": "dtb_ext.qa",
     "squad_metrics": "dtb_ext.qa",
+    "export": "dtb_ext.graph_export",
+    "ExportedQA": "dtb_ext.graph_export",
     "QuestionAnswerer": "dtb_ext.answering.answerer",
     "LengthConfig": "dtb_ext.config",
     "MixedLengthConfig": "dtb_ext.config",

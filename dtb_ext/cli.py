@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "dtb_ext.search.cli",
     "dtb_ext.demo",
     "dtb_ext.serve.cli",
+    "dtb_ext.graph_export.cli",
 ]
 
 

@@ -5,6 +5,7 @@ checks of the runtime wrapper, and int8 on a small SQuAD sample."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -16,6 +17,7 @@ from dtb_ext.graph_export import ExportedQA, export
 from tiny_qa import alone, padded_qa_batch, tiny_qa_model
 
 NUM_LAYERS = 4
+NUM_LAYERS_DEFAULT = 6  # the default model (MiniLM-L6)
 VOCAB = 1000
 TOLERANCE = 1e-4
 LENGTHS = [30, 17, 25, 40]
@@ -174,3 +176,96 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
         export(tiny_qa_model(VOCAB), str(tmp_path))
     with pytest.raises(ValueError, match="float32 CPU model"):
         export(copy.deepcopy(model).to(torch.bfloat16), str(tmp_path))
+
+
+# --- the default model: a real checkpoint with a relevance scorer -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def default_model_export(tmp_path_factory):
+    """(patched default model, tokenizer, ExportedQA of its fp32 OpenVINO graph, 40 dev-a questions' features)."""
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
+    from dtb_ext.qa import load_squad, prepare_eval_features
+    from dtb_ext.qa.model import load_qa_model
+    from dtb_ext.search.qa_objective import sample_questions
+
+    model, tokenizer = load_qa_model(DEFAULT_MODEL_DIR)
+    dtb_ext.patch(model).eval()
+    path = str(tmp_path_factory.mktemp("default-openvino"))
+    export(model, path, format="openvino")
+    features = prepare_eval_features(sample_questions(load_squad(DEV_FILE), 40, 0), tokenizer)
+    return model, tokenizer, ExportedQA(path), features
+
+
+def test_the_default_model_graph_equals_pytorch_at_its_front_pick(default_model_export):
+    from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+
+    model, _, graph, features = default_model_export
+    pick = dtb_ext.pick(dtb_ext.load_front(os.path.join(DEFAULT_MODEL_DIR, "front.json")), max_f1_drop_percent=1.0)
+    indices, inputs = next(iter(features.batches(16)))
+    for config in (None, pick.length_config, MixedLengthConfig([pick.length_config, None] * 8)):
+        got = _graph_logits(graph, inputs, config)
+        assert _max_real_difference(got, _torch_logits(model, inputs, config), inputs["attention_mask"]) <= TOLERANCE
+
+
+def test_int8_keeps_f1_on_a_small_sample(default_model_export, tmp_path):
+    """NNCF int8, calibrated on 32 training windows, against the fp32 graph on 40 dev-a questions (a loose bound:
+    40 questions move F1 by a few points either way; `dtb eval --runtime openvino --precision int8` measures it)."""
+    pytest.importorskip("nncf", reason="nncf is not installed")
+    from dtb_ext.graph_export import evaluate_exported
+    from dtb_ext.graph_export.calibration import training_calibration_inputs
+
+    model, tokenizer, graph, features = default_model_export
+    calibration = training_calibration_inputs(tokenizer, NUM_LAYERS_DEFAULT, windows=32)
+    export(model, str(tmp_path), format="openvino", precision="int8", calibration_inputs=calibration)
+    int8 = ExportedQA(str(tmp_path))
+    fp32_f1 = evaluate_exported(graph, features, progress=False)["f1"]
+    int8_f1 = evaluate_exported(int8, features, progress=False)["f1"]
+    assert fp32_f1 > 40, "the default model should answer these questions (else the comparison shows nothing)"
+    assert abs(int8_f1 - fp32_f1) <= 5.0
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+def _eval_predictions(capsys, tmp_path, model_dir, *extra):
+    from dtb_ext.cli import main
+    from dtb_ext.data_paths import DEV_FILE
+
+    path = tmp_path / f"predictions-{len(list(tmp_path.iterdir()))}.json"
+    code = main(["eval", "--data", DEV_FILE, "--model", model_dir, "--limit", "6", "--batch-size", "4",
+                 "--length-ratios", "0.8,0.5", "--no-progress", "--predictions", str(path), *extra])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return result, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_dtb_eval_in_a_runtime_answers_as_pytorch(tmp_path, capsys, runtime):
+    pytest.importorskip(runtime, reason=f"{runtime} is not installed")
+    from tiny_qa import save_tiny_qa_model
+
+    model_dir = save_tiny_qa_model(str(tmp_path / "tiny"))
+    torch_result, torch_predictions = _eval_predictions(capsys, tmp_path, model_dir)
+    result, predictions = _eval_predictions(capsys, tmp_path, model_dir, "--runtime", runtime)
+    assert result["runtime"] == runtime and result["n"] == torch_result["n"] == 6
+    assert predictions == torch_predictions
+
+
+def test_dtb_export_writes_a_graph_that_dtb_eval_runs(tmp_path, capsys):
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    from dtb_ext.cli import main
+    from tiny_qa import save_tiny_qa_model
+
+    model_dir = save_tiny_qa_model(str(tmp_path / "tiny"))
+    output = str(tmp_path / "exported")
+    assert main(["export", "--model", model_dir, "--output", output, "--length-ratios", "0.8,0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"] == output
+    graph = ExportedQA(output)
+    assert graph.default_length_config == {"ratios": [0.8, 0.5]} and graph.precision == "fp32"
+    _, torch_predictions = _eval_predictions(capsys, tmp_path, model_dir)
+    _, predictions = _eval_predictions(capsys, tmp_path, output, "--runtime", "openvino")
+    assert predictions == torch_predictions
+    assert main(["eval", "--model", output, "--runtime", "openvino", "--precision", "bf16", "--limit", "2"]) == 2
+    assert "holds a fp32 openvino export" in capsys.readouterr().err
+    assert main(["export", "--model", model_dir, "--output", output, "--format", "onnx", "--precision", "int8"]) == 2
+    assert "ONNX export is fp32" in capsys.readouterr().err

@@ -7,9 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from dtb_ext.graph_export.keep_rule import INPUT_NAMES as KEEP_RULE_NAMES
-from dtb_ext.graph_export.keep_rule import keep_rule_arrays
-
 DEFAULT_CALIBRATION_WINDOWS = 300
 
 
@@ -28,6 +25,8 @@ def training_calibration_inputs(tokenizer: Any, num_layers: int, windows: int = 
         max_seq_length, doc_stride, max_query_length: the sliding windows, as in evaluation.
     """
     from dtb_ext.data_paths import training_file
+    from dtb_ext.graph_export.keep_rule import INPUT_NAMES as KEEP_RULE_NAMES
+    from dtb_ext.graph_export.keep_rule import keep_rule_arrays
     from dtb_ext.qa import load_squad, prepare_eval_features
     from dtb_ext.search.qa_objective import sample_questions
 

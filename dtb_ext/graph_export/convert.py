@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtb_ext.config import MixedLengthConfig, as_length_config, length_config_from_json
 from dtb_ext.graph_export.graph import LengthAdaptiveQAGraph
 from dtb_ext.graph_export.keep_rule import INPUT_NAMES as KEEP_RULE_NAMES
 from dtb_ext.graph_export.keep_rule import RATIO_SCALE, keep_rule_arrays
@@ -42,7 +43,7 @@ ONNX_OPSET = 17
 
 
 def export(model: nn.Module, path: str, format: str = "openvino", precision: str = "fp32",
-           calibration_inputs: list[dict[str, Any]] | None = None) -> str:
+           calibration_inputs: list[dict[str, Any]] | None = None, default_length_config: Any = None) -> str:
     """Write `model` (a patched, float32 span-QA model) as one graph serving every length configuration.
 
     Args:
@@ -55,6 +56,8 @@ def export(model: nn.Module, path: str, format: str = "openvino", precision: str
             post-training quantization).
         calibration_inputs: for int8, the batches to calibrate on, each a dict of the graph's inputs
             (`calibration.training_calibration_inputs` builds them from SQuAD training windows); required for int8.
+        default_length_config: the configuration `ExportedQA` applies when a caller gives none (None: full length);
+            per-layer ints, a LengthConfig or its JSON form. The graph itself serves every configuration.
 
     Returns:
         The graph file's path.
@@ -73,6 +76,7 @@ def export(model: nn.Module, path: str, format: str = "openvino", precision: str
         raise ValueError(f"export traces a float32 CPU model (the precision is the runtime's), got "
                          f"{parameter.dtype} on {parameter.device}")
     graph = LengthAdaptiveQAGraph(model)
+    default = _checked_default(default_length_config, graph.num_layers)
     os.makedirs(path, exist_ok=True)
     target = os.path.join(path, GRAPH_FILES[format])
     was_training = model.training
@@ -97,6 +101,7 @@ def export(model: nn.Module, path: str, format: str = "openvino", precision: str
         "significance": graph.significance,
         "keep_first": graph.keep_first,
         "ratio_scale": RATIO_SCALE,
+        "default_length_config": default,
         "inputs": list(INPUT_NAMES),
         "outputs": list(OUTPUT_NAMES),
         "graph": GRAPH_FILES[format],
@@ -104,6 +109,19 @@ def export(model: nn.Module, path: str, format: str = "openvino", precision: str
     with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=1)
     return target
+
+
+def _checked_default(spec: Any, num_layers: int) -> Any:
+    """The JSON form of a default length configuration (validated as a graph input), or None."""
+    if isinstance(spec, dict):
+        spec = length_config_from_json(spec)
+    config = as_length_config(spec, num_layers)
+    if isinstance(config, MixedLengthConfig):
+        raise ValueError("a default length configuration is one configuration for every example, got a mixed one")
+    if config is None:
+        return None
+    keep_rule_arrays(config, 1, num_layers)  # a ratio with more decimals than the graph takes fails here
+    return config.to_json()
 
 
 def _example_inputs(num_layers: int) -> tuple[torch.Tensor, ...]:

@@ -38,6 +38,8 @@ class ExportedQA:
         self.format = self.metadata["format"]
         self.precision = self.metadata["precision"]
         self.num_layers = int(self.metadata["num_layers"])
+        # what a call without a configuration runs: full length, unless the export stored a default
+        self.default_length_config = self.metadata.get("default_length_config")
         self.runtime = RUNTIMES[self.format]
         graph = os.path.join(path, GRAPH_FILES[self.format])
         if self.format == "openvino":
@@ -55,8 +57,9 @@ class ExportedQA:
         Args:
             input_ids, attention_mask, token_type_ids: [B, L] integer arrays or tensors (attention_mask nonzero for
                 real tokens, at least one per example).
-            length_config: None (full length), per-layer ints, a LengthConfig, a MixedLengthConfig with one entry
-                per example, or their JSON form; ValueError when it does not fit the model or the batch.
+            length_config: per-layer ints, a LengthConfig, a MixedLengthConfig with one entry per example, or their
+                JSON form; None for the export's default (`default_length_config`: full length unless the export
+                stored one). ValueError when it does not fit the model or the batch.
         """
         arrays = {name: _int64(value, name) for name, value in
                   zip(TEXT_INPUTS, (input_ids, attention_mask, token_type_ids))}
@@ -68,6 +71,8 @@ class ExportedQA:
             raise ValueError(f"an exported graph reads at most {MAX_EXACT_LENGTH} tokens per example, got {shape[1]}")
         if not (arrays["attention_mask"] != 0).any(axis=1).all():
             raise ValueError("every example needs at least one real token; the attention mask has an all-padding row")
+        if length_config is None:
+            length_config = self.default_length_config
         arrays.update(zip(KEEP_RULE_NAMES, keep_rule_arrays(length_config, shape[0], self.num_layers)))
         start, end = self._run({name: arrays[name] for name in INPUT_NAMES})
         return torch.from_numpy(np.asarray(start, dtype=np.float32)), torch.from_numpy(np.asarray(end, dtype=np.float32))

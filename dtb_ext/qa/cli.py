@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from dtb_ext.help_format import HelpFormatter
@@ -101,9 +102,12 @@ def parse_length_option(length_config: str | None, length_ratios: str | None) ->
     return None
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from dtb_ext.precision import prepare_for_precision, resolve_precision
-    from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
+def run_eval(args: argparse.Namespace, evaluate: Callable[..., tuple[dict[str, Any], Any]] | None = None) -> int:
+    """`dtb eval`. `evaluate(args, examples, length_config, precision) -> (result, features)` runs the model:
+    the PyTorch model by default (`evaluate_with_torch`); `dtb eval --runtime openvino|onnxruntime` passes the
+    exported graph's (dtb_ext/graph_export/cli.py, which adds that option to this command)."""
+    from dtb_ext.precision import resolve_precision
+    from dtb_ext.qa import load_squad
 
     try:
         if args.limit is not None and args.limit < 1:
@@ -115,12 +119,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.limit is not None:
             examples = examples[:args.limit]
         precision = resolve_precision(args.precision, args.device)
-        model, tokenizer = load_qa_model(args.model, args.device)
-        model = prepare_for_precision(model, precision)
-        features = prepare_eval_features(examples, tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length)
-        result = evaluate_qa(model, features, length_config=length_config, batch_size=args.batch_size,
-                             padding=args.padding, progress=not args.no_progress,
-                             return_predictions=args.predictions is not None)
+        result, features = (evaluate or evaluate_with_torch)(args, examples, length_config, precision)
     except ValueError as error:
         return _fail("eval", error)
     if args.predictions is not None:
@@ -130,3 +129,18 @@ def run_eval(args: argparse.Namespace) -> int:
         result["skipped"] = dict(features.skips.counts)
     print(json.dumps(result))
     return 0
+
+
+def evaluate_with_torch(args: argparse.Namespace, examples: list, length_config: Any,
+                        precision: str) -> tuple[dict[str, Any], Any]:
+    """(result, features) of `dtb eval`'s PyTorch model at `precision` over `examples`."""
+    from dtb_ext.precision import prepare_for_precision
+    from dtb_ext.qa import evaluate_qa, prepare_eval_features
+
+    model, tokenizer = load_qa_model(args.model, args.device)
+    model = prepare_for_precision(model, precision)
+    features = prepare_eval_features(examples, tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length)
+    result = evaluate_qa(model, features, length_config=length_config, batch_size=args.batch_size,
+                         padding=args.padding, progress=not args.no_progress,
+                         return_predictions=args.predictions is not None)
+    return result, features
