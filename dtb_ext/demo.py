@@ -13,15 +13,15 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
-from collections import Counter
+from collections.abc import Callable
 from typing import Any, Sequence
 
-from dtb_ext.help_format import HelpFormatter
 from dtb_ext.config import LengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
+from dtb_ext.help_format import HelpFormatter
+from dtb_ext.macs import macs_ratio
 from dtb_ext.precision import PRECISION_CHOICES
 from dtb_ext.qa.model import HOW_TO_MAKE_A_MODEL
 
@@ -166,21 +166,9 @@ def choose_configs(front: Any, min_f1: float | None = None) -> list[DemoConfig]:
 
 def sample_for_latency(features: Any, count: int) -> Any:
     """`count` features evenly spaced over the features sorted by length (short to long), as EvalFeatures."""
-    import numpy as np
-
-    n = len(features)
-    if not 1 <= count <= n:
-        raise ValueError(f"--latency-features must be between 1 and the sample's {n} features, got {count}")
-    by_length = np.lexsort((np.arange(n), features.lengths))
-    picks = np.sort(by_length[np.linspace(0, n - 1, count).round().astype(int)])
-    return dataclasses.replace(
-        features,
-        input_ids=[features.input_ids[i] for i in picks],
-        example_index=features.example_index[picks],
-        context_start=features.context_start[picks],
-        window_start=features.window_start[picks],
-        window_length=features.window_length[picks],
-    )
+    if not 1 <= count <= len(features):
+        raise ValueError(f"--latency-features must be between 1 and the sample's {len(features)} features, got {count}")
+    return features.spread_by_length(count)
 
 
 def run_spec(length_config: LengthConfig, full_length: LengthConfig | None) -> LengthConfig | None:
@@ -197,14 +185,15 @@ def measure_latency(
     """Median milliseconds of one batch-1 forward per feature, for every precision (`models`: precision ->
     patched model), config and padding protocol.
 
-    Every feature is run under every (precision, config) and protocol in turn (the order rotating from feature to
-    feature), so a change of machine load during the measurement hits all of them alike. One untimed pass of every
-    feature through every case and protocol comes first (kernel compilation, allocator and thread-pool warm-up).
-    Returns {(precision, config): {padding: ms}}."""
+    Every feature is run under every (precision, config) and protocol in turn (`Interleaved`: the order rotating
+    from feature to feature), so a change of machine load during the measurement hits all of them alike. One
+    untimed pass of every feature through every case and protocol comes first: the steady state a serving process
+    reaches (oneDNN compiles a kernel per matmul shape on first use, and token dropping makes a new shape at every
+    layer). Returns {(precision, config): {padding: ms}}."""
     import torch
-    from tqdm.auto import tqdm
 
-    import dtb_ext
+    from dtb_ext.models.patching import length_config
+    from dtb_ext.timing import Interleaved
 
     device = next(next(iter(models.values())).parameters()).device
     inputs = {
@@ -212,50 +201,28 @@ def measure_latency(
         for padding in PADDINGS
     }
     cases = [(precision, config.length_config) for precision in models for config in configs]
-    timings: dict[tuple[str, tuple[int, ...]], dict[str, list[float]]] = {
-        case: {padding: [] for padding in PADDINGS} for case in cases
-    }
 
-    def forward(case: tuple[str, tuple[int, ...]], batch: dict[str, Any]) -> float:
-        model = models[case[0]]
-        with dtb_ext.length_config(model, run_spec(case[1], full_length)):
-            started = time.perf_counter()
-            model(**batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return time.perf_counter() - started
+    def forward(precision: str, config: LengthConfig, padding: str) -> Callable[[int], None]:
+        """The batch-1 forward of feature `index` for one case and protocol, as Interleaved times it."""
+        model = models[precision]
+
+        def run(index: int) -> None:
+            with length_config(model, run_spec(config, full_length)):
+                model(**inputs[padding][index])
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+
+        return run
 
     for model in models.values():
         model.eval()
+    timer = Interleaved({(case, padding): forward(*case, padding) for case in cases for padding in PADDINGS},
+                        range(len(features)))
     with torch.inference_mode():
-        # Steady state, as a serving process reaches it: oneDNN compiles a kernel per matmul shape on first use
-        # (token dropping makes a new shape at every layer), so every feature runs every case once untimed.
-        for index in tqdm(range(len(features)), desc="warm-up", unit="feature", disable=not progress):
-            for case in cases:
-                for padding in PADDINGS:
-                    forward(case, inputs[padding][index])
-        for index in tqdm(range(len(features)), desc="latency (batch 1)", unit="feature", disable=not progress):
-            shift = index % len(cases)
-            for case in cases[shift:] + cases[:shift]:
-                for padding in PADDINGS:
-                    timings[case][padding].append(forward(case, inputs[padding][index]))
-    return {
-        case: {padding: 1000.0 * statistics.median(values) for padding, values in by_padding.items()}
-        for case, by_padding in timings.items()
-    }
-
-
-def macs_ratio(
-    model_config: Any, length_config: Sequence[int] | None, lengths: Sequence[int], padded_to: int | None = None
-) -> float:
-    """Full-length MACs (no config) / MACs under `length_config`, both summed over features of the given real
-    lengths, each at its real length (`padded_to` None) or padded to `padded_to` tokens (see `count_macs`)."""
-    from dtb_ext.macs import count_macs
-
-    counts = Counter(int(n) for n in lengths)
-    full = sum(c * count_macs(model_config, None, n, padded_to).total for n, c in counts.items())
-    reduced = sum(c * count_macs(model_config, length_config, n, padded_to).total for n, c in counts.items())
-    return full / reduced
+        timer.warm_up(progress)
+        timer.run_round(progress)
+    medians = timer.summary()
+    return {case: {padding: medians[case, padding]["median_ms"] for padding in PADDINGS} for case in cases}
 
 
 def run_demo(
@@ -264,7 +231,7 @@ def run_demo(
     data: str | None = None,
     questions: int | None = DEFAULT_QUESTIONS,
     sample_seed: int = 0,
-    latency_features: int = DEFAULT_LATENCY_FEATURES,
+    latency_features: int | None = None,
     min_f1: float | None = None,
     batch_size: int = 32,
     out_dir: str | None = DEFAULT_OUT,
@@ -278,7 +245,8 @@ def run_demo(
     front_path: a front JSON written by `dtb search` (None: MODEL_DIR/front.json).
     data: the SQuAD file (None: dev-a, shipped in the package: data_paths.DEV_FILE); questions: fixed random sample of it,
         chosen by sample_seed (None: every question).
-    latency_features: features (evenly spaced in length) timed per config and padding protocol.
+    latency_features: features (evenly spaced in length) timed per config and padding protocol (None: 64, or
+        every feature of a smaller sample, said in one line).
     out_dir: where demo.png and demo.json go (None: nothing written).
     precision: the precision measured beside fp32 ("auto": the fastest this machine runs natively; when it
         is fp32, fp32 alone is measured).
@@ -329,6 +297,11 @@ def run_demo(
     if len(features) == 0:
         raise ValueError(f"none of the {len(examples)} sampled questions could be featurised")
 
+    if latency_features is None:
+        latency_features = min(DEFAULT_LATENCY_FEATURES, len(features))
+        if latency_features < DEFAULT_LATENCY_FEATURES:
+            print(f"timing all {latency_features} features of the sample (fewer than the default "
+                  f"{DEFAULT_LATENCY_FEATURES})", file=sys.stderr)
     timed = sample_for_latency(features, latency_features)
     scores = {}
     for name, candidate in models.items():
@@ -483,8 +456,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--full", action="store_true", help="score every question of the file (4,961 for dev-a); "
                       "latency still uses --latency-features features")
     demo.add_argument("--sample-seed", type=int, default=0, help="seed of the question sample")
-    demo.add_argument("--latency-features", type=int, default=DEFAULT_LATENCY_FEATURES,
-                      help="features timed at batch 1 per config and padding protocol")
+    demo.add_argument("--latency-features", type=int, default=None,
+                      help=f"features timed at batch 1 per config and padding protocol (default: "
+                           f"{DEFAULT_LATENCY_FEATURES}, or every feature of a smaller sample)")
     demo.add_argument("--min-f1", type=float, default=None,
                       help="the last pick is the fastest config with search-split F1 at least this "
                            f"(default: {DEFAULT_MIN_F1_FRACTION * 100:g}%% of the full-length F1)")

@@ -85,17 +85,20 @@ def test_missing_front_of_a_given_model_is_named(tiny_model_dir, tmp_path, capsy
 @needs_dev
 def test_demo_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     out = str(tmp_path / "demo")
-    arguments = ["demo", "--model", tiny_model_dir, "--data", DEV, "--questions", "6", "--latency-features", "3",
-                 "--out", out, "--no-progress"]
+    arguments = ["demo", "--model", tiny_model_dir, "--data", DEV, "--questions", "6", "--out", out, "--no-progress"]
     assert main(arguments) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     for label in ("full length", "F1 within 1%", "F1 within 3%", "fastest F1 >= 72.0"):
         assert label in printed
     assert "6 questions" in printed and f"plot: {os.path.join(out, 'demo.png')}" in printed
     assert os.path.getsize(os.path.join(out, "demo.png")) > 0
     with open(os.path.join(out, "demo.json")) as handle:
         record = json.load(handle)
-    assert record["settings"]["questions"] == 6 and record["settings"]["latency_features"] == 3
+    # a sample smaller than the default 64 timed features is timed whole, and the run says so in one line
+    timed = record["settings"]["latency_features"]
+    assert record["settings"]["questions"] == 6 and 6 <= timed < demo.DEFAULT_LATENCY_FEATURES
+    assert f"timing all {timed} features of the sample (fewer than the default 64)" in captured.err
     rows = record["rows"]
     assert [row["length_config"] for row in rows] == [[384, 384], [300, 200], [200, 100], [128, 64]]
     full = rows[0]
