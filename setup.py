@@ -20,17 +20,23 @@ import torch
 from torch.utils import cpp_extension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CPU_CAPABILITIES_FILE = os.path.join(HERE, "csrc", "cpu_capabilities.txt")
 
-# instruction set -> compiler flags of its kernel files. The defines select ATen's matching Vectorized code and
-# name the namespace the copy is compiled into; csrc/cpu_capability.cpp checks the same CPU features at run time.
-CPU_CAPABILITIES: dict[str, list[str]] = {
-    "default": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"],
-    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-    "avx512": [
-        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
-        "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
-    ],
-}
+
+def _read_cpu_capabilities(path: str) -> dict[str, list[str]]:
+    """Instruction set -> compiler flags of its kernel files, in increasing order, from csrc/cpu_capabilities.txt
+    (lines "name: flags"; # starts a comment), the list CMakeLists.txt reads too."""
+    capabilities = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, _, flags = line.partition(":")
+                capabilities[name.strip()] = flags.split()
+    return capabilities
+
+
+CPU_CAPABILITIES = _read_cpu_capabilities(CPU_CAPABILITIES_FILE)
 
 
 def _sources(pattern: str) -> list[str]:
@@ -43,9 +49,6 @@ HEADERS = _sources("csrc/*.h") + _sources("csrc/cuda/*.h")
 
 def _capabilities_to_build() -> list[str]:
     """The instruction sets to compile the kernels for, in increasing order (DEFAULT first: see build_extension)."""
-    if "DTB_CPU_ISA" in os.environ:
-        print("dtb_ext: DTB_CPU_ISA is no longer read: the kernels are built for every instruction set and chosen "
-              "at run time (ATEN_CPU_CAPABILITY); DTB_CPU_CAPABILITIES limits the sets built")
     if platform.machine() not in ("x86_64", "AMD64"):
         return ["default"]
     requested = os.environ.get("DTB_CPU_CAPABILITIES")
@@ -90,7 +93,7 @@ def _extension():
     built = [f"-DDTB_HAVE_{name.upper()}_KERNELS" for name in CAPABILITIES if name != "default"]
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp"] + built
     # Kernel files and headers: a change to any of them relinks the extension.
-    depends = KERNEL_SOURCES + HEADERS
+    depends = KERNEL_SOURCES + HEADERS + [os.path.relpath(CPU_CAPABILITIES_FILE, HERE)]
     cpu_kernels = f"CPU kernels for {', '.join(CAPABILITIES)} (chosen at run time)"
     build_cuda = (
         torch.version.cuda is not None

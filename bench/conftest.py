@@ -1,12 +1,11 @@
-"""Benchmark session setup: `Interleaved` (several variants timed item by item within each round, for the model
-and QA levels) and, at the end, one table with each ops case's median and minimum time next to its baselines
+"""Benchmark session setup: `time_interleaved` (several variants timed item by item within each round with
+dtb_ext.timing.Interleaved, for the model and QA levels) and, at the end, one table with each ops case's median and minimum time next to its baselines
 (`fused / baseline` ratios), grouped as in pytest-benchmark's own report. On a shared machine the minimum
 is the steadier figure: other processes only ever add time. (The repository's conftest.py skips `cuda` cases
 without a GPU.)"""
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -14,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from dtb_ext.timing import Interleaved
 
 # group -> implementation name -> (median, minimum) seconds; filled by the benchmarks through `record_times`.
 TIMES: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
@@ -29,60 +30,6 @@ def record_times():
             TIMES[group][implementation] = (benchmark.stats.stats.median, benchmark.stats.stats.min)
 
     return record
-
-
-class Interleaved:
-    """Times several variants on the same items, all of them within every round: item by item, each variant runs
-    once on the item, in an order that rotates from item to item and from round to round. A host whose speed
-    drifts then slows every variant alike, where pytest-benchmark's one-case-after-another order would put the
-    drift into the ratios. `run_round` is what one benchmark round calls; `summary` goes into `extra_info`.
-
-    variants: name -> function of one item (for example one batch of model inputs).
-    items: the inputs, the same for every variant.
-    """
-
-    def __init__(self, variants: dict[str, Callable[[Any], Any]], items: Sequence[Any],
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        if not variants or not items:
-            raise ValueError(f"Interleaved needs variants and items, got {len(variants)} and {len(items)}")
-        self.variants = variants
-        self.items = items
-        self.clock = clock
-        # variant -> one list per finished round of per-item seconds
-        self.times: dict[str, list[list[float]]] = {name: [] for name in variants}
-
-    def warm_up(self) -> None:
-        """One untimed call of every variant on every item: oneDNN compiles a kernel per matmul shape on first use
-        (and token dropping makes new shapes at every layer), besides allocator, thread pool and lazy set-up."""
-        for item in self.items:
-            for function in self.variants.values():
-                function(item)
-
-    def run_round(self) -> None:
-        names = list(self.variants)
-        current = {name: [] for name in names}
-        shift = len(next(iter(self.times.values())))
-        for index, item in enumerate(self.items):
-            start = (shift + index) % len(names)
-            for name in names[start:] + names[:start]:
-                started = self.clock()
-                self.variants[name](item)
-                current[name].append(self.clock() - started)
-        for name in names:
-            self.times[name].append(current[name])
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Per variant: `median_ms` (median over rounds and items of one call), `round_ms` (median over rounds of
-        the time for all items) and `min_round_ms`."""
-        out = {}
-        for name, rounds in self.times.items():
-            totals = [sum(per_item) for per_item in rounds]
-            out[name] = {
-                "median_ms": 1e3 * statistics.median(t for per_item in rounds for t in per_item),
-                "round_ms": 1e3 * statistics.median(totals),
-                "min_round_ms": 1e3 * min(totals),
-            }
-        return out
 
 
 def _interleaved_clock() -> Callable[[], float]:

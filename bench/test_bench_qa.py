@@ -28,7 +28,6 @@ import copy
 import json
 import os
 import warnings
-from collections import Counter
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -169,14 +168,12 @@ def _patched_runner(model: torch.nn.Module, config: Any) -> Callable[[dict[str, 
 
 def _scores_and_macs(variants, batches) -> dict[str, dict[str, Any]]:
     """Per variant: F1/EM on the sample from its own logits, the MACs ratio, the length config."""
-    from dtb_ext.macs import count_macs
+    from dtb_ext.macs import macs_ratio
     from dtb_ext.qa.metric import squad_metrics
     from dtb_ext.qa.postprocess import SpanCollector
 
     setup = _setup()
     features, model_config = setup["features"], setup["model_config"]
-    lengths = Counter(int(n) for n in features.lengths)
-    full = sum(c * count_macs(model_config, None, n).total for n, c in lengths.items())
     extra = {}
     with torch.inference_mode():
         for name, (run, config) in variants.items():
@@ -185,9 +182,8 @@ def _scores_and_macs(variants, batches) -> dict[str, dict[str, Any]]:
                 start, end = run(inputs)
                 collector.add(indices, start.float(), end.float())
             scores = squad_metrics(features.examples, collector.predictions())
-            reduced = sum(c * count_macs(model_config, config, n).total for n, c in lengths.items())
             extra[name] = {"f1": round(scores["f1"], 2), "exact_match": round(scores["exact_match"], 2),
-                           "macs_ratio": round(full / reduced, 3),
+                           "macs_ratio": round(macs_ratio(model_config, config, features.lengths), 3),
                            "length_config": None if config is None else json.dumps(config.to_json())}
     return extra
 

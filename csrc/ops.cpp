@@ -1,5 +1,6 @@
-// The dtb operator library: every schema, once. Kernels register per backend in cpu/*.cpp and cuda/*_binding.cpp;
-// dtb_ext/ops.py adds the fake (meta) implementations and the autograd formulas.
+// The dtb operator library: every schema, once. Kernels register per backend: cpu_kernels.cpp registers the CPU
+// kernels of csrc/cpu/*.cpp for the instruction set chosen at load, cuda/binding.cpp the CUDA ones; dtb_ext/ops.py
+// adds the fake (meta) implementations and the autograd formulas.
 #include <torch/library.h>
 
 TORCH_LIBRARY(dtb, m) {

@@ -11,6 +11,8 @@ n_i tokens entering and k_i kept (n_i = k_{i-1}, n_0 the input length), D hidden
 """
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,3 +99,16 @@ def count_macs(config: Any, length_config: LengthSpec, seq_len: int, padded_to: 
         )
         entering = kept
     return EncoderMacs(tuple(layers))
+
+
+def summed_macs(config: Any, length_config: LengthSpec, lengths: Iterable[int], padded_to: int | None = None) -> int:
+    """Encoder MACs of one pass over examples of the given real `lengths`, each alone at its length (or padded to
+    `padded_to`, see `count_macs`), summed: the cost of an evaluation at `length_config`."""
+    counts = Counter(int(n) for n in lengths)
+    return sum(count * count_macs(config, length_config, n, padded_to).total for n, count in counts.items())
+
+
+def macs_ratio(config: Any, length_config: LengthSpec, lengths: Iterable[int], padded_to: int | None = None) -> float:
+    """Full-length MACs over MACs under `length_config`, both `summed_macs` over `lengths`: the ideal speedup."""
+    lengths = list(lengths)
+    return summed_macs(config, None, lengths, padded_to) / summed_macs(config, length_config, lengths, padded_to)

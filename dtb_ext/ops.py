@@ -27,11 +27,7 @@ try:
     from dtb_ext import _C  # registers torch.ops.dtb.*, with the CPU kernels of the instruction set chosen at load
 
     _HAS_KERNELS = True
-    if hasattr(_C, "build_info"):
-        _BUILD_INFO: dict[str, Any] = _C.build_info()
-    else:  # an extension built from sources older than the run-time choice of instruction set
-        _BUILD_INFO = {"warning": "dtb_ext._C was built from older sources and reports nothing about its build: "
-                                  "rebuild it (pip install --no-build-isolation --no-deps -e .)"}
+    _BUILD_INFO: dict[str, Any] = _C.build_info()
     if _BUILD_INFO["warning"]:
         warnings.warn(f"dtb_ext: {_BUILD_INFO['warning']}", stacklevel=2)
 except ImportError as error:

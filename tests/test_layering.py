@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("foundation: ops, reference kernels, configuration objects, small helpers", frozenset({
         "_C", "_lazy", "config", "data_paths", "help_format", "jsonfile", "macs", "onednn_cache", "ops",
-        "reference",
+        "reference", "timing",
     })),
     ("precision", frozenset({"precision"})),
     ("models", frozenset({"models"})),

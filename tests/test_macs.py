@@ -68,3 +68,18 @@ def test_padded_input_runs_full_width_without_a_config_and_loses_the_padding_at_
 def test_bad_padded_width(padded_to):
     with pytest.raises(ValueError, match="padded_to"):
         count_macs(_config(1, 4, 8, 2), None, 6, padded_to=padded_to)
+
+
+def test_summed_macs_and_their_ratio_over_real_lengths():
+    from dtb_ext.macs import macs_ratio, summed_macs
+
+    config = _config(6, 32, 64, 2)
+    ratios = LengthConfig.ratios([1, 1, 1, 1, 0.5, 0.5])
+    lengths = [10, 40, 10]
+    full = sum(count_macs(config, None, n).total for n in lengths)
+    reduced = sum(count_macs(config, ratios, n).total for n in lengths)
+    assert summed_macs(config, None, lengths) == full and summed_macs(config, ratios, lengths) == reduced
+    assert macs_ratio(config, ratios, lengths) == pytest.approx(full / reduced)
+    assert macs_ratio(config, None, lengths) == 1.0
+    padded = sum(count_macs(config, ratios, n, 64).total for n in lengths)
+    assert summed_macs(config, ratios, lengths, padded_to=64) == padded

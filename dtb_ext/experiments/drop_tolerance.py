@@ -23,9 +23,10 @@ from torch import Tensor, nn
 import dtb_ext
 from dtb_ext.config import LengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
-from dtb_ext.macs import count_macs
+from dtb_ext.macs import macs_ratio
 from dtb_ext.models.patching import dynamic_encoder
 from dtb_ext.models.relevance import rank_tokens_by
+from dtb_ext.precision import PRECISION_CHOICES
 from dtb_ext.qa.data import default_squad_file, load_squad
 from dtb_ext.qa.evaluate import evaluate_qa
 from dtb_ext.qa.features import prepare_eval_features
@@ -47,16 +48,6 @@ DROP_CONFIGS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("0.9, 0.8, 0.72, 0.65, 0.59, 0.53", (0.9, 0.8, 0.72, 0.65, 0.59, 0.53)),
     ("0.5 from layer 1 on", (0.5,) * 6),
 )
-
-
-def real_length_macs_ratio(model_config: Any, features: Any, ratios: Sequence[float] | None) -> float:
-    """Full-length MACs / MACs under `ratios` (None: 1.0), each feature at its real length, summed."""
-    if ratios is None:
-        return 1.0
-    config = LengthConfig.ratios(ratios)
-    full = sum(count_macs(model_config, None, len(ids)).total for ids in features.input_ids)
-    reduced = sum(count_macs(model_config, config, len(ids)).total for ids in features.input_ids)
-    return full / reduced
 
 
 # Added to the question segment's oracle scores: above any sum of two probabilities, so it is always kept first.
@@ -102,7 +93,7 @@ def drop_tolerance(model: Any, features: Any, configs: Sequence[tuple[str, Seque
         full_f1 = result["f1"] if full_f1 is None else full_f1
         rows.append({"label": label, "ratios": None if ratios is None else list(ratios), "f1": result["f1"],
                      "exact_match": result["exact_match"], "f1_drop_percent": 100 * (1 - result["f1"] / full_f1),
-                     "macs_ratio": real_length_macs_ratio(model.config, features, ratios)})
+                     "macs_ratio": macs_ratio(model.config, config, features.lengths)})
     return rows
 
 
@@ -124,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=None,
                         help="random questions of the file or part (seed --seed; default: 1000 of a file, all of a part)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the question sample")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8", "auto"),
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="inference precision (dtb_ext.prepare_for_precision)")
     parser.add_argument("--significance", default=None, choices=("attention", "scorer", "attention+scorer"),
                         help="selection source (default: the model's own)")

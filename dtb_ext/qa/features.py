@@ -12,6 +12,7 @@ context, over-long question, answer not at answer_start) before any window is bu
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -64,6 +65,23 @@ class EvalFeatures:
     def lengths(self) -> np.ndarray:
         """Unpadded length of every feature, (n_features,)."""
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def spread_by_length(self, count: int) -> EvalFeatures:
+        """`count` features evenly spaced over the features sorted by length (short to long, ties by index), kept
+        in their own order: a fixed subset that spans short and long ones, to time a model on."""
+        n = len(self)
+        if not 1 <= count <= n:
+            raise ValueError(f"a subset of 1 to {n} features can be spread by length, {count} were asked")
+        by_length = np.lexsort((np.arange(n), self.lengths))
+        picks = np.sort(by_length[np.linspace(0, n - 1, count).round().astype(int)])
+        return dataclasses.replace(
+            self,
+            input_ids=[self.input_ids[i] for i in picks],
+            example_index=self.example_index[picks],
+            context_start=self.context_start[picks],
+            window_start=self.window_start[picks],
+            window_length=self.window_length[picks],
+        )
 
     def batches(self, batch_size: int, padding: str = "dynamic") -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Yield (feature indices (B,), model inputs) with input_ids/attention_mask/token_type_ids of shape (B, T).

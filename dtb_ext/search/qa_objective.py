@@ -7,13 +7,12 @@ import hashlib
 import random
 import statistics
 import time
-from collections import Counter
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from dtb_ext.config import LengthConfig
+from dtb_ext.macs import summed_macs
 from dtb_ext.models.patching import ensure_patched, length_config
 from dtb_ext.search.evaluation import COST_MODELS, Evaluation
 from dtb_ext.search.space import SPACE_KINDS, Config
@@ -99,7 +98,7 @@ class QAEvaluator:
         self.padding = padding
         self.space = space
         self.latency = latency or LatencySettings()
-        self._length_counts = Counter(int(n) for n in features.lengths)
+        self._lengths = features.lengths
         self._latency_features = self._latency_sample() if cost_model == "latency" else None
         self._warmed_up = False
 
@@ -111,29 +110,14 @@ class QAEvaluator:
 
     def macs(self, config: Config | None) -> int:
         """Encoder MACs of one pass over every feature at its real length under `config` (None: full length)."""
-        from dtb_ext.macs import count_macs
-
-        length_config = self.length_spec(config)
-        return sum(
-            count * count_macs(self.model.config, length_config, length).total
-            for length, count in self._length_counts.items()
-        )
+        return summed_macs(self.model.config, self.length_spec(config), self._lengths)
 
     def _latency_sample(self) -> Any:
         """A fixed subset of the features, evenly spaced in the length order, so it spans short and long ones."""
         n = len(self.features)
         if self.latency.sample > n:
             raise ValueError(f"a latency sample of {self.latency.sample} features was asked, only {n} features exist")
-        by_length = np.lexsort((np.arange(n), self.features.lengths))
-        picks = np.sort(by_length[np.linspace(0, n - 1, self.latency.sample).round().astype(int)])
-        return dataclasses.replace(
-            self.features,
-            input_ids=[self.features.input_ids[i] for i in picks],
-            example_index=self.features.example_index[picks],
-            context_start=self.features.context_start[picks],
-            window_start=self.features.window_start[picks],
-            window_length=self.features.window_length[picks],
-        )
+        return self.features.spread_by_length(self.latency.sample)
 
     def latency_ms(self, config: Config | None) -> float:
         """Median over repeats of the milliseconds per batch on the fixed latency sample."""

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from dtb_ext.help_format import HelpFormatter
+from dtb_ext.precision import PRECISION_CHOICES
 from dtb_ext.train.options import TrainOptions
 
 
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--init-from", default=None, metavar="DIR",
                         help="start from an already fine-tuned QA model directory (e.g. OUTPUT/model of an earlier run) instead of --model")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default=defaults.precision,
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=defaults.precision,
                         help="bf16: autocast (float32 master weights and optimizer state), about 2.5x cheaper per "
                              "step on CPUs with AVX512-BF16/AMX; int8: quantization-aware training for the int8 "
                              "format (encoder Linears on the int8 grid, bf16 autocast where native), evaluated in "

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertForQuestionAnswering, TrainingArgume
 
 from dtb_ext.data_paths import DEV_FILE, training_file
 from dtb_ext.models.patching import save_patched_model
-from dtb_ext.precision import autocast_dtype, prepare_for_precision, resolve_precision
+from dtb_ext.precision import PRECISION_CHOICES, autocast_dtype, prepare_for_precision, resolve_precision
 from dtb_ext.precision.qat import enable_fake_quantization, float_copy, is_fake_quantized
 from dtb_ext.qa.data import load_squad, search_split_articles
 from dtb_ext.qa.evaluate import evaluate_qa
@@ -66,7 +66,7 @@ def _check_options(options: TrainOptions) -> None:
     if options.init_from is not None and options.model is not None:
         raise ValueError(f"give --model (a base model) or --init-from (a fine-tuned QA model), not both: "
                          f"got --model {options.model!r} and --init-from {options.init_from!r}")
-    if options.precision not in ("fp32", "bf16", "int8", "auto"):
+    if options.precision not in PRECISION_CHOICES:
         raise ValueError(f"dtb train runs in fp32, bf16 (autocast), int8 (quantization-aware) or auto, got "
                          f"--precision {options.precision!r}")
     if options.init_from is not None and not os.path.isfile(os.path.join(options.init_from, "config.json")):
