@@ -101,11 +101,13 @@ def _extension():
         and os.environ.get("DTB_NO_CUDA", "0") != "1"
     )
     if build_cuda:
-        print(f"dtb_ext: building {cpu_kernels} and CUDA kernels (torch CUDA {torch.version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME})")
+        print(f"dtb_ext: building {cpu_kernels} and CUDA kernels (torch CUDA {torch.version.cuda}, "
+              f"CUDA_HOME={cpp_extension.CUDA_HOME})")
         return cpp_extension.CUDAExtension(
             "dtb_ext._C",
             glue_sources + cuda_sources,
-            extra_compile_args={"cxx": cxx_flags + ["-DDTB_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17", "-DDTB_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx_flags + ["-DDTB_WITH_CUDA"],
+                                "nvcc": ["-O3", "-std=c++17", "-DDTB_WITH_CUDA"]},
             extra_link_args=["-fopenmp"],
             depends=depends,
             py_limited_api=False,

@@ -1,8 +1,8 @@
 """Benchmark session setup: `time_interleaved` (several variants timed item by item within each round with
-dtb_ext.timing.Interleaved, for the model and QA levels) and, at the end, one table with each ops case's median and minimum time next to its baselines
-(`fused / baseline` ratios), grouped as in pytest-benchmark's own report. On a shared machine the minimum
-is the steadier figure: other processes only ever add time. (The repository's conftest.py skips `cuda` cases
-without a GPU.)"""
+dtb_ext.timing.Interleaved, for the model and QA levels) and, at the end, one table with each ops case's median
+and minimum time next to its baselines (`fused / baseline` ratios), grouped as in pytest-benchmark's own report.
+On a shared machine the minimum is the steadier figure: other processes only ever add time. (The repository's
+conftest.py skips `cuda` cases without a GPU.)"""
 from __future__ import annotations
 
 import os

@@ -99,7 +99,8 @@ def restore(base: Tensor, src: Tensor, positions: Tensor) -> Tensor:
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """softmax(scale * query key^T over the keys where `mask` [B, n] is nonzero) value: [B, H, n, d] each -> [B, H, n, d].
+    """softmax(scale * query key^T over the keys where `mask` [B, n] is nonzero) value: [B, H, n, d] each ->
+    [B, H, n, d].
 
     The CPU kernel runs for float32/bfloat16/float16 CPU tensors when no gradient is recorded (it has no backward);
     everything else runs the reference. `native_bf16_attention(query)` says whether the kernel takes its AVX512-BF16

@@ -187,7 +187,7 @@ def test_no_units_import_each_other_in_a_cycle():
         if source != target and target != "":
             edges.setdefault(source, set()).add(target)
     cycles = _cycles(edges)
-    assert not cycles, "subpackages/modules of dtb_ext in an import cycle:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+    assert not cycles, "units of dtb_ext in an import cycle:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
 def test_nothing_in_the_library_imports_the_experiments():

@@ -8,7 +8,8 @@ from dtb_ext import LengthConfig, count_macs
 
 
 def _config(layers: int, hidden: int, intermediate: int, heads: int) -> BertConfig:
-    return BertConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads)
+    return BertConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
+                      num_attention_heads=heads)
 
 
 def test_tiny_encoder_by_hand():

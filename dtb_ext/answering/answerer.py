@@ -124,7 +124,8 @@ class QuestionAnswerer:
         self.latency_model = LatencyModel() if latency_model is None else latency_model
         self._macs = functools.lru_cache(maxsize=1 << 16)(self._macs_uncached)
         # Front-only ladders (every budget but latency_budget_ms) depend on the budget alone.
-        self._front_ladder = functools.lru_cache(maxsize=1024)(lambda name, value: self._ladder(self.front, name, value))
+        self._front_ladder = functools.lru_cache(maxsize=1024)(
+            lambda name, value: self._ladder(self.front, name, value))
 
     # --- the public answering API ----------------------------------------------------------------------------
 
@@ -229,7 +230,8 @@ class QuestionAnswerer:
     def calibrate(self, repeats: int = 2) -> float:
         """Time a full-length forward pass of one max_seq_length window (the last of `repeats`) and set the latency
         model from it; returns ms per GMAC."""
-        length = min(self.max_seq_length, int(getattr(self.model.config, "max_position_embeddings", self.max_seq_length)))
+        positions = int(getattr(self.model.config, "max_position_embeddings", self.max_seq_length))
+        length = min(self.max_seq_length, positions)
         filler = self.tokenizer.convert_tokens_to_ids("the")
         ids = torch.tensor([[self.tokenizer.cls_token_id] + [filler] * (length - 2) + [self.tokenizer.sep_token_id]])
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
@@ -278,7 +280,8 @@ class QuestionAnswerer:
         elif isinstance(front, dict):
             front = Front.from_json(front)
         elif not isinstance(front, Front):
-            raise ValueError(f"front must be a Front, a path to a front JSON or its parsed dict, got {type(front).__name__}")
+            raise ValueError("front must be a Front, a path to a front JSON or its parsed dict, got "
+                             f"{type(front).__name__}")
         layers = front.full_length.length_config.num_layers
         if layers != self.num_layers:
             raise ValueError(f"the front's configurations have {layers} layers but the model has {self.num_layers}")

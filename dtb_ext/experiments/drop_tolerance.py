@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--part", default=None, choices=("search", "confirmation"),
                         help="score one part of the held-out search split (dtb_ext/data/search_split.json) instead")
     parser.add_argument("--questions", type=int, default=None,
-                        help="random questions of the file or part (seed --seed; default: 1000 of a file, all of a part)")
+                        help="random questions of the file or part (seed --seed; default: 1000 of a file, all of a "
+                             "part)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the question sample")
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="inference precision (dtb_ext.prepare_for_precision)")

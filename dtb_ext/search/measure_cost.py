@@ -29,14 +29,16 @@ def _cpu_seconds() -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=DEFAULT_MODEL_DIR, help="QA model directory (default: dtb_ext/default_model)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_DIR,
+                        help="QA model directory (default: dtb_ext/default_model)")
     parser.add_argument("--data", default=default_squad_file("train-subset-v1.1.json"))
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     args = parser.parse_args(argv)
     _, tokenizer = load_qa_model(args.model)
     examples = read_split_part(args.data, "search")
     features = prepare_eval_features(examples, tokenizer)
-    print(f"search part: {len(examples)} questions, {len(features)} features, mean length {features.lengths.mean():.1f}")
+    print(f"search part: {len(examples)} questions, {len(features)} features, mean length "
+          f"{features.lengths.mean():.1f}")
     for precision in args.precision:
         model, _, resolved = prepare_search_model(load_qa_model(args.model)[0], True, precision)
         evaluator = QAEvaluator(model, features, "macs", space="ratios")

@@ -42,10 +42,12 @@ class DistillSettings:
     layer_map: tuple[tuple[int, int], ...] | None = None  # None: spread the student's layers evenly over the teacher's
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+        temperature = self.temperature
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"kd temperature must be a finite number > 0, got {self.temperature!r}")
         if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
-            raise ValueError(f"kd alpha (weight of the soft loss, the hard loss gets 1 - alpha) must lie in [0, 1], got {self.alpha!r}")
+            raise ValueError("kd alpha (weight of the soft loss, the hard loss gets 1 - alpha) must lie in [0, 1], "
+                             f"got {self.alpha!r}")
         for name in ("hidden_weight", "attention_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -91,10 +93,12 @@ def check_layer_map(layer_map: Sequence[tuple[int, int]], student_layers: int, t
     students = [student for student, _ in layer_map]
     repeated = sorted({student for student in students if students.count(student) > 1})
     if repeated:
-        raise ValueError(f"kd layer map: each student layer may learn from one teacher layer, got student layers {repeated} twice")
+        raise ValueError("kd layer map: each student layer may learn from one teacher layer, got student layers "
+                         f"{repeated} twice")
 
 
-def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor,
+                       temperature: float = 1.0) -> Tensor:
     """Mean over examples of -sum_k p_teacher[k] log p_student[k], both softmaxes at `temperature`, over the
     positions where `mask` is True. No gradient flows into the teacher's side (it is the target).
 
@@ -102,7 +106,8 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Ten
         student_logits, teacher_logits: [B, L] scores.
         mask: [B, L] bool, True for real tokens.
     """
-    return cross_entropy_to(student_logits, masked_softmax(teacher_logits.detach(), mask, temperature), mask, temperature)
+    target = masked_softmax(teacher_logits.detach(), mask, temperature)
+    return cross_entropy_to(student_logits, target, mask, temperature)
 
 
 def masked_softmax(logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
@@ -208,7 +213,8 @@ class Distiller:
             self.layer_map = settings.layer_map or default_layer_map(student_layers, teacher_layers)
             check_layer_map(self.layer_map, student_layers, teacher_layers)
         if settings.attention_weight > 0 and student_config.num_attention_heads != teacher_config.num_attention_heads:
-            raise ValueError(f"the attention term compares head by head: teacher has {teacher_config.num_attention_heads} "
+            raise ValueError("the attention term compares head by head: teacher has "
+                             f"{teacher_config.num_attention_heads} "
                              f"heads, student {student_config.num_attention_heads}; set the kd attention weight to 0")
         if settings.hidden_weight > 0 and student_config.hidden_size != teacher_config.hidden_size:
             widths = (student_config.hidden_size, teacher_config.hidden_size)
@@ -261,7 +267,8 @@ class Distiller:
     def _attention_loss(self, student: nn.Module, student_states, teacher_attentions, mask: Tensor) -> Tensor:
         layers = _encoder_layers(unwrap_model(student))
         terms = [
-            masked_attention_mse(attention_probabilities(layers[s], student_states[s], mask), teacher_attentions[t], mask)
+            masked_attention_mse(attention_probabilities(layers[s], student_states[s], mask), teacher_attentions[t],
+                                 mask)
             for s, t in self.layer_map
         ]
         return torch.stack(terms).mean()
@@ -314,7 +321,8 @@ class DistillationTrainer(QATrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._part_sums:
-            logs = {**logs, **{name: round(float(total) / count, 6) for name, (total, count) in self._part_sums.items()}}
+            parts = {name: round(float(total) / count, 6) for name, (total, count) in self._part_sums.items()}
+            logs = {**logs, **parts}
             self._part_sums = {}
         super().log(logs, start_time)
 

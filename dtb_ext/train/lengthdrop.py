@@ -56,11 +56,14 @@ class LengthDropSettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.num_sandwich, bool) or not isinstance(self.num_sandwich, int) or self.num_sandwich < 0:
-            raise ValueError(f"num_sandwich (random sub-models per batch) must be an integer >= 0, got {self.num_sandwich!r}")
+            raise ValueError("num_sandwich (random sub-models per batch) must be an integer >= 0, got "
+                             f"{self.num_sandwich!r}")
         if not (isinstance(self.ratio_bound, (int, float)) and 0.0 < self.ratio_bound < 1.0):
-            raise ValueError(f"length_drop_ratio_bound (largest per-layer shrink) must lie in (0, 1), got {self.ratio_bound!r}")
+            raise ValueError("length_drop_ratio_bound (largest per-layer shrink) must lie in (0, 1), got "
+                             f"{self.ratio_bound!r}")
         if not (isinstance(self.layer_drop, (int, float)) and 0.0 <= self.layer_drop < 1.0):
-            raise ValueError(f"layer_drop (probability of skipping a layer) must lie in [0, 1), got {self.layer_drop!r}")
+            raise ValueError("layer_drop (probability of skipping a layer) must lie in [0, 1), got "
+                             f"{self.layer_drop!r}")
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ def sample_skipped_layers(num_layers: int, probability: float, generator: torch.
     """Each layer skipped with `probability`; when every layer would be, one drawn uniformly runs after all."""
     if probability == 0:
         return frozenset()
-    skipped = {index for index, draw in enumerate(torch.rand(num_layers, generator=generator).tolist()) if draw < probability}
+    draws = torch.rand(num_layers, generator=generator).tolist()
+    skipped = {index for index, draw in enumerate(draws) if draw < probability}
     if len(skipped) == num_layers:
         skipped.discard(int(torch.randint(num_layers, (1,), generator=generator)))
     return frozenset(skipped)
@@ -223,7 +227,8 @@ class LengthDropTrainer(DistillationTrainer):
                 step, micro, generator = self.next_generator()
                 sandwich = sample_sandwich(encoder.num_layers, self.length_drop, generator)
                 self.sampled.append((step, micro, sandwich))
-                features = {name: value for name, value in inputs.items() if name not in ("start_positions", "end_positions")}
+                features = {name: value for name, value in inputs.items()
+                            if name not in ("start_positions", "end_positions")}
                 sub_losses = [inplace_distillation_loss(model, features, outputs, sub_model) for sub_model in sandwich]
                 sub_loss = torch.stack(sub_losses).sum()
                 parts = {"full_loss": loss, "sub_loss": sub_loss / len(sub_losses)}

@@ -43,7 +43,8 @@ def recipe_settings(options: TrainOptions) -> tuple[LengthDropSettings | None, D
             flags = ", ".join("--" + name.replace("_", "-") for name in changed)
             raise ValueError(f"{flags} apply only with {switch}, which was not given")
     if options.teacher is not None and not os.path.isfile(os.path.join(options.teacher, "config.json")):
-        raise ValueError(f"--teacher expects a question-answering model directory with a config.json, got {options.teacher!r}")
+        raise ValueError("--teacher expects a question-answering model directory with a config.json, got "
+                         f"{options.teacher!r}")
     length_drop = None
     if options.length_drop:
         length_drop = LengthDropSettings(options.num_sandwich, options.length_drop_ratio_bound, options.layer_drop)

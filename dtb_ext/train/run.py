@@ -54,7 +54,8 @@ def _check_options(options: TrainOptions) -> None:
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
     if options.epochs <= 0 and options.max_steps <= 0:
-        raise ValueError(f"epochs must be > 0 (or max_steps > 0), got epochs={options.epochs}, max_steps={options.max_steps}")
+        raise ValueError(f"epochs must be > 0 (or max_steps > 0), got epochs={options.epochs}, "
+                         f"max_steps={options.max_steps}")
     if options.lr <= 0:
         raise ValueError(f"lr must be > 0, got {options.lr}")
     if not 0 <= options.warmup < 1:
@@ -70,7 +71,8 @@ def _check_options(options: TrainOptions) -> None:
         raise ValueError(f"dtb train runs in fp32, bf16 (autocast), int8 (quantization-aware) or auto, got "
                          f"--precision {options.precision!r}")
     if options.init_from is not None and not os.path.isfile(os.path.join(options.init_from, "config.json")):
-        raise ValueError(f"--init-from expects a fine-tuned model directory with a config.json, got {options.init_from!r}")
+        raise ValueError("--init-from expects a fine-tuned model directory with a config.json, got "
+                         f"{options.init_from!r}")
     recipe_settings(options)
 
 
@@ -203,8 +205,9 @@ def resume_checkpoint(options: TrainOptions) -> str | None:
 def export_model(model: torch.nn.Module, tokenizer, directory: str, fp16: bool = False,
                  info: dict[str, Any] | None = None) -> str:
     """Write a model directory that `dtb eval --model DIR` loads: config.json, model.safetensors (fp16 when
-    asked, to halve the size), relevance_scorer.safetensors for a model with a scorer, tokenizer files and `dtb_train.json` (how it was trained). Layers trained on the
-    int8 grid are exported as the plain Linears they are (`prepare_for_precision(model, "int8")` quantizes them)."""
+    asked, to halve the size), relevance_scorer.safetensors for a model with a scorer, tokenizer files and
+    `dtb_train.json` (how it was trained). Layers trained on the int8 grid are exported as the plain Linears they
+    are (`prepare_for_precision(model, "int8")` quantizes them)."""
     os.makedirs(directory, exist_ok=True)
     exported = float_copy(model)
     if fp16:
@@ -227,7 +230,8 @@ def final_evaluation(model: torch.nn.Module, tokenizer, options: TrainOptions) -
     examples = load_squad(path)
     if options.eval_limit is not None:
         examples = examples[:options.eval_limit]
-    features = prepare_eval_features(examples, tokenizer, options.max_seq_length, options.doc_stride, options.max_query_length)
+    features = prepare_eval_features(examples, tokenizer, options.max_seq_length, options.doc_stride,
+                                     options.max_query_length)
     result = evaluate_qa(model, features, batch_size=options.eval_batch_size, progress=options.progress)
     return {**result, "eval_data": os.path.abspath(path), "skipped": dict(features.skips.counts),
             "precision": precision}
