@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "DEFAULT_MODEL_DIR": "dtb_ext.data_paths",
     "has_kernels": "dtb_ext.ops",
     "kernel_info": "dtb_ext.ops",
     "evaluate_qa": "dtb_ext.qa",

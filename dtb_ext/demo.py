@@ -41,7 +41,7 @@ PADDINGS = ("dynamic", "max_length")
 
 MAKE_DEFAULT_MODEL = f"To make it, {HOW_TO_MAKE_A_MODEL}.\n"
 MAKE_DEFAULT_FRONT = """\
-Search it from the repository root (an hour or more on a 2-core CPU, see dtb_ext/search/README.md):
+Search it from the repository root (an hour or more on a 2-core CPU, see docs/search.md):
   .venv/bin/python -m dtb_ext.cli search --model dtb_ext/default_model --out runs/default-search \\
       --reevaluate-on dtb_ext/data/squad/dev-a-v1.1.json
   cp runs/default-search/front.json runs/default-search/front.csv runs/default-search/front.png dtb_ext/default_model/
