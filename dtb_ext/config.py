@@ -1,9 +1,9 @@
-"""Length configurations: how many tokens each encoder layer keeps (DESIGN.md §2.1).
+"""Length configurations: how many tokens each encoder layer keeps (docs/design.md §2.1).
 
 A configuration is one value per layer, non-increasing, either absolute token counts or fractions of each
 example's real input length. Keep counts depend only on an example's real input length, so they are computed
 once per forward, on the host, for every layer and example: no device synchronisation between layers.
-A MixedLengthConfig gives each example of a batch its own configuration (DESIGN.md §2.8).
+A MixedLengthConfig gives each example of a batch its own configuration (docs/design.md §2.8).
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class LengthConfig:
 
 @dataclass(frozen=True)
 class MixedLengthConfig:
-    """One length configuration per example of a batch (DESIGN.md §2.8): mixed budgets in one forward pass.
+    """One length configuration per example of a batch (docs/design.md §2.8): mixed budgets in one forward pass.
 
     `configs[b]` is example b's LengthConfig, or None for full length (it keeps every real token at every
     layer). Each example keeps exactly the tokens it would keep alone under its own configuration, so its output

@@ -174,7 +174,7 @@ def sample_for_latency(features: Any, count: int) -> Any:
 def run_spec(length_config: LengthConfig, full_length: LengthConfig | None) -> LengthConfig | None:
     """The length config a demo row runs (and counts MACs) with. Full length runs without one, as the unpatched
     model does: every layer at the input width, padding included (the baseline of the paper's protocol). Any
-    config drops the padding at its first gather (DESIGN.md §2.1)."""
+    config drops the padding at its first gather (docs/design.md §2.1)."""
     return None if length_config == full_length else length_config
 
 

@@ -68,7 +68,7 @@ def count_macs(config: Any, length_config: LengthSpec, seq_len: int, padded_to: 
         seq_len: the example's real input length, >= 1.
         padded_to: the input width when the example is padded (the paper's protocol pads to 384), >= seq_len.
             Without a length config every layer then runs at that width; with one, the first layer's attention
-            does and its gather drops the padding (the gathered width is the keep count, DESIGN.md §2.1).
+            does and its gather drops the padding (the gathered width is the keep count, docs/design.md §2.1).
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")

@@ -1,6 +1,6 @@
 """Pure-PyTorch versions of every dtb op: the test oracle, and the fallback when `dtb_ext._C` is missing.
 
-Semantics are those of DESIGN.md §2. Shapes: B batch, H heads, L sequence length, D hidden size,
+Semantics are those of docs/design.md §2. Shapes: B batch, H heads, L sequence length, D hidden size,
 K the largest keep count in the batch.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ The kernel's paths are covered: float32 FMAs (float32, float16, and bf16 where t
 chosen), the AVX512-BF16 dot products (bf16 with a head size that is a multiple of 16, on a CPU that has them) and,
 on a CPU with AMX, AMX tiles (bf16 with a head size that is a multiple of 32; the shapes with d = 16 and 48 take
 the dot products there, and tests/test_cpu_capability.py reruns this file with DTB_ATTENTION_AMX=0).
-Tolerances follow DESIGN.md §4: in reduced precision the kernel's error against float64 must be at most twice the
+Tolerances follow docs/design.md §4: in reduced precision the kernel's error against float64 must be at most twice the
 error of torch's own SDPA in that precision on the same inputs. tests/test_cpu_capability.py reruns this file
 under every instruction set this CPU runs.
 """

@@ -1,4 +1,4 @@
-"""LengthConfig: validation, keep counts (DESIGN.md §2.1), JSON round trip."""
+"""LengthConfig: validation, keep counts (docs/design.md §2.1), JSON round trip."""
 from __future__ import annotations
 
 import json

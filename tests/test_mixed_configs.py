@@ -1,4 +1,4 @@
-"""Mixed budgets in one forward pass (DESIGN.md §2.8): MixedLengthConfig's keep counts and validation, and each
+"""Mixed budgets in one forward pass (docs/design.md §2.8): MixedLengthConfig's keep counts and validation, and each
 example of a mixed, padded batch equal to that example run alone under its own configuration."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """bfloat16 through the kernels and the dynamic encoder, against float64 truth.
 
-Tolerances follow DESIGN.md §4: in bf16, the kernel's (or the patched model's) error against a float64 reference
+Tolerances follow docs/design.md §4: in bf16, the kernel's (or the patched model's) error against a float64 reference
 must be at most ~2x the error PyTorch's own bf16 computation makes on the same inputs. Significance is
 accumulated in float32, which is tested by comparing it with what a bf16 accumulation would give.
 """

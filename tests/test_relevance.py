@@ -1,4 +1,4 @@
-"""The learned relevance scorer (dtb_ext/models/relevance.py): DESIGN.md §2 holds with it on (batch invariance,
+"""The learned relevance scorer (dtb_ext/models/relevance.py): docs/design.md §2 holds with it on (batch invariance,
 kernels equal the reference ops, ties toward the lower position), it really selects, gradients reach it in
 LengthDrop, it survives save / from_pretrained / patch, and a model without it is exactly as before. Also the bf16
 (autocast) training path with the scorer, including an exact resume."""
@@ -90,7 +90,7 @@ def test_targets_mix_the_answer_distribution_and_the_question_segment():
     torch.testing.assert_close(no_question, torch.softmax(start.masked_fill(~mask, -1e30), dim=-1))
 
 
-# --- DESIGN.md §2 with the scorer on ------------------------------------------------------------------------
+# --- docs/design.md §2 with the scorer on ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("source", SOURCES)

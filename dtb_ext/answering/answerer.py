@@ -3,7 +3,7 @@
 Questions go through the evaluation's sliding windows (`prepare_eval_features`) and post-processing
 (`SpanCollector`: the best span over all windows), so at full length and the same precision the answers are
 `dtb eval`'s. Requests with different budgets share forward passes: each window runs under its question's length
-configuration through one `MixedLengthConfig` (DESIGN.md §2.8).
+configuration through one `MixedLengthConfig` (docs/design.md §2.8).
 """
 from __future__ import annotations
 

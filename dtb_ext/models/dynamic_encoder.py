@@ -1,6 +1,6 @@
 """The length-adaptive encoder: runs a Hugging Face BERT-family layer stack, dropping tokens layer by layer.
 
-Per layer i (LAT, DESIGN.md §1-2): self-attention and its output block run on every token entering the layer;
+Per layer i (LAT, docs/design.md §1-2): self-attention and its output block run on every token entering the layer;
 each token's significance is the attention it receives from valid queries (or, for a model with a learned
 relevance scorer, the scorer's logits alone or combined with it: relevance.py); the top keep-count tokens of the
 attention output are gathered (ascending positions); the feed-forward block runs on them alone and only they
@@ -134,7 +134,7 @@ class DynamicEncoder(nn.Module):
             kept = entering if keep_counts is None else keep_counts[index]
             layer_input = hidden
             drops_real = kept != entering
-            # Under a length config the gathered width is the largest keep count (DESIGN.md §2.1), so padding
+            # Under a length config the gathered width is the largest keep count (docs/design.md §2.1), so padding
             # beyond it goes even at a layer that keeps every real token. Without a config (the unpatched
             # model's behaviour) nothing is gathered.
             gathers = drops_real or (keep_counts is not None and max(kept) < width)

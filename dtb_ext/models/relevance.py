@@ -1,4 +1,4 @@
-"""Learned token relevance: an optional significance source of the dynamic encoder (DESIGN.md §2.7).
+"""Learned token relevance: an optional significance source of the dynamic encoder (docs/design.md §2.7).
 
 Attention received says little about where a span-QA answer is in the first layers (dropping 20 % of the real
 tokens at layer 1 by it costs about as much F1 as dropping a random 20 %). A relevance scorer is one linear map

@@ -2,7 +2,7 @@
 
 Each quantized Linear holds int8 weights with one scale per output channel and quantizes its input at each call
 with one scale per token (row), symmetric. Per-token scales keep every token's result independent of the other
-tokens of the batch, so batch invariance (DESIGN.md §2.5) holds exactly, unlike torch's dynamic quantization,
+tokens of the batch, so batch invariance (docs/design.md §2.5) holds exactly, unlike torch's dynamic quantization,
 whose single activation scale spans the whole batch.
 
 A call is three passes (`int8_linear`): the fused per-row quantize (`ops.quantize_rows`: uint8 with zero point

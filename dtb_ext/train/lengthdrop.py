@@ -1,4 +1,4 @@
-"""LengthDrop training (Length-Adaptive Transformer, DESIGN.md §1) on Hugging Face Trainer.
+"""LengthDrop training (Length-Adaptive Transformer, docs/design.md §1) on Hugging Face Trainer.
 
 Each training batch runs the sandwich: the full model, which learns from the labels (or from a teacher, see
 distill.py); the smallest sub-model; and `num_sandwich` random sub-models. The sub-models learn from the full
