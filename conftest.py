@@ -1,4 +1,5 @@
-"""Shared pytest setup for tests/ and bench/: items marked `@pytest.mark.cuda` are skipped where no CUDA device is present."""
+"""Shared pytest setup for tests/ and bench/: items marked `@pytest.mark.cuda` are skipped where no CUDA device is
+present."""
 from __future__ import annotations
 
 import pytest

@@ -37,7 +37,8 @@ def run(benchmark, function, device: str, rounds: int) -> None:
 def describe(benchmark, group: str, implementation: str, device: str, dtype: str, **extra) -> None:
     benchmark.group = group
     benchmark.extra_info.update(
-        {"implementation": implementation, "device": device, "dtype": dtype, "threads": torch.get_num_threads(), **extra}
+        {"implementation": implementation, "device": device, "dtype": dtype,
+         "threads": torch.get_num_threads(), **extra}
     )
 
 
@@ -45,7 +46,9 @@ def describe(benchmark, group: str, implementation: str, device: str, dtype: str
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("implementation", ["fused", "reference", "softmax_then_sum", "softmax_only"])
-def test_softmax_with_significance(benchmark, record_times, implementation: str, batch: int, dtype: str, device: str) -> None:
+def test_softmax_with_significance(
+    benchmark, record_times, implementation: str, batch: int, dtype: str, device: str
+) -> None:
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(batch, HEADS, LENGTH, LENGTH, generator=generator).to(device, DTYPES[dtype])
     mask = torch.ones(batch, LENGTH, dtype=torch.long, device=device)

@@ -19,8 +19,8 @@ Settings (environment): DTB_BENCH_SERVE_MODEL (default dtb_ext/default_model; "t
 the tests, a quick check of the harness whose numbers mean nothing), DTB_BENCH_SERVE_SECONDS (default 20),
 DTB_BENCH_SERVE_RATES (default 2,4,8,16,32,64), DTB_BENCH_SERVE_THREADS (server torch threads, default all
 cores), DTB_BENCH_SERVE_PRECISION (both servers', default auto: bf16 where the CPU runs it natively, the
-strongest plain baseline), DTB_BENCH_SERVE_OUT (default runs/bench-serve.json), DTB_BENCH_SERVE_START_TIMEOUT (seconds a server may
-take to load, default 300). Quick check:
+strongest plain baseline), DTB_BENCH_SERVE_OUT (default runs/bench-serve.json), DTB_BENCH_SERVE_START_TIMEOUT
+(seconds a server may take to load, default 300). Quick check:
     DTB_BENCH_SERVE_MODEL=tiny DTB_BENCH_SERVE_SECONDS=1 DTB_BENCH_SERVE_RATES=10,40 \\
         .venv/bin/python -m pytest bench/test_bench_serve.py -s
 """

@@ -63,7 +63,9 @@ class LengthConfig:
         """Inverse of `to_json`."""
         if isinstance(data, dict):
             if set(data) != {"ratios"}:
-                raise ValueError(f"a saved ratio length configuration has the single key 'ratios', got keys {sorted(data)}")
+                raise ValueError(
+                    f"a saved ratio length configuration has the single key 'ratios', got keys {sorted(data)}"
+                )
             return cls.ratios(data["ratios"])
         if isinstance(data, (list, tuple)):
             return cls.absolute(data)

@@ -243,8 +243,8 @@ def run_demo(
 
     model_dir: a QA model directory loadable by `dtb eval --model` (None: dtb_ext/default_model).
     front_path: a front JSON written by `dtb search` (None: MODEL_DIR/front.json).
-    data: the SQuAD file (None: dev-a, shipped in the package: data_paths.DEV_FILE); questions: fixed random sample of it,
-        chosen by sample_seed (None: every question).
+    data: the SQuAD file (None: dev-a, shipped in the package: data_paths.DEV_FILE); questions: fixed random sample
+        of it, chosen by sample_seed (None: every question).
     latency_features: features (evenly spaced in length) timed per config and padding protocol (None: 64, or
         every feature of a smaller sample, said in one line).
     out_dir: where demo.png and demo.json go (None: nothing written).

@@ -149,7 +149,9 @@ def test_masked_keys_get_no_weight() -> None:
     noisy_key[~mask.bool()[:, None, :].expand(-1, 4, -1)] = 100.0
     noisy_value[~mask.bool()[:, None, :].expand(-1, 4, -1)] = -100.0
     with torch.inference_mode():
-        assert torch.equal(ops.attention(query, key, value, mask, 0.2), ops.attention(query, noisy_key, noisy_value, mask, 0.2))
+        assert torch.equal(
+            ops.attention(query, key, value, mask, 0.2), ops.attention(query, noisy_key, noisy_value, mask, 0.2)
+        )
 
 
 def test_with_gradient_it_runs_the_differentiable_reference() -> None:
@@ -173,9 +175,11 @@ def test_native_bf16_attention_reports_the_bf16_dot_product_path() -> None:
     ("args", "message"),
     [
         ((torch.zeros(2, 8, 16), torch.zeros(2, 8, 16), torch.zeros(2, 8, 16), None), "query must be \\[B, H, n, d\\]"),
-        ((torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 9, 16), torch.zeros(1, 2, 8, 16), None), "must have the query's shape"),
+        ((torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 9, 16), torch.zeros(1, 2, 8, 16), None),
+         "must have the query's shape"),
         ((torch.zeros(1, 2, 8, 16, dtype=torch.float64),) * 3 + (None,), "float32, bfloat16 or float16"),
-        ((torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16).bfloat16(), torch.zeros(1, 2, 8, 16), None), "like the query"),
+        ((torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16).bfloat16(), torch.zeros(1, 2, 8, 16), None),
+         "like the query"),
         ((torch.zeros(1, 2, 8, 15),) * 3 + (None,), "head size \\(last dim\\) must be even"),
         ((torch.zeros(1, 2, 8, 16),) * 3 + (torch.ones(1, 9),), "mask must be \\[B, n\\] = \\[1, 8\\]"),
     ],

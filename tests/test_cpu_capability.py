@@ -22,7 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not ops.has_kernels(), reason="dtb_ext._C is not built")
 
 
-def _run_python(code: str, capability: str | None, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run_python(
+    code: str, capability: str | None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key not in ("ATEN_CPU_CAPABILITY", "DTB_ATTENTION_AMX")}
     if capability is not None:
         env["ATEN_CPU_CAPABILITY"] = capability
@@ -98,7 +100,10 @@ def test_an_unknown_request_is_ignored_with_a_warning():
     unforced, _ = _kernel_info_under(None)
     info, stderr = _kernel_info_under("sse4")
     assert info["cpu_capability"] == unforced["cpu_capability"] and info["requested"] == "sse4"
-    expected = f"must be default, avx2 or avx512 to choose the dtb CPU kernels, got 'sse4': ignored; using {unforced['cpu_capability']}"
+    expected = (
+        "must be default, avx2 or avx512 to choose the dtb CPU kernels, got 'sse4': ignored; "
+        f"using {unforced['cpu_capability']}"
+    )
     assert expected in info["warning"] and expected in stderr
 
 

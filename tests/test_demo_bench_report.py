@@ -86,7 +86,9 @@ def test_interleaved_benchmarks_get_one_table_of_their_variants():
 
 
 def test_interleaved_timer_rotates_the_variant_order_and_summarises_each_variant():
-    spec = importlib.util.spec_from_file_location("bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py")
+    )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     calls, ticks = [], iter(range(1000))
@@ -101,7 +103,9 @@ def test_interleaved_timer_rotates_the_variant_order_and_summarises_each_variant
 
 
 def test_interleaved_warm_up_runs_every_variant_on_every_item_untimed():
-    spec = importlib.util.spec_from_file_location("bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py")
+    )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     calls = []

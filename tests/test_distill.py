@@ -107,7 +107,9 @@ def test_the_loss_is_the_sum_of_its_weighted_terms(student, teacher):
 def test_the_loss_does_not_depend_on_padding(student, teacher):
     distiller = Distiller(teacher, student, DistillSettings(hidden_weight=1.0, attention_weight=1.0))
     narrow = _batch(lengths=(9, 7), width=9)
-    wide = {name: torch.nn.functional.pad(value, (0, 6)) if value.dim() == 2 else value for name, value in narrow.items()}
+    wide = {
+        name: torch.nn.functional.pad(value, (0, 6)) if value.dim() == 2 else value for name, value in narrow.items()
+    }
     student.eval()  # the hard loss's ignore index depends on the width; compare the distillation terms
     _, _, narrow_parts = distiller.loss(student, narrow)
     _, _, wide_parts = distiller.loss(student, wide)

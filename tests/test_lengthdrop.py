@@ -207,7 +207,9 @@ def test_a_resumed_run_samples_and_learns_what_an_uninterrupted_one_does(tmp_pat
     straight = build_trainer(_options(tmp_path / "straight", model_dir))
     straight.train()
     os.makedirs(tmp_path / "resumed" / "checkpoints")
-    shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint-2", tmp_path / "resumed" / "checkpoints" / "checkpoint-2")
+    shutil.copytree(
+        tmp_path / "straight" / "checkpoints" / "checkpoint-2", tmp_path / "resumed" / "checkpoints" / "checkpoint-2"
+    )
     resumed = build_trainer(_options(tmp_path / "resumed", model_dir, resume=True))
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoints" / "checkpoint-2"))
     assert [entry[0] for entry in straight.sampled] == [0, 1, 2]
@@ -225,8 +227,8 @@ def test_command_line_length_drop_from_a_fine_tuned_model(tmp_path, model_dir, c
     common = ["--limit", "8", "--batch-size", "4", "--max-steps", "1", "--skip-eval", "--no-progress"]
     assert main(["train", "--output", str(tmp_path / "plain"), "--model", model_dir, *common]) == 0
     fine_tuned = str(tmp_path / "plain" / "model")
-    args = ["train", "--output", str(tmp_path / "ld"), "--init-from", fine_tuned, "--length-drop", "--num-sandwich", "1",
-            "--length-drop-ratio-bound", "0.3", "--layer-drop", *common]
+    args = ["train", "--output", str(tmp_path / "ld"), "--init-from", fine_tuned, "--length-drop",
+            "--num-sandwich", "1", "--length-drop-ratio-bound", "0.3", "--layer-drop", *common]
     assert main(args) == 0
     options = json.loads((tmp_path / "ld" / "model" / "dtb_train.json").read_text())["options"]
     assert (options["num_sandwich"], options["length_drop_ratio_bound"], options["layer_drop"]) == (1, 0.3, 0.2)

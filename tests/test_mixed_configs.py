@@ -127,7 +127,9 @@ def test_each_example_of_a_mixed_batch_equals_it_alone_under_its_config(model, s
                 by_itself = model(**single)
             full = model(**single)
             for name in ("start_logits", "end_logits"):
-                torch.testing.assert_close(getattr(mixed, name)[row, :length], getattr(by_itself, name)[0], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(
+                    getattr(mixed, name)[row, :length], getattr(by_itself, name)[0], atol=1e-5, rtol=1e-4
+                )
             changed += not torch.allclose(by_itself.start_logits, full.start_logits, atol=1e-3)
     assert changed >= 3  # the reduced configs really drop tokens, so a wrong assignment would show
 

@@ -21,7 +21,9 @@ def require_kernels() -> None:
         return
     if os.environ.get("DTB_ALLOW_NO_KERNELS") == "1":
         pytest.skip("dtb_ext._C is not built and DTB_ALLOW_NO_KERNELS=1")
-    pytest.fail("dtb_ext._C is not built: run `pip install --no-build-isolation --no-deps -e .` (or set DTB_ALLOW_NO_KERNELS=1)")
+    pytest.fail(
+        "dtb_ext._C is not built: run `pip install --no-build-isolation --no-deps -e .` (or set DTB_ALLOW_NO_KERNELS=1)"
+    )
 
 
 def make_mask(lengths: list[int], length: int, dtype: torch.dtype = torch.long, device: str = "cpu") -> torch.Tensor:
@@ -81,7 +83,9 @@ def test_softmax_low_precision_error_within_twice_the_reference_error(shape, dty
     reference_probs, reference_significance = reference.softmax_with_significance(scores, mask)
     assert probs.dtype == dtype
     assert max_error(probs, truth_probs) <= 2 * max_error(reference_probs, truth_probs) + 1e-6
-    assert max_error(significance, truth_significance) <= 2 * max_error(reference_significance, truth_significance) + 1e-4
+    assert (
+        max_error(significance, truth_significance) <= 2 * max_error(reference_significance, truth_significance) + 1e-4
+    )
 
 
 def test_softmax_masked_keys_and_fully_masked_rows_are_exact_zeros() -> None:
@@ -232,34 +236,49 @@ def _call_select(length=8, batch=2, keep=None, max_keep=4, **changes):
         "keep": torch.full((batch,), 2) if keep is None else keep,
     }
     arguments.update(changes)
-    return ops.select_and_gather(arguments["hidden"], arguments["significance"], arguments["mask"], arguments["keep"], max_keep, False)
+    return ops.select_and_gather(
+        arguments["hidden"], arguments["significance"], arguments["mask"], arguments["keep"], max_keep, False
+    )
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: ops.softmax_with_significance(torch.randn(2, 3, 4), torch.ones(2, 4)), r"scores must be \[B, H, L, L\]"),
-        (lambda: ops.softmax_with_significance(torch.randn(2, 3, 4, 5), torch.ones(2, 5)), r"scores must be \[B, H, L, L\]"),
-        (lambda: ops.softmax_with_significance(torch.randn(2, 3, 4, 4), torch.ones(3, 4)), r"mask must be \[B, L\] = \[2, 4\]"),
+        (lambda: ops.softmax_with_significance(torch.randn(2, 3, 4), torch.ones(2, 4)),
+         r"scores must be \[B, H, L, L\]"),
+        (lambda: ops.softmax_with_significance(torch.randn(2, 3, 4, 5), torch.ones(2, 5)),
+         r"scores must be \[B, H, L, L\]"),
+        (lambda: ops.softmax_with_significance(torch.randn(2, 3, 4, 4), torch.ones(3, 4)),
+         r"mask must be \[B, L\] = \[2, 4\]"),
         (lambda: ops.softmax_with_significance(torch.randn(2, 3, 4, 4), torch.ones(2, 5)), r"mask must be \[B, L\]"),
-        (lambda: ops.softmax_with_significance(torch.ones(2, 3, 4, 4, dtype=torch.long), torch.ones(2, 4)), "floating-point"),
+        (lambda: ops.softmax_with_significance(torch.ones(2, 3, 4, 4, dtype=torch.long), torch.ones(2, 4)),
+         "floating-point"),
         (lambda: _call_select(hidden=torch.randn(2, 8)), r"hidden must be \[B, L, D\]"),
         (lambda: _call_select(significance=torch.rand(3, 8)), r"significance must be \[B, L\] = \[2, 8\]"),
         (lambda: _call_select(mask=torch.ones(2, 7)), r"mask must be \[B, L\] = \[2, 8\]"),
         (lambda: _call_select(keep=torch.full((3,), 2)), r"keep must be \[B\] = \[2\]"),
         (lambda: _call_select(keep=torch.full((2,), 2, dtype=torch.int32)), "keep must be int64"),
-        (lambda: _call_select(keep=torch.tensor([0, 2])), r"every keep count must be in \[1, L\] = \[1, 8\], got counts from 0"),
+        (lambda: _call_select(keep=torch.tensor([0, 2])),
+         r"every keep count must be in \[1, L\] = \[1, 8\], got counts from 0"),
         (lambda: _call_select(keep=torch.tensor([9, 2]), max_keep=8), r"every keep count must be in \[1, L\]"),
         (lambda: _call_select(max_keep=9), r"max_keep must be in \[0, L\] = \[0, 8\], got 9"),
         (lambda: _call_select(max_keep=-1), r"max_keep must be in \[0, L\]"),
-        (lambda: _call_select(keep=torch.tensor([5, 2]), max_keep=4), r"max_keep must be at least max\(keep\) = 5, got 4"),
-        (lambda: ops.restore(torch.randn(2, 8), torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long)), r"base must be \[B, L0, D\]"),
-        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long)), r"src must be \[B, K, D\] with B = 2 and D = 4"),
-        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), r"positions must be \[B, K\] = \[2, 3\]"),
-        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 1, 4), torch.tensor([[8], [0]])), r"positions must be -1 \(skip\) or in \[0, L0\) = \[0, 8\), got values from 0 to 8"),
-        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 1, 4), torch.tensor([[-2], [0]])), r"got values from -2"),
-        (lambda: ops.restore(torch.randn(1, 8, 4), torch.randn(1, 2, 4), torch.tensor([[3, 3]])), "positions must be distinct"),
-        (lambda: ops.restore(torch.randn(1, 8, 4), torch.randn(1, 1, 4), torch.tensor([[3]], dtype=torch.int32)), "positions must be int64"),
+        (lambda: _call_select(keep=torch.tensor([5, 2]), max_keep=4),
+         r"max_keep must be at least max\(keep\) = 5, got 4"),
+        (lambda: ops.restore(torch.randn(2, 8), torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long)),
+         r"base must be \[B, L0, D\]"),
+        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long)),
+         r"src must be \[B, K, D\] with B = 2 and D = 4"),
+        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)),
+         r"positions must be \[B, K\] = \[2, 3\]"),
+        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 1, 4), torch.tensor([[8], [0]])),
+         r"positions must be -1 \(skip\) or in \[0, L0\) = \[0, 8\), got values from 0 to 8"),
+        (lambda: ops.restore(torch.randn(2, 8, 4), torch.randn(2, 1, 4), torch.tensor([[-2], [0]])),
+         r"got values from -2"),
+        (lambda: ops.restore(torch.randn(1, 8, 4), torch.randn(1, 2, 4), torch.tensor([[3, 3]])),
+         "positions must be distinct"),
+        (lambda: ops.restore(torch.randn(1, 8, 4), torch.randn(1, 1, 4), torch.tensor([[3]], dtype=torch.int32)),
+         "positions must be int64"),
     ],
 )
 def test_bad_input_raises_with_a_message(call, message: str) -> None:

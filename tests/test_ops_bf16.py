@@ -153,7 +153,8 @@ def test_bf16_inference_runs_the_fused_attention_kernels_where_they_are_native(m
 
         monkeypatch.setattr(ops, name, counted)
     ids, mask = _batch([40, 13], 40, seed=3)
-    with torch.inference_mode(), dtb_ext.length_config(patched, dtb_ext.LengthConfig.ratios([1, 1, 0.8, 0.6, 0.5, 0.4])):
+    ratios = dtb_ext.LengthConfig.ratios([1, 1, 0.8, 0.6, 0.5, 0.4])
+    with torch.inference_mode(), dtb_ext.length_config(patched, ratios):
         patched(input_ids=ids, attention_mask=mask)
     native = ops.native_bf16_attention(torch.zeros(1, 12, 4, 32, dtype=torch.bfloat16))
     # Layers 1-2 keep every token; layers 3-6 drop by attention significance.

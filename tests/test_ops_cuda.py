@@ -20,7 +20,9 @@ def require_kernels() -> None:
     assert ops.has_kernels(), "dtb_ext._C is not built"
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 17), (5, 12, 64), (8, 2, 129), (4, 12, 384), (1, 16, 512), (1, 1, 2000)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (2, 3, 17), (5, 12, 64), (8, 2, 129), (4, 12, 384), (1, 16, 512), (1, 1, 2000)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_softmax_matches_reference(shape, dtype: torch.dtype) -> None:
     batch, heads, length = shape
@@ -37,7 +39,9 @@ def test_softmax_matches_reference(shape, dtype: torch.dtype) -> None:
     truth_probs, truth_significance = reference.softmax_with_significance(scores.double(), mask)
     reference_probs, reference_significance = reference.softmax_with_significance(scores, mask)
     assert max_error(probs, truth_probs) <= 2 * max_error(reference_probs, truth_probs) + 1e-6
-    assert max_error(significance, truth_significance) <= 2 * max_error(reference_significance, truth_significance) + 1e-4
+    assert (
+        max_error(significance, truth_significance) <= 2 * max_error(reference_significance, truth_significance) + 1e-4
+    )
 
 
 def test_softmax_fully_masked_rows_are_zero() -> None:
@@ -86,14 +90,21 @@ def test_gradients_on_cuda() -> None:
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: ops.softmax_with_significance(torch.randn(1, 1, 3, 3, device=DEVICE), torch.ones(1, 3)), "mask must be on the device of scores"),
+        (lambda: ops.softmax_with_significance(torch.randn(1, 1, 3, 3, device=DEVICE), torch.ones(1, 3)),
+         "mask must be on the device of scores"),
         (
             lambda: ops.select_and_gather(
-                torch.randn(1, 4, 2, device=DEVICE), torch.rand(1, 4, device=DEVICE), torch.ones(1, 4, device=DEVICE), torch.tensor([2]), 2, False
+                torch.randn(1, 4, 2, device=DEVICE), torch.rand(1, 4, device=DEVICE), torch.ones(1, 4, device=DEVICE),
+                torch.tensor([2]), 2, False
             ),
             "keep must be on the device of hidden",
         ),
-        (lambda: ops.restore(torch.randn(1, 4, 2, device=DEVICE), torch.randn(1, 1, 2), torch.tensor([[0]], device=DEVICE)), "src must be on the device of base"),
+        (
+            lambda: ops.restore(
+                torch.randn(1, 4, 2, device=DEVICE), torch.randn(1, 1, 2), torch.tensor([[0]], device=DEVICE)
+            ),
+            "src must be on the device of base",
+        ),
         (
             lambda: ops.select_and_gather(
                 torch.randn(1, 4, 2, device=DEVICE), torch.rand(1, 4, device=DEVICE), torch.ones(1, 4, device=DEVICE),
@@ -101,11 +112,17 @@ def test_gradients_on_cuda() -> None:
             ),
             r"every keep count must be in \[1, L\]",
         ),
-        (lambda: ops.restore(torch.randn(1, 4, 2, device=DEVICE), torch.randn(1, 1, 2, device=DEVICE), torch.tensor([[4]], device=DEVICE)), r"positions must be -1 \(skip\) or in \[0, L0\)"),
+        (
+            lambda: ops.restore(
+                torch.randn(1, 4, 2, device=DEVICE), torch.randn(1, 1, 2, device=DEVICE),
+                torch.tensor([[4]], device=DEVICE),
+            ),
+            r"positions must be -1 \(skip\) or in \[0, L0\)",
+        ),
         (
             lambda: ops.select_and_gather(
-                torch.randn(1, 4097, 1, device=DEVICE), torch.rand(1, 4097, device=DEVICE), torch.ones(1, 4097, device=DEVICE),
-                torch.tensor([1], device=DEVICE), 1, False,
+                torch.randn(1, 4097, 1, device=DEVICE), torch.rand(1, 4097, device=DEVICE),
+                torch.ones(1, 4097, device=DEVICE), torch.tensor([1], device=DEVICE), 1, False,
             ),
             "on CUDA, L must be at most 4096",
         ),
@@ -147,7 +164,9 @@ def assert_matches_cpu_op(scores: torch.Tensor, mask: torch.Tensor) -> tuple[tor
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_softmax_nan_score_makes_the_row_nan_as_on_cpu(length: int, nan_key: int, masked_keys: list[int], dtype) -> None:
+def test_softmax_nan_score_makes_the_row_nan_as_on_cpu(
+    length: int, nan_key: int, masked_keys: list[int], dtype
+) -> None:
     generator = torch.Generator().manual_seed(length + nan_key)
     scores = torch.randn(2, 3, length, length, generator=generator)
     scores[0, :, :, nan_key] = float("nan")  # every row of example 0
@@ -294,7 +313,9 @@ def test_softmax_grid_above_the_cuda_limit_raises(batch: int, heads: int) -> Non
     # L = 1: one block per (example, head), so B * H blocks; 2^32 and 3 * 2^31 used to wrap to small grids.
     scores = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(batch, heads, 1, 1)
     mask = torch.ones(1, 1, device=DEVICE).expand(batch, 1)
-    with pytest.raises(RuntimeError, match=rf"must be at most 2147483647 \(the CUDA grid limit, gridDim.x\), got {batch * heads}"):
+    with pytest.raises(
+        RuntimeError, match=rf"must be at most 2147483647 \(the CUDA grid limit, gridDim.x\), got {batch * heads}"
+    ):
         ops.softmax_with_significance(scores, mask)
 
 
@@ -359,7 +380,9 @@ def test_softmax_long_rows_match_reference(length: int, dtype: torch.dtype) -> N
     truth_probs, truth_significance = reference.softmax_with_significance(scores.double(), mask)
     reference_probs, reference_significance = reference.softmax_with_significance(scores, mask)
     assert max_error(probs, truth_probs) <= 2 * max_error(reference_probs, truth_probs) + 1e-6
-    assert max_error(significance, truth_significance) <= 2 * max_error(reference_significance, truth_significance) + 1e-4
+    assert (
+        max_error(significance, truth_significance) <= 2 * max_error(reference_significance, truth_significance) + 1e-4
+    )
 
 
 def test_softmax_above_the_length_cap_raises() -> None:
@@ -414,7 +437,9 @@ def test_ops_accept_non_contiguous_inputs_on_cuda() -> None:
     scores = torch.randn(2, 5, 9, 9, generator=generator).to(DEVICE).transpose(2, 3)
     mask = varied_mask(2, 9, generator).to(DEVICE).t().contiguous().t()  # [2, 9], strided
     assert not scores.is_contiguous() and not mask.is_contiguous()
-    for got, want in zip(ops.softmax_with_significance(scores, mask), reference.softmax_with_significance(scores, mask)):
+    for got, want in zip(
+        ops.softmax_with_significance(scores, mask), reference.softmax_with_significance(scores, mask)
+    ):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     hidden = torch.randn(3, 8, 20, generator=generator).to(DEVICE).transpose(1, 2)  # [3, 20, 8]
     significance = torch.rand(20, 3, generator=generator).to(DEVICE).t()

@@ -100,7 +100,9 @@ def test_sdist_metadata_pins_only_torch_exactly(sdist):
         (info,) = [member for member in archive.getmembers() if member.name.count("/") == 1
                    and member.name.endswith("/PKG-INFO")]
         metadata = archive.extractfile(info).read().decode()
-    requirements = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    requirements = [
+        line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")
+    ]
     assert "torch==2.13.0" in requirements
     others = [requirement.split(";")[0] for requirement in requirements if not requirement.startswith("torch")]
     assert others and [r for r in others if "==" in r] == []

@@ -30,7 +30,9 @@ def test_score_prints_the_official_scores(capsys):
     assert (round(result["exact_match"], 3), round(result["f1"], 3), result["n"]) == (86.595, 91.928, 4961)
 
 
-@pytest.mark.parametrize("content, message", [("{oops", "not valid JSON"), ('["a"]', "mapping question id to answer text")])
+@pytest.mark.parametrize(
+    "content, message", [("{oops", "not valid JSON"), ('["a"]', "mapping question id to answer text")]
+)
 def test_score_rejects_bad_prediction_files(tmp_path, capsys, content, message):
     path = tmp_path / "p.json"
     path.write_text(content)
@@ -50,9 +52,11 @@ def test_eval_prints_metrics_and_writes_predictions(tmp_path, capsys, tiny_model
 
 
 def test_eval_with_a_length_configuration(capsys, tiny_model_dir):
-    assert main(["eval", "--data", DEV_A, "--model", tiny_model_dir, "--limit", "3", "--length-config", "64,32", "--no-progress"]) == 0
+    assert main(["eval", "--data", DEV_A, "--model", tiny_model_dir, "--limit", "3", "--length-config", "64,32",
+                 "--no-progress"]) == 0
     assert _json_line(capsys)["n"] == 3
-    assert main(["eval", "--data", DEV_A, "--model", tiny_model_dir, "--limit", "3", "--length-ratios", "0.8,0.5", "--no-progress"]) == 0
+    assert main(["eval", "--data", DEV_A, "--model", tiny_model_dir, "--limit", "3", "--length-ratios", "0.8,0.5",
+                 "--no-progress"]) == 0
     assert _json_line(capsys)["n"] == 3
 
 

@@ -37,7 +37,9 @@ def test_reads_examples_in_file_order(tmp_path):
     path = _write(tmp_path, {"data": [_article("A", "alpha beta", _qa("1", text="beta", start=6)),
                                       _article("B", "gamma", _qa("2", text="gamma"))]})
     examples = load_squad(path)
-    assert [(e.qid, e.title, e.answers, e.answer_starts) for e in examples] == [("1", "A", ("beta",), (6,)), ("2", "B", ("gamma",), (0,))]
+    assert [(e.qid, e.title, e.answers, e.answer_starts) for e in examples] == [
+        ("1", "A", ("beta",), (6,)), ("2", "B", ("gamma",), (0,))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -47,9 +49,12 @@ def test_reads_examples_in_file_order(tmp_path):
         ([1, 2], "expected a JSON object with a 'data' list"),
         ({"version": "1.1"}, "expected a JSON object with a 'data' list"),
         ({"data": [{"title": "A"}]}, r"data\[0\]: expected an article object with a 'paragraphs' list"),
-        ({"data": [{"title": "A", "paragraphs": [{"qas": []}]}]}, r"paragraphs\[0\]: expected an object with a string 'context'"),
-        ({"data": [_article("A", "c", {"id": "1", "answers": []})]}, r"qas\[0\]: expected an object with 'id', a string 'question'"),
-        ({"data": [_article("A", "c", {"id": "1", "question": "q", "answers": [{"text": "c"}]})]}, r"answers\[0\]: expected"),
+        ({"data": [{"title": "A", "paragraphs": [{"qas": []}]}]},
+         r"paragraphs\[0\]: expected an object with a string 'context'"),
+        ({"data": [_article("A", "c", {"id": "1", "answers": []})]},
+         r"qas\[0\]: expected an object with 'id', a string 'question'"),
+        ({"data": [_article("A", "c", {"id": "1", "question": "q", "answers": [{"text": "c"}]})]},
+         r"answers\[0\]: expected"),
     ],
 )
 def test_malformed_files_raise_value_error(tmp_path, content, message):

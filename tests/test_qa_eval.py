@@ -62,15 +62,19 @@ def test_oracle_spans_are_recovered_exactly(tokenizer, examples):
     for example in examples:
         # the prediction is the answer widened to whole WordPiece tokens ("gold" inside "golden" gives "golden")
         offsets = features.context_offsets[features.examples.index(example)]
-        first, last = answer_token_span(offsets, example.answer_starts[0], example.answer_starts[0] + len(example.answers[0]))
+        first, last = answer_token_span(
+            offsets, example.answer_starts[0], example.answer_starts[0] + len(example.answers[0])
+        )
         assert result["predictions"][example.qid] == example.context[offsets[first, 0]:offsets[last, 1]]
     assert result["exact_match"] >= 90.0
 
 
 def test_padding_does_not_change_predictions(tokenizer, examples, tiny_model):
     features = prepare_eval_features(examples, tokenizer)
-    dynamic = evaluate_qa(tiny_model, features, batch_size=8, padding="dynamic", progress=False, return_predictions=True)
-    padded = evaluate_qa(tiny_model, features, batch_size=8, padding="max_length", progress=False, return_predictions=True)
+    dynamic = evaluate_qa(tiny_model, features, batch_size=8, padding="dynamic", progress=False,
+                          return_predictions=True)
+    padded = evaluate_qa(tiny_model, features, batch_size=8, padding="max_length", progress=False,
+                         return_predictions=True)
     single = evaluate_qa(tiny_model, features, batch_size=1, progress=False, return_predictions=True)
     assert dynamic["predictions"] == padded["predictions"] == single["predictions"]
     again = evaluate_qa(tiny_model, features, batch_size=8, progress=False, return_predictions=True)

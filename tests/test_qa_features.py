@@ -57,7 +57,9 @@ def test_feature_tokens_match_tokenising_the_pair(tokenizer):
 
 def test_train_labels_map_back_to_the_answer_characters(tokenizer):
     example = _example()
-    features, skips = prepare_train_features([example], tokenizer, max_seq_length=64, doc_stride=16, max_query_length=20)
+    features, skips = prepare_train_features(
+        [example], tokenizer, max_seq_length=64, doc_stride=16, max_query_length=20
+    )
     assert skips.total == 0
     eval_features = prepare_eval_features([example], tokenizer, max_seq_length=64, doc_stride=16, max_query_length=20)
     offsets = eval_features.context_offsets[0]
@@ -83,7 +85,9 @@ def test_answers_of_real_questions_map_back_exactly(tokenizer):
     assert skips.total == 0
     exact = 0
     for example in examples:
-        offsets = np.asarray(tokenizer(example.context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+        offsets = np.asarray(
+            tokenizer(example.context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        )
         start = example.answer_starts[0]
         first, last = answer_token_span(offsets, start, start + len(example.answers[0]))
         text = example.context[offsets[first, 0]:offsets[last, 1]]

@@ -49,7 +49,8 @@ def test_exact_match_and_f1_on_single_answers():
 
 
 def _dataset(*qas):
-    return {"data": [{"title": "T", "paragraphs": [{"context": "Denver Broncos beat Carolina Panthers.", "qas": list(qas)}]}]}
+    paragraph = {"context": "Denver Broncos beat Carolina Panthers.", "qas": list(qas)}
+    return {"data": [{"title": "T", "paragraphs": [paragraph]}]}
 
 
 def _qa(qid, *answers):

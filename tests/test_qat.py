@@ -127,5 +127,7 @@ def test_dtb_train_int8_trains_on_the_grid_exports_plain_linears_and_scores_int8
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval"]["precision"] == "int8"
-    assert set(load_file(str(out / "model" / "model.safetensors"))) == set(load_file(os.path.join(model_dir, "model.safetensors")))
+    assert set(load_file(str(out / "model" / "model.safetensors"))) == set(
+        load_file(os.path.join(model_dir, "model.safetensors"))
+    )
     assert json.loads((out / "model" / "dtb_train.json").read_text())["options"]["precision"] == "int8"

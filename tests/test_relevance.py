@@ -301,7 +301,9 @@ def test_lengthdrop_trains_the_scorer_by_ranking_distillation(tmp_path):
         expected = full.loss + sum(inplace_distillation_loss(model, features, full, sub) for sub in sandwich)
     assert len(records) == 3 * (1 + len(sandwich))
     mask = batch["attention_mask"].bool()
-    targets = relevance_targets(full.start_logits, full.end_logits, mask, (batch["token_type_ids"] == 0) & mask, 2.0, 0.5)
+    targets = relevance_targets(
+        full.start_logits, full.end_logits, mask, (batch["token_type_ids"] == 0) & mask, 2.0, 0.5
+    )
     expected = expected + 0.5 * scorer_distillation_loss(records, targets)
     torch.testing.assert_close(loss.detach(), expected)
     loss.backward()
@@ -348,7 +350,9 @@ def test_bf16_training_with_the_scorer_resumes_exactly_and_exports_it(tmp_path, 
     assert straight.args.bf16
     straight.train()
     os.makedirs(tmp_path / "resumed" / "checkpoints")
-    shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint-2", tmp_path / "resumed" / "checkpoints" / "checkpoint-2")
+    shutil.copytree(
+        tmp_path / "straight" / "checkpoints" / "checkpoint-2", tmp_path / "resumed" / "checkpoints" / "checkpoint-2"
+    )
     resumed = build_trainer(_options(tmp_path / "resumed", model_dir, resume=True))
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoints" / "checkpoint-2"))
     assert resumed.sampled == straight.sampled[2:]
@@ -421,6 +425,6 @@ def test_relevance_only_needs_a_scorer(tmp_path, model_dir):
 def test_train_refuses_a_precision_it_cannot_train_in(tmp_path, model_dir):
     from dtb_ext.train.run import build_trainer
 
-    with pytest.raises(ValueError, match="runs in fp32, bf16 \\(autocast\\), int8 \\(quantization-aware\\) or auto, got "
-                                         "--precision 'fp16'"):
+    with pytest.raises(ValueError, match="runs in fp32, bf16 \\(autocast\\), int8 \\(quantization-aware\\) "
+                                         "or auto, got --precision 'fp16'"):
         build_trainer(_options(tmp_path / "x", model_dir, precision="fp16"))

@@ -176,7 +176,9 @@ def test_interval_front_round_trips_and_old_fronts_keep_the_point_estimate_rule(
     old = saved | {"format": "dtb_ext.search.front/1"}
     for key in ("space", "rule", "confirmed_on"):
         old.pop(key)
-    old["points"] = [{k: v for k, v in p.items() if k not in ("space", "drop", "confirmation")} for p in saved["points"]]
+    old["points"] = [
+        {k: v for k, v in p.items() if k not in ("space", "drop", "confirmation")} for p in saved["points"]
+    ]
     old["full_length"] = {k: v for k, v in saved["full_length"].items() if k not in ("space", "drop", "confirmation")}
     legacy = Front.from_json(old)
     assert legacy.rule is None and legacy.space == "absolute"

@@ -61,7 +61,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver SQLAlchemy uses, the `search` extra: pip install 'dtb_ext[search]') is not installed")
+    pytest.importorskip(
+        "psycopg",
+        reason="psycopg (the PostgreSQL driver SQLAlchemy uses, the `search` extra: pip install 'dtb_ext[search]') "
+        "is not installed",
+    )
     binaries = _server_binaries()
     if binaries is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")

@@ -32,8 +32,8 @@ def tiny_model(tokenizer, seed: int = 0):
 def test_short_real_search_writes_front_and_resumes(tmp_path, tokenizer):
     model = tiny_model(tokenizer)
     storage = str(tmp_path / "study.db")
-    arguments = dict(data=TRAIN, questions=20, n_evaluations=4, strategy="tpe", storage=storage, space="absolute", min_length=16,
-                     out_dir=str(tmp_path), reevaluate_on=DEV, reevaluate_questions=10, progress=False)
+    arguments = dict(data=TRAIN, questions=20, n_evaluations=4, strategy="tpe", storage=storage, space="absolute",
+                     min_length=16, out_dir=str(tmp_path), reevaluate_on=DEV, reevaluate_questions=10, progress=False)
     front = search_lengths(model, tokenizer, **arguments)
     assert len(front.points) == 4
     assert front.full_length.length_config.values == (384, 384) and front.full_length.speedup == 1.0

@@ -374,7 +374,7 @@ def test_histogram_exposition_is_cumulative():
     assert 'h_seconds_bucket{budget="none",le="1"} 3' in lines
     assert 'h_seconds_bucket{budget="none",le="+Inf"} 4' in lines
     assert 'h_seconds_count{budget="none"} 4' in lines
-    assert math.isclose(float(next(l for l in lines if l.startswith("h_seconds_sum")).split()[1]), 3.65)
+    assert math.isclose(float(next(line for line in lines if line.startswith("h_seconds_sum")).split()[1]), 3.65)
 
 
 @pytest.mark.parametrize(

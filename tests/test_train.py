@@ -47,7 +47,8 @@ def test_trains_exports_and_evaluates(tmp_path, tiny_model_dir, capsys):
     # the exported directory is what `dtb eval --model` reads
     from dtb_ext.cli import main
 
-    assert main(["eval", "--data", default_squad_file("dev-a-v1.1.json"), "--model", str(model_dir), "--limit", "3", "--no-progress"]) == 0
+    assert main(["eval", "--data", default_squad_file("dev-a-v1.1.json"), "--model", str(model_dir), "--limit", "3",
+                 "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
 
 
@@ -92,8 +93,10 @@ def test_fp16_export_halves_the_weights_and_loads_as_float32(tmp_path, tiny_mode
 
 def test_collator_pads_to_the_longest_feature():
     batch = DynamicPaddingCollator(pad_token_id=0)([
-        {"input_ids": [101, 7, 102], "token_type_ids": [0, 0, 0], "attention_mask": [1, 1, 1], "start_positions": 1, "end_positions": 1},
-        {"input_ids": [101, 102], "token_type_ids": [0, 1], "attention_mask": [1, 1], "start_positions": 0, "end_positions": 0},
+        {"input_ids": [101, 7, 102], "token_type_ids": [0, 0, 0], "attention_mask": [1, 1, 1],
+         "start_positions": 1, "end_positions": 1},
+        {"input_ids": [101, 102], "token_type_ids": [0, 1], "attention_mask": [1, 1],
+         "start_positions": 0, "end_positions": 0},
     ])
     assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]

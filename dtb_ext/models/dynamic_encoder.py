@@ -87,7 +87,9 @@ class DynamicEncoder(nn.Module):
         changes from layer to layer): `output_attentions` raises ValueError.
         """
         if encoder_hidden_states is not None or cache is not None or use_cache:
-            raise ValueError("the dynamic encoder runs encoder-only models: cross-attention and caches are not supported")
+            raise ValueError(
+                "the dynamic encoder runs encoder-only models: cross-attention and caches are not supported"
+            )
         if kwargs.get("output_attentions") or getattr(self.config, "output_attentions", False):
             raise ValueError(
                 "output_attentions is not supported by the dynamic encoder (attention maps shrink with the kept "
@@ -147,7 +149,9 @@ class DynamicEncoder(nn.Module):
                     self._layer, index, hidden, mask, keep, width, padded, drops_real, positions, use_reentrant=False
                 )
             else:
-                hidden, mask, kept_positions = self._layer(index, hidden, mask, keep, width, padded, drops_real, positions)
+                hidden, mask, kept_positions = self._layer(
+                    index, hidden, mask, keep, width, padded, drops_real, positions
+                )
             if kept_positions is not None:
                 # Every token entering this layer gets its input written; the kept ones are overwritten later.
                 restored = layer_input if positions is None else ops.restore(restored, layer_input, positions)
@@ -184,7 +188,6 @@ class DynamicEncoder(nn.Module):
         Returns:
             ([B, K, D] output, [B, K] mask, [B, K] kept slots into n, or None when nothing was gathered).
         """
-        layer = self.layer[index]
         ranking = active_ranking(self, positions, hidden.shape[1]) if drops_real else None
         if not drops_real or self.significance == SCORER or ranking is not None:
             # No attention significance is needed, so the fused SDPA kernel can run.

@@ -39,7 +39,9 @@ def padding_mask_from_hf(attention_mask: Tensor | None, hidden_states: Tensor) -
         # some mask builders blank out, then do not hide real keys.
         valid = attend.any(dim=2).any(dim=1)
     else:
-        raise ValueError(f"expected an attention mask of shape [B, L] or [B, 1, L, L], got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"expected an attention mask of shape [B, L] or [B, 1, L, L], got {tuple(attention_mask.shape)}"
+        )
     if valid.shape[0] == 1 and batch > 1 and valid.shape[1] == length:
         valid = valid.expand(batch, length)
     if valid.shape != (batch, length):

@@ -99,9 +99,13 @@ def add_relevance_scorer(model: PreTrainedModel, significance: str = ATTENTION_A
     if encoder.relevance is not None:
         raise ValueError("this model already has a relevance scorer; use set_significance to change the source")
     if check_source(significance) == ATTENTION:
-        raise ValueError(f"a relevance scorer is used by the sources 'scorer' and '{ATTENTION_AND_SCORER}', got {significance!r}")
+        raise ValueError(
+            f"a relevance scorer is used by the sources 'scorer' and '{ATTENTION_AND_SCORER}', got {significance!r}"
+        )
     reference = next(encoder.layer.parameters())
-    encoder.relevance = RelevanceScorer(encoder.num_layers, model.config.hidden_size).to(reference.device, reference.dtype)
+    encoder.relevance = RelevanceScorer(encoder.num_layers, model.config.hidden_size).to(
+        reference.device, reference.dtype
+    )
     set_significance(model, significance)
     return encoder.relevance
 

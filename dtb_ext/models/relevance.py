@@ -78,7 +78,9 @@ def standardise(values: Tensor, mask: Tensor) -> Tensor:
     mean = (values * weight).sum(dim=1, keepdim=True) / count
     centred = (values - mean) * weight
     spread = (centred.square().sum(dim=1, keepdim=True) / count).sqrt()
-    return torch.where(spread > 0, centred / spread.clamp(min=torch.finfo(torch.float32).tiny), torch.zeros_like(centred))
+    return torch.where(
+        spread > 0, centred / spread.clamp(min=torch.finfo(torch.float32).tiny), torch.zeros_like(centred)
+    )
 
 
 def combine_significance(source: str, attention: Tensor | None, scorer_logits: Tensor | None, mask: Tensor) -> Tensor:

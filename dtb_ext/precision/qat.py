@@ -50,7 +50,9 @@ def enable_fake_quantization(model: nn.Module) -> list[str]:
     names = []
     for name, linear in encoder_linears(model):
         if type(linear) not in (nn.Linear, FakeQuantizedLinear):
-            raise ValueError(f"fake quantization applies to plain nn.Linear layers; {name} is a {type(linear).__name__}")
+            raise ValueError(
+                f"fake quantization applies to plain nn.Linear layers; {name} is a {type(linear).__name__}"
+            )
         linear.__class__ = FakeQuantizedLinear
         names.append(name)
     if not names:

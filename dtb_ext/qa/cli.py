@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", default=None, metavar="DATA.json",
                           help="SQuAD-1.1-format file to evaluate on (default: dev-a, shipped in the package as "
                                "dtb_ext/data/squad/dev-a-v1.1.json)")
-    evaluate.add_argument("--model", default=DEFAULT_MODEL_DIR, help="model directory (config, tokenizer, safetensors weights)")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL_DIR,
+                          help="model directory (config, tokenizer, safetensors weights)")
     lengths = evaluate.add_mutually_exclusive_group()
     lengths.add_argument("--length-config", default=None, metavar="L1,L2,...",
                          help="tokens kept per layer, one non-increasing integer per layer (default: full length)")
@@ -48,14 +49,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--padding", choices=("dynamic", "max_length"), default="dynamic",
                           help="dynamic: batches of similar length padded to their longest; max_length: every "
                                "feature padded to --max-seq-length (the paper's protocol)")
-    evaluate.add_argument("--predictions", default=None, metavar="OUT.json", help="also write {question id: answer text} here")
+    evaluate.add_argument("--predictions", default=None, metavar="OUT.json",
+                          help="also write {question id: answer text} here")
     evaluate.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda")
     evaluate.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
                           help="numeric precision: fp32; bf16 weights and activations; int8 Linear layers (CPU); "
                                "auto = bf16 where this machine runs it natively, else fp32 (printed)")
     evaluate.add_argument("--max-seq-length", type=int, default=384, help="tokens per feature window")
-    evaluate.add_argument("--doc-stride", type=int, default=128, help="tokens between the starts of consecutive windows")
-    evaluate.add_argument("--max-query-length", type=int, default=64, help="longer questions are skipped (counted, scored 0)")
+    evaluate.add_argument("--doc-stride", type=int, default=128,
+                          help="tokens between the starts of consecutive windows")
+    evaluate.add_argument("--max-query-length", type=int, default=64,
+                          help="longer questions are skipped (counted, scored 0)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=run_eval)
 
@@ -90,12 +94,16 @@ def parse_length_option(length_config: str | None, length_ratios: str | None) ->
         try:
             return [int(value) for value in length_config.split(",")]
         except ValueError:
-            raise ValueError(f"--length-config expects comma-separated integers such as 300,250,200, got {length_config!r}") from None
+            raise ValueError(
+                f"--length-config expects comma-separated integers such as 300,250,200, got {length_config!r}"
+            ) from None
     if length_ratios is not None:
         try:
             ratios = [float(value) for value in length_ratios.split(",")]
         except ValueError:
-            raise ValueError(f"--length-ratios expects comma-separated fractions such as 0.9,0.8,0.7, got {length_ratios!r}") from None
+            raise ValueError(
+                f"--length-ratios expects comma-separated fractions such as 0.9,0.8,0.7, got {length_ratios!r}"
+            ) from None
         from dtb_ext.config import LengthConfig
 
         return LengthConfig.ratios(ratios)

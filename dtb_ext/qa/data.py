@@ -112,7 +112,9 @@ def examples_from_dataset(
                              f"{qwhere}.answers[{n}]: expected {{'text': str, 'answer_start': int}}, got {answer!r}")
                     texts.append(answer["text"])
                     starts.append(answer["answer_start"])
-                examples.append(SquadExample(str(qa["id"]), title, context, qa["question"], tuple(texts), tuple(starts)))
+                examples.append(
+                    SquadExample(str(qa["id"]), title, context, qa["question"], tuple(texts), tuple(starts))
+                )
     return examples
 
 
@@ -160,5 +162,7 @@ def choose_search_articles(
             chosen.add(title)
             total += per_title[title]
     if total < min_questions:
-        raise ValueError(f"could not reach {min_questions} questions with whole articles under {max_questions}; got {total}")
+        raise ValueError(
+            f"could not reach {min_questions} questions with whole articles under {max_questions}; got {total}"
+        )
     return [title for title in titles if title in chosen]

@@ -83,7 +83,9 @@ class EvalFeatures:
             window_length=self.window_length[picks],
         )
 
-    def batches(self, batch_size: int, padding: str = "dynamic") -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    def batches(
+        self, batch_size: int, padding: str = "dynamic"
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Yield (feature indices (B,), model inputs) with input_ids/attention_mask/token_type_ids of shape (B, T).
 
         Features are ordered by length (longest first, ties by index) so each batch holds similar lengths; with
@@ -115,7 +117,8 @@ class EvalFeatures:
 def _check_window_arguments(tokenizer, max_seq_length: int, doc_stride: int, max_query_length: int) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"a fast tokenizer (with offset mapping) is needed, got {type(tokenizer).__name__}")
-    for name, value in (("max_seq_length", max_seq_length), ("doc_stride", doc_stride), ("max_query_length", max_query_length)):
+    arguments = (("max_seq_length", max_seq_length), ("doc_stride", doc_stride), ("max_query_length", max_query_length))
+    for name, value in arguments:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if max_seq_length < max_query_length + 4:
@@ -131,10 +134,14 @@ def _tokenise(
     """Tokenise every question and each distinct context once; None marks a skipped example (counted)."""
     distinct_contexts = list(dict.fromkeys(example.context for example in examples))
     # verbose=False: contexts longer than the model's 512 positions are expected here; windows cut them later
-    context_encoding = tokenizer(distinct_contexts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    context_encoding = tokenizer(
+        distinct_contexts, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )
     by_context = {
         context: (ids, np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
-        for context, ids, offsets in zip(distinct_contexts, context_encoding["input_ids"], context_encoding["offset_mapping"])
+        for context, ids, offsets in zip(
+            distinct_contexts, context_encoding["input_ids"], context_encoding["offset_mapping"]
+        )
     }
     question_ids = tokenizer([example.question for example in examples], add_special_tokens=False)["input_ids"]
     tokenised: list[_Tokenised | None] = []
@@ -168,7 +175,8 @@ def _windows(n_context: int, room: int, doc_stride: int) -> list[tuple[int, int]
 
 def _assemble(tokenizer, question_ids: list[int], context_ids: list[int], start: int, length: int) -> np.ndarray:
     return np.asarray(
-        [tokenizer.cls_token_id, *question_ids, tokenizer.sep_token_id, *context_ids[start:start + length], tokenizer.sep_token_id],
+        [tokenizer.cls_token_id, *question_ids, tokenizer.sep_token_id, *context_ids[start:start + length],
+         tokenizer.sep_token_id],
         dtype=np.int64,
     )
 

@@ -57,7 +57,8 @@ class SpanCollector:
         """Feed one batch: feature_indices (B,), logits (B, T) as returned by the model for that batch."""
         f = self.features
         context_start = torch.from_numpy(f.context_start[feature_indices])
-        score, start, end = best_spans(start_logits, end_logits, context_start, torch.from_numpy(f.window_length[feature_indices]))
+        window_length = torch.from_numpy(f.window_length[feature_indices])
+        score, start, end = best_spans(start_logits, end_logits, context_start, window_length)
         to_context = torch.from_numpy(f.window_start[feature_indices]) - context_start
         first, last = (start + to_context).numpy(), (end + to_context).numpy()
         for row, feature in enumerate(feature_indices):

@@ -231,7 +231,9 @@ def format_front(front) -> str:
             scores = point.confirmation
             line += f" {scores.f1:7.2f} {_drop_cell(scores.drop)}" if scores else f" {'-':>7} {_drop_cell(None)}"
         if dev:
-            line += "".join(f" {v:7.2f}" if v is not None else f" {'-':>7}" for v in (point.dev_f1, point.dev_exact_match))
+            line += "".join(
+                f" {v:7.2f}" if v is not None else f" {'-':>7}" for v in (point.dev_f1, point.dev_exact_match)
+            )
         marker = "  (full length)" if point == front.full_length else ""
         lines.append(f"{line}  {_config_text(point)}{marker}")
     return "\n".join(lines)

@@ -36,7 +36,9 @@ class Evaluation:
             raise ValueError(f"cost model must be one of {COST_MODELS}, got {cost_model!r}")
         value = self.macs if cost_model == "macs" else self.latency_ms
         if value is None:
-            raise ValueError(f"the evaluator returned no {cost_model!r} value, which the {cost_model!r} cost model needs")
+            raise ValueError(
+                f"the evaluator returned no {cost_model!r} value, which the {cost_model!r} cost model needs"
+            )
         return float(value)
 
 

@@ -40,7 +40,8 @@ class PartScores:
     drop: DropInterval | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"f1": self.f1, "exact_match": self.exact_match, "drop": None if self.drop is None else self.drop.to_json()}
+        return {"f1": self.f1, "exact_match": self.exact_match,
+                "drop": None if self.drop is None else self.drop.to_json()}
 
     @staticmethod
     def from_json(record: dict[str, Any] | None) -> "PartScores | None":

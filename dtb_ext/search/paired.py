@@ -104,7 +104,8 @@ def paired_drop_interval(
     candidate = np.asarray(candidate_f1, dtype=np.float64)
     if reference.ndim != 1 or reference.shape != candidate.shape:
         raise ValueError(
-            f"paired scores need one F1 per question for both configs, got shapes {reference.shape} and {candidate.shape}"
+            f"paired scores need one F1 per question for both configs, got shapes {reference.shape} and "
+            f"{candidate.shape}"
         )
     n = reference.shape[0]
     if n == 0:

@@ -157,7 +157,9 @@ def pick(
         feasible = [p for p in measured if p.latency_ms <= value]
         if not feasible:
             best = min(p.latency_ms for p in measured)
-            raise ValueError(f"no evaluated config meets latency_budget_ms={value}: the lowest latency is {best:.3f} ms")
+            raise ValueError(
+                f"no evaluated config meets latency_budget_ms={value}: the lowest latency is {best:.3f} ms"
+            )
         return min(feasible, key=most_accurate_first)
 
     if value <= 0:

@@ -61,7 +61,9 @@ class LengthSpace:
         """Return `config` as a tuple after checking it belongs to the space (ValueError otherwise)."""
         config = tuple(int(v) for v in config)
         if len(config) != self.num_layers:
-            raise ValueError(f"length config needs {self.num_layers} entries (one per layer), got {len(config)}: {config}")
+            raise ValueError(
+                f"length config needs {self.num_layers} entries (one per layer), got {len(config)}: {config}"
+            )
         if any(not self.min_length <= v <= self.max_length for v in config):
             raise ValueError(f"length config entries must lie in [{self.min_length}, {self.max_length}], got {config}")
         if any(b > a for a, b in zip(config, config[1:])):
@@ -201,7 +203,9 @@ class RatioSpace:
     def check(self, config: Sequence[float]) -> Config:
         """Return `config` as a tuple of floats after checking it belongs to the space (ValueError otherwise)."""
         if len(config) != self.num_layers:
-            raise ValueError(f"ratio config needs {self.num_layers} entries (one per layer), got {len(config)}: {config}")
+            raise ValueError(
+                f"ratio config needs {self.num_layers} entries (one per layer), got {len(config)}: {config}"
+            )
         steps = self._steps(config)
         if any(not self.min_steps <= step <= self.grid for step in steps):
             raise ValueError(f"ratio config entries must lie in [{self.min_steps / self.grid}, 1], got {list(config)}")

@@ -48,7 +48,9 @@ def _check_sqlite_file(url: str) -> None:
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:
-        raise ValueError(f"study storage {path} is not a readable SQLite database ({error}); nothing was changed") from error
+        raise ValueError(
+            f"study storage {path} is not a readable SQLite database ({error}); nothing was changed"
+        ) from error
     if not OPTUNA_TABLES <= tables:
         raise ValueError(
             f"study storage {path} is a SQLite database without Optuna's tables (found {sorted(tables)}); "

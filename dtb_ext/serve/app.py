@@ -61,7 +61,9 @@ class _Server:
         finally:
             self.batcher.stop()
 
-    def respond(self, path: str, status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    def respond(
+        self, path: str, status: int, content: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Response:
         self.metrics.requests.inc(path=path if path in ROUTES else "other", code=str(status))
         return JSONResponse(content, status_code=status, headers=headers)
 

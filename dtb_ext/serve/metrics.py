@@ -115,8 +115,10 @@ class ServerMetrics:
     def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float],
                  backlog_ms: Callable[[], float], ms_per_gmac: Callable[[], float]) -> None:
         self.requests = Counter("dtb_requests_total", "HTTP requests answered, by path and status code.")
-        self.degraded = Counter("dtb_degraded_total",
-                                "Answers served by a faster configuration than their budget's pick (--slo-ms), by budget.")
+        self.degraded = Counter(
+            "dtb_degraded_total",
+            "Answers served by a faster configuration than their budget's pick (--slo-ms), by budget.",
+        )
         self.shed = Counter("dtb_shed_total", "Requests answered 503 because the server was past capacity, by budget.")
         self.latency = Histogram("dtb_request_latency_seconds",
                                  "Latency of answered POST /answer requests (arrival to answer), by budget.",
@@ -126,7 +128,8 @@ class ServerMetrics:
             self.requests, self.degraded, self.shed, self.latency, self.batch_size,
             Gauge("dtb_queue_depth", "Requests waiting for a batch.", queue_depth),
             Gauge("dtb_in_flight", "Requests in the batch the model is running.", in_flight),
-            Gauge("dtb_predicted_backlog_ms", "Predicted model time of every admitted, unanswered request.", backlog_ms),
+            Gauge("dtb_predicted_backlog_ms", "Predicted model time of every admitted, unanswered request.",
+                  backlog_ms),
             Gauge("dtb_model_ms_per_gmac", "Measured model milliseconds per analytic GMAC (the latency model).",
                   ms_per_gmac),
         ]

@@ -56,7 +56,9 @@ def parse_answer_request(body: bytes, max_context_chars: int) -> AnswerRequest:
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         raise RequestError(400, "body", f"malformed JSON: {error}") from None
     if not isinstance(data, dict):
-        raise RequestError(422, "body", f"expected a JSON object with question and context, got a {type(data).__name__}")
+        raise RequestError(
+            422, "body", f"expected a JSON object with question and context, got a {type(data).__name__}"
+        )
     unknown = sorted(key for key in data if key not in ALLOWED_FIELDS)
     if unknown:
         raise RequestError(422, unknown[0], f"unknown key; expected {', '.join(ALLOWED_FIELDS)} (at most one budget)")
