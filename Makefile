@@ -2,7 +2,8 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
-SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.h csrc/cuda/*.h) setup.py pyproject.toml constraints.txt
+SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.h csrc/cuda/*.h) csrc/cpu_capabilities.txt \
+           setup.py pyproject.toml constraints.txt
 
 .PHONY: demo test bench install clean
 
