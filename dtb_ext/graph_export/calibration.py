@@ -13,7 +13,10 @@ DEFAULT_CALIBRATION_WINDOWS = 300
 def training_calibration_inputs(tokenizer: Any, num_layers: int, windows: int = DEFAULT_CALIBRATION_WINDOWS,
                                 data_file: str | None = None, seed: int = 0, max_seq_length: int = 384,
                                 doc_stride: int = 128, max_query_length: int = 64) -> list[dict[str, np.ndarray]]:
-    """`windows` single-window batches of graph inputs (full-length keep rule), from training questions.
+    """`windows` single-window batches of graph inputs from training questions, every other one at full length
+    and the others dropping tokens at every layer (ratios falling evenly from 1 to 1 / (n_layers + 1)): the
+    OpenVINO graph runs each layer's token selection in an If branch, which NNCF calibrates only on the batches
+    that take it (and refuses to quantize without).
 
     Args:
         tokenizer: the model's fast tokenizer.
@@ -36,10 +39,11 @@ def training_calibration_inputs(tokenizer: Any, num_layers: int, windows: int = 
     # A question gives one or more windows: draw enough questions, then keep the first `windows` windows.
     features = prepare_eval_features(sample_questions(examples, min(windows, len(examples)), seed), tokenizer,
                                      max_seq_length, doc_stride, max_query_length)
-    rule = dict(zip(KEEP_RULE_NAMES, keep_rule_arrays(None, 1, num_layers)))
+    rules = [dict(zip(KEEP_RULE_NAMES, keep_rule_arrays(spec, 1, num_layers)))
+             for spec in (None, {"ratios": [round(1 - (i + 1) / (num_layers + 1), 4) for i in range(num_layers)]})]
     batches = []
     for _, inputs in features.batches(1):
-        batches.append({**{name: tensor.numpy() for name, tensor in inputs.items()}, **rule})
+        batches.append({**{name: tensor.numpy() for name, tensor in inputs.items()}, **rules[len(batches) % 2]})
         if len(batches) == windows:
             break
     return batches

@@ -5,9 +5,10 @@ rule as two [B, n_layers] inputs (keep_rule.py), standard ops only (TopK, Gather
 
 - ONNX: `torch.onnx.export` (TorchScript exporter, opset 17). ONNX's TopK puts the lower index first among equal
   values, which is the design's tie rule.
-- OpenVINO: `openvino.convert_model` on the same module (torch SDPA becomes OpenVINO's fused SDPA op), then every
-  TopK is made stable (OpenVINO's TopK is unstable by default, so ties would not go to the lower position).
-  Precisions: fp32 and bf16 store the same float32 IR and differ in the inference precision the runtime
+- OpenVINO: `openvino.convert_model` on the same module's pieces, joined with an If node per layer that skips
+  token ranking where no example drops a real token (openvino_graph.py; torch SDPA becomes OpenVINO's fused
+  SDPA op), every TopK made stable (OpenVINO's TopK is unstable by default: ties would not go to the lower
+  position). Precisions: fp32 and bf16 store the same float32 IR and differ in the inference precision the runtime
   compiles it with (`INFERENCE_PRECISION_HINT`, recorded in dtb_export.json); int8 is NNCF post-training
   quantization calibrated on the windows of SQuAD *training* questions (calibration.py).
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from dtb_ext.config import MixedLengthConfig, as_length_config, length_config_from_json
 from dtb_ext.graph_export.graph import LengthAdaptiveQAGraph
+from dtb_ext.graph_export.openvino_graph import convert_with_skipped_ranking
 from dtb_ext.graph_export.keep_rule import INPUT_NAMES as KEEP_RULE_NAMES
 from dtb_ext.graph_export.keep_rule import RATIO_SCALE, keep_rule_arrays
 
@@ -147,10 +149,8 @@ def _export_openvino(graph: nn.Module, example: tuple[torch.Tensor, ...], target
                      calibration_inputs: list[dict[str, Any]] | None) -> None:
     import openvino as ov
 
-    shapes = [ov.PartialShape([-1, -1])] * len(TEXT_INPUTS) + [ov.PartialShape([-1, graph.num_layers])] * 2
-    converted = ov.convert_model(graph, example_input=example, input=list(zip(shapes, [ov.Type.i64] * len(shapes))))
+    converted = convert_with_skipped_ranking(graph, example)
     name_openvino_ports(converted)
-    make_top_k_stable(converted)
     if precision == "int8":
         converted = quantize_int8(converted, calibration_inputs)
     ov.save_model(converted, target, compress_to_fp16=False)
@@ -162,27 +162,6 @@ def name_openvino_ports(model: Any) -> None:
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, OUTPUT_NAMES):
         port.get_tensor().set_names({name})
-
-
-def make_top_k_stable(model: Any) -> int:
-    """Replace every unstable TopK of an OpenVINO model by a stable one (equal values keep their input order, so
-    the lower position wins a tie: DESIGN.md §2.3); returns how many were replaced."""
-    import openvino.opset11 as opset
-
-    replaced = 0
-    for node in model.get_ordered_ops():
-        if node.get_type_name() != "TopK":
-            continue
-        attributes = node.get_attributes()
-        if attributes.get("stable", False):
-            continue
-        stable = opset.topk(node.input_value(0), node.input_value(1), attributes["axis"], attributes["mode"],
-                            attributes["sort"], attributes["index_element_type"], stable=True)
-        for index in range(2):
-            node.output(index).replace(stable.output(index))
-        replaced += 1
-    model.validate_nodes_and_infer_types()
-    return replaced
 
 
 def quantize_int8(model: Any, calibration_inputs: list[dict[str, Any]]) -> Any:
