@@ -14,9 +14,9 @@ def training_calibration_inputs(tokenizer: Any, num_layers: int, windows: int = 
                                 data_file: str | None = None, seed: int = 0, max_seq_length: int = 384,
                                 doc_stride: int = 128, max_query_length: int = 64) -> list[dict[str, np.ndarray]]:
     """`windows` single-window batches of graph inputs from training questions, every other one at full length
-    and the others dropping tokens at every layer (ratios falling evenly from 1 to 1 / (n_layers + 1)): the
-    OpenVINO graph runs each layer's token selection in an If branch, which NNCF calibrates only on the batches
-    that take it (and refuses to quantize without).
+    and the others dropping tokens at every layer (`keep_rule.falling_ratios`): the OpenVINO graph ranks tokens
+    in an If branch per layer, which NNCF calibrates only on the batches that take it (and refuses to quantize
+    without).
 
     Args:
         tokenizer: the model's fast tokenizer.
@@ -29,7 +29,7 @@ def training_calibration_inputs(tokenizer: Any, num_layers: int, windows: int = 
     """
     from dtb_ext.data_paths import training_file
     from dtb_ext.graph_export.keep_rule import INPUT_NAMES as KEEP_RULE_NAMES
-    from dtb_ext.graph_export.keep_rule import keep_rule_arrays
+    from dtb_ext.graph_export.keep_rule import falling_ratios, keep_rule_arrays
     from dtb_ext.qa import load_squad, prepare_eval_features
     from dtb_ext.search.qa_objective import sample_questions
 
@@ -40,7 +40,7 @@ def training_calibration_inputs(tokenizer: Any, num_layers: int, windows: int = 
     features = prepare_eval_features(sample_questions(examples, min(windows, len(examples)), seed), tokenizer,
                                      max_seq_length, doc_stride, max_query_length)
     rules = [dict(zip(KEEP_RULE_NAMES, keep_rule_arrays(spec, 1, num_layers)))
-             for spec in (None, {"ratios": [round(1 - (i + 1) / (num_layers + 1), 4) for i in range(num_layers)]})]
+             for spec in (None, falling_ratios(num_layers))]
     batches = []
     for _, inputs in features.batches(1):
         batches.append({**{name: tensor.numpy() for name, tensor in inputs.items()}, **rules[len(batches) % 2]})

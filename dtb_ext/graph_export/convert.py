@@ -29,7 +29,7 @@ from dtb_ext.config import MixedLengthConfig, as_length_config, length_config_fr
 from dtb_ext.graph_export.graph import LengthAdaptiveQAGraph
 from dtb_ext.graph_export.openvino_graph import convert_with_skipped_ranking
 from dtb_ext.graph_export.keep_rule import INPUT_NAMES as KEEP_RULE_NAMES
-from dtb_ext.graph_export.keep_rule import RATIO_SCALE, keep_rule_arrays
+from dtb_ext.graph_export.keep_rule import RATIO_SCALE, falling_ratios, keep_rule_arrays
 
 FORMATS = ("openvino", "onnx")
 EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
@@ -134,7 +134,7 @@ def _example_inputs(num_layers: int) -> tuple[torch.Tensor, ...]:
     for row, length in enumerate(lengths):
         mask[row, :length] = 1
     types = torch.zeros_like(ids)
-    basis_points, keep_lengths = keep_rule_arrays({"ratios": [0.5] * num_layers}, 2, num_layers)
+    basis_points, keep_lengths = keep_rule_arrays(falling_ratios(num_layers), 2, num_layers)
     return ids, mask, types, torch.from_numpy(basis_points), torch.from_numpy(keep_lengths)
 
 

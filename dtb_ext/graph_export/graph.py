@@ -86,7 +86,10 @@ class LengthAdaptiveQAGraph(nn.Module):
         drops = (counts < entering).any(dim=0)
         batch, length = mask.shape
         positions = torch.arange(length, device=mask.device)[None, :].expand(batch, length)
-        restored = hidden.new_zeros(batch, 2 * length, hidden.shape[2])
+        # Every original position gets written before the end (when dropped, or by the epilogue), so the buffer's
+        # first contents do not matter: a copy of the embeddings costs less than zeros, which OpenVINO fills with a
+        # reference Broadcast, in float32 under a bf16 hint (then converted).
+        restored = torch.cat([hidden, hidden], dim=1)
         return hidden, mask, positions, restored, counts, drops
 
     def attention(self, index: int, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:

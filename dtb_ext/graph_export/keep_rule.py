@@ -86,6 +86,13 @@ def _basis_points(ratio: float, index: int, values: tuple) -> int:
     return int(exact)
 
 
+def falling_ratios(num_layers: int) -> dict[str, list[float]]:
+    """A ratio configuration (JSON form) that drops tokens at every layer of any example of a few tokens or more:
+    ratios falling evenly from 1 to 1 / (num_layers + 1). The example inputs of a trace and int8 calibration use it,
+    so that every layer's token selection runs."""
+    return {"ratios": [round(1 - (index + 1) / (num_layers + 1), 4) for index in range(num_layers)]}
+
+
 def keep_counts(real_lengths: Tensor, basis_points: Tensor, lengths: Tensor, width: int) -> Tensor:
     """Tokens each example keeps at each layer, in graph ops (traced into the exported graph).
 
