@@ -29,7 +29,7 @@ echo "build: $((SECONDS - started)) s (sm_${arch/./})"
 "$python" -c "import dtb_ext; info = dtb_ext.kernel_info(); print(info); assert info['cuda_built'], info" || exit 1
 
 status=0
-"$python" -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py tests/test_encoder_cuda.py \
+"$python" -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py tests/models/test_encoder_cuda.py \
     --junitxml="$out/tests.xml" >"$out/tests.log" 2>&1 || status=1
 tail -60 "$out/tests.log"
 

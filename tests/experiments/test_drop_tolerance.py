@@ -1,0 +1,81 @@
+"""`python -m dtb_ext.experiments.drop_tolerance`: F1 and real-length MACs ratios at fixed ratio configurations."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dtb_ext.experiments.drop_tolerance import DROP_CONFIGS, format_table, main
+from repo_paths import SHARED_SQUAD_DIR
+
+DEV = os.path.join(SHARED_SQUAD_DIR, "dev-a-v1.1.json")
+
+
+def test_every_config_has_six_layers():
+    # the MACs ratios themselves: dtb_ext.macs.macs_ratio, tests/models/test_macs.py
+    assert all(len(ratios) == 6 for _, ratios in DROP_CONFIGS)
+
+
+def test_table_lists_every_row():
+    rows = [{"label": "full length", "f1": 70.0, "exact_match": 60.0, "f1_drop_percent": 0.0, "macs_ratio": 1.0},
+            {"label": "x", "f1": 63.0, "exact_match": 50.0, "f1_drop_percent": 10.0, "macs_ratio": 1.25}]
+    table = format_table(rows).splitlines()
+    assert len(table) == 4 and table[3] == "| x | 63.00 | 50.00 | 10.00 | 1.25 |"
+
+
+@pytest.mark.skipif(not os.path.isfile(DEV), reason="shared SQuAD data not found at ../shared/data/squad")
+@pytest.mark.parametrize("oracle", [False, True])
+def test_command_scores_a_model_on_a_dev_sample(tmp_path, capsys, oracle):
+    from tiny_qa import save_tiny_qa_model
+    from transformers import AutoConfig
+
+    model_dir = save_tiny_qa_model(str(tmp_path / "model"))
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_hidden_layers = 6
+    config.save_pretrained(model_dir)  # 6 layers (the extra ones randomly initialised), as DROP_CONFIGS expect
+    out = tmp_path / "rows.json"
+    assert main(["--model", model_dir, "--questions", "4", "--no-progress", "--out", str(out)]
+                + (["--answer-oracle"] if oracle else [])) == 0
+    saved = json.loads(out.read_text())
+    assert saved["selection"] == ("answer oracle" if oracle else "significance source")
+    assert saved["questions"] == 4 and [row["label"] for row in saved["rows"]][0] == "full length"
+    assert len(saved["rows"]) == 1 + len(DROP_CONFIGS)
+    assert saved["rows"][0]["f1_drop_percent"] == 0.0 and all(row["macs_ratio"] >= 1.0 for row in saved["rows"])
+    assert "| full length |" in capsys.readouterr().out
+
+
+def test_command_reports_bad_input(capsys):
+    assert main(["--model", "/nonexistent"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens(monkeypatch):
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    import dtb_ext
+    from dtb_ext.experiments import drop_tolerance
+    from dtb_ext.experiments.drop_tolerance import AnswerOracle
+
+    torch.manual_seed(0)
+    model = dtb_ext.patch(BertForQuestionAnswering(BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32)).eval())
+    ids = torch.randint(1, 50, (1, 12))
+    mask = torch.ones(1, 12, dtype=torch.long)
+    types = torch.tensor([[0] * 4 + [1] * 8])
+    seen = []
+    original = drop_tolerance.rank_tokens_by
+
+    def spy(encoder, scores):
+        seen.append(scores)
+        return original(encoder, scores)
+
+    monkeypatch.setattr(drop_tolerance, "rank_tokens_by", spy)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        AnswerOracle(model, [8, 8])(ids, mask, types)
+    expected = full.start_logits.softmax(-1) + full.end_logits.softmax(-1) + 3.0 * (types == 0).float()
+    assert torch.allclose(seen[0], expected)
+    assert bool((seen[0][0, :4] > seen[0][0, 4:].max()).all())
