@@ -1,5 +1,5 @@
-"""The import structure of dtb_ext (docs/layering.md): every import runs from a higher layer to a lower one (or
-within a layer), and no modules or layer units import each other in a cycle.
+"""The import structure of dtb_ext (docs/design.md §3.1): every import runs from a higher layer to a lower one
+(or within a layer), and no modules or layer units import each other in a cycle.
 
 Imports are read from the source with `ast`, not by importing: top-level imports, imports inside functions, and
 module names written as strings (the lazy `_EXPORTS` maps of the package `__init__`s, the command list of cli.py),
@@ -159,7 +159,7 @@ def test_the_imports_are_found():
 def test_every_unit_has_a_layer():
     units = {unit_of(module) for module in KNOWN}
     missing = sorted(units - set(LAYER_OF))
-    assert not missing, f"no layer for {missing}: add each to LAYERS in {Path(__file__).name} (docs/layering.md)"
+    assert not missing, f"no layer for {missing}: add each to LAYERS in {Path(__file__).name} (docs/design.md §3.1)"
 
 
 def test_imports_run_from_higher_layers_to_lower_ones():
