@@ -97,10 +97,12 @@ def _openvino_runner(graph: str, threads: int | None, latency: bool, inference_p
         config["PERFORMANCE_HINT"] = "LATENCY"
     compiled = ov.Core().compile_model(graph, "CPU", config)
     request = compiled.create_infer_request()
+    start_port, end_port = compiled.output("start_logits"), compiled.output("end_logits")
 
     def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        outputs = request.infer(feeds)
-        return outputs[compiled.output("start_logits")], outputs[compiled.output("end_logits")]
+        request.infer(feeds)
+        # copies: the request's output memory is overwritten by its next inference
+        return request.get_tensor(start_port).data.copy(), request.get_tensor(end_port).data.copy()
 
     return run
 
