@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "dtb_export.json and the tokenizer; `dtb eval --runtime openvino --model OUT` evaluates it.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL_DIR, help="model directory (config, tokenizer, safetensors weights)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_DIR,
+                        help="model directory (config, tokenizer, safetensors weights)")
     parser.add_argument("--output", required=True, metavar="DIR", help="directory to write the exported graph into")
     parser.add_argument("--format", choices=("openvino", "onnx"), default="openvino", help="graph format")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
@@ -110,7 +111,8 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_in_runtime(args: argparse.Namespace, examples: list, length_config: Any, precision: str) -> tuple[dict, Any]:
+def evaluate_in_runtime(args: argparse.Namespace, examples: list, length_config: Any,
+                        precision: str) -> tuple[dict, Any]:
     """`dtb eval --runtime openvino|onnxruntime`: (result, features) of the exported graph of `args.model`.
 
     `args.model` is either an exported directory (dtb_export.json; its precision is the one it was exported
@@ -135,7 +137,8 @@ def evaluate_in_runtime(args: argparse.Namespace, examples: list, length_config:
             raise ValueError(f"{args.model} holds a {graph.precision} {graph.format} export; --runtime {args.runtime} "
                              f"--precision {precision} needs a {precision} {format} one")
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        features = prepare_eval_features(examples, tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length)
+        features = prepare_eval_features(examples, tokenizer, args.max_seq_length, args.doc_stride,
+                                         args.max_query_length)
         result = evaluate_exported(graph, features, length_config=length_config, batch_size=args.batch_size,
                                    padding=args.padding, progress=not args.no_progress,
                                    return_predictions=args.predictions is not None)

@@ -13,10 +13,11 @@ records a graph that serves every length configuration:
   (slots past an example's keep count have positions in the second half, distinct columns, so that a scatter
   never has duplicate indices), and the kept tokens' outputs at the end.
 
-The graph is cut into pieces (`prologue`, `attention`, `rank`, `gather`, `feed_forward`, `epilogue`): `forward` chains them with `rank` at every layer (the ONNX graph: at a layer that keeps every real
-token it keeps them all, in order, which gives the same values), and `openvino_graph.py` puts each layer's `rank`
-under an If node whose other branch is `all_slots`, taken where no example drops a real token, so that full
-length skips the ranking (TopK, sorts, the scorer, the attention probabilities).
+The graph is cut into pieces (`prologue`, `attention`, `rank`, `gather`, `feed_forward`, `epilogue`): `forward`
+chains them with `rank` at every layer (the ONNX graph: at a layer that keeps every real token it keeps them all,
+in order, which gives the same values), and `openvino_graph.py` puts each layer's `rank` under an If node whose
+other branch is `all_slots`, taken where no example drops a real token, so that full length skips the ranking
+(TopK, sorts, the scorer, the attention probabilities).
 The PyTorch path (`DynamicEncoder`) is unchanged; this module only reads the model.
 
 Shapes: B batch, L0 input length, n tokens entering a layer (padded width), K = max keep count, D hidden size,
@@ -46,7 +47,8 @@ class LengthAdaptiveQAGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not isinstance(model, _SPAN_HEADS):
-            raise ValueError(f"export supports span question-answering models ({', '.join(c.__name__ for c in _SPAN_HEADS)}), "
+            supported = ", ".join(head.__name__ for head in _SPAN_HEADS)
+            raise ValueError(f"export supports span question-answering models ({supported}), "
                              f"got {type(model).__name__}")
         encoder = dynamic_encoder(model)
         self.embeddings = getattr(model, model.base_model_prefix).embeddings
@@ -97,7 +99,8 @@ class LengthAdaptiveQAGraph(nn.Module):
         and key, which `select` needs for the attention significance)."""
         layer = self.layers[index]
         attention = layer.attention.self
-        query, key, value = (self._heads(projection, hidden) for projection in (attention.query, attention.key, attention.value))
+        query, key, value = (self._heads(projection, hidden)
+                             for projection in (attention.query, attention.key, attention.value))
         context = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None, None, :],
                                                              scale=attention.scaling)
         return layer.attention.output(context.transpose(1, 2).flatten(2), hidden), query, key

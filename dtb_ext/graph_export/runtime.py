@@ -75,7 +75,8 @@ class ExportedQA:
             length_config = self.default_length_config
         arrays.update(zip(KEEP_RULE_NAMES, keep_rule_arrays(length_config, shape[0], self.num_layers)))
         start, end = self._run({name: arrays[name] for name in INPUT_NAMES})
-        return torch.from_numpy(np.asarray(start, dtype=np.float32)), torch.from_numpy(np.asarray(end, dtype=np.float32))
+        return (torch.from_numpy(np.asarray(start, dtype=np.float32)),
+                torch.from_numpy(np.asarray(end, dtype=np.float32)))
 
 
 def _int64(value: Any, name: str) -> np.ndarray:
