@@ -1,5 +1,5 @@
 """Export a patched (length-adaptive) span-QA model to OpenVINO or ONNX as one graph that serves every length
-configuration (DESIGN.md §2.9): `export` writes it (also `dtb_ext.export`), `ExportedQA` runs it,
+configuration (docs/design.md §2.9): `export` writes it (also `dtb_ext.export`), `ExportedQA` runs it,
 `evaluate_exported` scores it on SQuAD.
 
 The package is not named `export` because `dtb_ext.export` is the function: a subpackage of that name would

@@ -1,7 +1,7 @@
 """A trace-friendly forward of a patched span-QA model: what `dtb_ext.export` traces into an ONNX / OpenVINO graph.
 
 It shares every module with the patched model (embeddings, the encoder's layers, its relevance scorer, the QA
-head) and computes what `DynamicEncoder` computes (DESIGN.md §2), as data-independent tensor ops, so that a trace
+head) and computes what `DynamicEncoder` computes (docs/design.md §2), as data-independent tensor ops, so that a trace
 records a graph that serves every length configuration:
 
 - keep counts come from the attention mask and the keep-rule inputs (`keep_rule.keep_counts`), per example;

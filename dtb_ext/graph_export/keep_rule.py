@@ -1,6 +1,6 @@
 """The per-layer keep rule as inputs of an exported graph, and the keep counts the graph computes from them.
 
-An exported graph takes the rule as two int64 inputs, one row per example (so a batch may mix budgets, DESIGN.md
+An exported graph takes the rule as two int64 inputs, one row per example (so a batch may mix budgets, docs/design.md
 §2.8) and one column per layer:
 
 - `keep_ratio_basis_points` [B, n_layers]: the ratio r_i in basis points, an integer (r_i * 10^4);
@@ -11,7 +11,7 @@ Inside the graph, example b keeps at layer i
     kept_i = min(entering_i, max(1, ceil(basis_points_i * n_b0 / 10^4)), l_i),    entering_0 = n_b0,
 
 n_b0 being its real input length (from the attention mask), entering_{i+1} = kept_i. A ratio configuration sets
-l_i = NO_LENGTH_LIMIT, an absolute one sets every ratio to 1 (10^4 basis points), so this is exactly DESIGN.md
+l_i = NO_LENGTH_LIMIT, an absolute one sets every ratio to 1 (10^4 basis points), so this is exactly docs/design.md
 §2.1: `min(l_i, n_b)` for absolute lengths, `max(1, ceil(r_i * n_b0))` for ratios (the entering count only matters
 for a ratio of 1).
 

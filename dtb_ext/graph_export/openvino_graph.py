@@ -122,7 +122,7 @@ def convert_with_skipped_ranking(graph: LengthAdaptiveQAGraph, example: tuple[Te
 
 def make_top_k_stable(model: Any) -> int:
     """Replace every unstable TopK of an OpenVINO model by a stable one (equal values keep their input order, so
-    the lower position wins a tie: DESIGN.md §2.3); returns how many were replaced."""
+    the lower position wins a tie: docs/design.md §2.3); returns how many were replaced."""
     import openvino.opset11 as opset
 
     replaced = 0

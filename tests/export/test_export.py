@@ -1,4 +1,4 @@
-"""Exported graphs (dtb_ext.graph_export, DESIGN.md §2.9): one ONNX / OpenVINO graph per model that serves every
+"""Exported graphs (dtb_ext.graph_export, docs/design.md §2.9): one ONNX / OpenVINO graph per model that serves every
 length configuration, equal to the patched PyTorch model (max |logit difference| <= 1e-4 on real tokens) at full
 length, under ratio and absolute configurations, in padded and mixed-config batches; ties, batch invariance, the
 checks of the runtime wrapper, and int8 on a small SQuAD sample."""
