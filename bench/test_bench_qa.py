@@ -7,7 +7,11 @@ importable); the patched model ("ours") in each precision of DTB_BENCH_QA_PRECIS
 `dtb_ext.prepare_for_precision`) at full length (no config, as the unpatched model runs) and at the shipped
 front's picks within DTB_BENCH_QA_PICKS percent of the full-length F1 (default 1,3) and its most accurate configs
 with a MACs speedup of at least DTB_BENCH_QA_SPEEDUPS (default 1.4; shows what dropping buys in each precision
-where the F1 picks stay near full length); a pick that is full length is not timed twice.
+where the F1 picks stay near full length); a pick that is full length is not timed twice. Where openvino and nncf
+are installed, OpenVINO in each precision of DTB_BENCH_QA_OPENVINO (default bf16,int8; empty: none): the unpatched
+model (the strongest plain CPU baseline) and the exported length-adaptive graph at full length and at the
+within-1 % pick (bench/openvino_variants.py; int8 calibrated on DTB_BENCH_EXPORT_CALIBRATION training windows,
+default 300).
 
 One benchmark per batch size: each round runs every feature (batch 1) or every length-grouped batch (batch 32,
 dynamic padding) through every variant in turn, the variant order rotating from item to item (bench/conftest.py
@@ -44,6 +48,8 @@ ROUNDS = int(os.environ.get("DTB_BENCH_QA_ROUNDS", "3"))
 PRECISIONS = os.environ.get("DTB_BENCH_QA_PRECISIONS", "fp32,bf16,int8").split(",")
 PICKS = [float(p) for p in os.environ.get("DTB_BENCH_QA_PICKS", "1,3").split(",") if p]
 SPEEDUPS = [float(s) for s in os.environ.get("DTB_BENCH_QA_SPEEDUPS", "1.4").split(",") if s]
+OPENVINO_PRECISIONS = tuple(p for p in os.environ.get("DTB_BENCH_QA_OPENVINO", "bf16,int8").split(",") if p)
+CALIBRATION_WINDOWS = int(os.environ.get("DTB_BENCH_EXPORT_CALIBRATION", "300"))
 MAX_SEQ_LENGTH = 384  # window length when no front says otherwise (the front records its search's windows)
 ONNX_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -128,17 +134,27 @@ def _variants(tmp_dir: str) -> dict[str, tuple[Callable[[dict[str, torch.Tensor]
     variants: dict[str, tuple[Callable[[dict[str, torch.Tensor]], Logits], Any]] = {}
     for name, model in setup["models"].items():
         variants[name] = (_hf_runner(model), None)
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    if _importable("onnxruntime"):
         for name, session in _onnx_sessions(tmp_dir).items():
             variants[name] = (_onnx_runner(session), None)
     for precision, model in setup["ours"].items():
         for config_name, config in setup["configs"].items():
             variants[f"ours-{precision}-{config_name}"] = (_patched_runner(model, config), config)
+    if OPENVINO_PRECISIONS and _importable("openvino") and _importable("nncf") and os.path.isfile(FRONT):
+        from openvino_variants import openvino_setup, openvino_variants
+
+        openvino = openvino_setup(os.path.join(tmp_dir, "openvino"), MODEL_DIR, FRONT, QUESTIONS, OPENVINO_PRECISIONS,
+                                  CALIBRATION_WINDOWS)
+        variants.update(openvino_variants(openvino, OPENVINO_PRECISIONS, torch.get_num_threads()))
     return variants
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _hf_runner(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], Logits]:
@@ -201,6 +217,7 @@ def test_qa_interleaved(benchmark, time_interleaved, tmp_path_factory, batch: in
         items_are="features" if batch == 1 else f"length-grouped batches of {batch} features",
         mean_length=float(features.lengths.mean()), device="cpu", threads=torch.get_num_threads(),
         kernels=dtb_ext.has_kernels(), picks=setup["picks"],
+        baselines=["hf-bf16-sdpa", "ort-int8"] + [f"ov-{precision}-unpatched" for precision in OPENVINO_PRECISIONS],
     )
 
     def call(run):
