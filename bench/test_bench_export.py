@@ -27,13 +27,13 @@ Run: `.venv/bin/python -m pytest bench/test_bench_export.py --benchmark-only`.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 import pytest
 
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
 from openvino_variants import openvino_setup, openvino_variants
+from qa_scoring import scores_and_macs
 
 MODEL_DIR = os.environ.get("DTB_BENCH_QA_MODEL", DEFAULT_MODEL_DIR)
 FRONT = os.path.join(MODEL_DIR, "front.json")
@@ -52,31 +52,6 @@ def _setup(directory: str) -> dict[str, Any]:
     return openvino_setup(directory, MODEL_DIR, FRONT, QUESTIONS, tuple(PRECISIONS), CALIBRATION_WINDOWS)
 
 
-def _scores_and_macs(variants, batches, setup) -> dict[str, dict[str, Any]]:
-    """Per variant: F1/EM on the sample from its own logits, the MACs ratio, the length config."""
-    import json
-
-    from dtb_ext.macs import count_macs
-    from dtb_ext.qa.metric import squad_metrics
-    from dtb_ext.qa.postprocess import SpanCollector
-
-    features, model_config = setup["features"], setup["model_config"]
-    lengths = Counter(int(n) for n in features.lengths)
-    full = sum(c * count_macs(model_config, None, n).total for n, c in lengths.items())
-    extra = {}
-    for name, (run, config) in variants.items():
-        collector = SpanCollector(features)
-        for indices, inputs in batches:
-            start, end = run(inputs)
-            collector.add(indices, start.float(), end.float())
-        scores = squad_metrics(features.examples, collector.predictions())
-        reduced = sum(c * count_macs(model_config, config, n).total for n, c in lengths.items())
-        extra[name] = {"f1": round(scores["f1"], 2), "exact_match": round(scores["exact_match"], 2),
-                       "macs_ratio": round(full / reduced, 3),
-                       "length_config": None if config is None else json.dumps(config.to_json())}
-    return extra
-
-
 @pytest.mark.parametrize("batch", [1, 32])
 def test_openvino_interleaved(benchmark, time_interleaved, tmp_path_factory, batch: int) -> None:
     pytest.importorskip("openvino", reason="openvino is not installed")
@@ -86,7 +61,7 @@ def test_openvino_interleaved(benchmark, time_interleaved, tmp_path_factory, bat
     features = setup["features"]
     batches = list(features.batches(batch, "dynamic"))
     variants = openvino_variants(setup, tuple(PRECISIONS), THREADS)
-    extra = _scores_and_macs(variants, batches, setup)
+    extra = scores_and_macs(variants, batches, features, setup["model_config"])
     benchmark.group = f"openvino {os.path.basename(os.path.normpath(MODEL_DIR))} dev-a {QUESTIONS}q B={batch} dynamic"
     benchmark.extra_info.update(
         level="qa", interleaved=True, questions=QUESTIONS, features=len(features), batch=batch, padding="dynamic",

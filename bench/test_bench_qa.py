@@ -29,7 +29,6 @@ Run: `.venv/bin/python -m pytest bench/test_bench_qa.py --benchmark-only`.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from functools import lru_cache
@@ -40,6 +39,7 @@ import torch
 
 import dtb_ext
 from dtb_ext.demo import DEFAULT_MODEL_DIR, FRONT_FILE
+from qa_scoring import scores_and_macs
 
 MODEL_DIR = os.environ.get("DTB_BENCH_QA_MODEL", DEFAULT_MODEL_DIR)
 FRONT = os.path.join(MODEL_DIR, FRONT_FILE)
@@ -182,35 +182,13 @@ def _patched_runner(model: torch.nn.Module, config: Any) -> Callable[[dict[str, 
     return run
 
 
-def _scores_and_macs(variants, batches) -> dict[str, dict[str, Any]]:
-    """Per variant: F1/EM on the sample from its own logits, the MACs ratio, the length config."""
-    from dtb_ext.macs import macs_ratio
-    from dtb_ext.qa.metric import squad_metrics
-    from dtb_ext.qa.postprocess import SpanCollector
-
-    setup = _setup()
-    features, model_config = setup["features"], setup["model_config"]
-    extra = {}
-    with torch.inference_mode():
-        for name, (run, config) in variants.items():
-            collector = SpanCollector(features)
-            for indices, inputs in batches:
-                start, end = run(inputs)
-                collector.add(indices, start.float(), end.float())
-            scores = squad_metrics(features.examples, collector.predictions())
-            extra[name] = {"f1": round(scores["f1"], 2), "exact_match": round(scores["exact_match"], 2),
-                           "macs_ratio": round(macs_ratio(model_config, config, features.lengths), 3),
-                           "length_config": None if config is None else json.dumps(config.to_json())}
-    return extra
-
-
 @pytest.mark.parametrize("batch", [1, 32])
 def test_qa_interleaved(benchmark, time_interleaved, tmp_path_factory, batch: int) -> None:
     setup = _setup()
     features = setup["features"]
     batches = list(features.batches(batch, "dynamic"))
     variants = _variants(str(tmp_path_factory.getbasetemp()))
-    extra = _scores_and_macs(variants, batches)
+    extra = scores_and_macs(variants, batches, features, setup["model_config"])
     benchmark.group = f"qa {os.path.basename(os.path.normpath(MODEL_DIR))} dev-a {QUESTIONS}q B={batch} dynamic"
     benchmark.extra_info.update(
         level="qa", interleaved=True, questions=QUESTIONS, features=len(features), batch=batch, padding="dynamic",
