@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,7 @@ from dtb_ext.answering.budget import (
 from dtb_ext.answering.latency import LatencyModel
 from dtb_ext.config import LengthConfig, MixedLengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.graph_export.runtimes import EXPORT_FORMAT, RUNTIMES
 from dtb_ext.macs import count_macs
 from dtb_ext.models.patching import length_config, patch
 from dtb_ext.precision import prepare_for_precision, resolve_precision
@@ -91,6 +95,10 @@ class QuestionAnswerer:
         latency_model: predicts a request's model time (for `latency_budget_ms`); default: calibrated on this
             machine on first use, then updated from every forward pass.
         patched: False runs the Hugging Face model as loaded (the unpatched baseline): full length only, no front.
+        runtime: "torch", or "openvino" / "onnxruntime": the model is exported (`dtb_ext.export`) into a temporary
+            directory kept while the answerer lives, as one graph whose keep rule is an input, so every budget
+            runs in that runtime (CPU only; ONNX is fp32; int8 calibrates on the SQuAD training subset beside a
+            checkout).
     """
 
     def __init__(
@@ -106,20 +114,33 @@ class QuestionAnswerer:
         max_query_length: int = 64,
         latency_model: LatencyModel | None = None,
         patched: bool = True,
+        runtime: str = "torch",
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if runtime != "torch" and (device != "cpu" or not patched):
+            raise ValueError(f"runtime {runtime!r} runs the patched model's exported graph on the CPU, got "
+                             f"device={device!r}, patched={patched}")
         self.model_dir = DEFAULT_MODEL_DIR if model_dir is None else model_dir
         self.precision = resolve_precision(precision, device)
+        self.runtime = runtime
         model, self.tokenizer = load_qa_model(self.model_dir, device)
         if not patched and front is not None:
             raise ValueError("an unpatched model runs at full length only: it takes no front")
         self.patched = patched
-        self.model = prepare_for_precision(patch(model) if patched else model, self.precision).eval()
+        self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
+        if runtime == "torch":
+            self.model = prepare_for_precision(patch(model) if patched else model, self.precision).eval()
+            self.graph = None
+        else:
+            # The fp32 PyTorch model is traced; the runtime applies the precision. It stays for its config (MACs).
+            self.model = patch(model).eval()
+            self.graph = self._exported_graph(EXPORT_FORMAT[runtime])
         self.device = torch.device(device)
         self.num_layers = int(self.model.config.num_hidden_layers)
         self.batch_size = batch_size
-        self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
         self.front = self._load_front(front) if patched else None
         self.latency_model = LatencyModel() if latency_model is None else latency_model
         self._macs = functools.lru_cache(maxsize=1 << 16)(self._macs_uncached)
@@ -248,6 +269,8 @@ class QuestionAnswerer:
 
     def _forward(self, inputs: dict[str, torch.Tensor], spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits, [B, T] float32 on the CPU, of one padded batch under `spec`."""
+        if self.graph is not None:
+            return self.graph(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], spec)
         inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
         if not self.patched:
             if spec is not None:
@@ -257,6 +280,22 @@ class QuestionAnswerer:
             with length_config(self.model, spec):
                 outputs = self.model(**inputs)
         return outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
+
+    def _exported_graph(self, format: str) -> Any:
+        """The model exported to `format` in this answerer's precision, compiled (an `ExportedQA`)."""
+        from dtb_ext.graph_export.calibration import training_calibration_inputs
+        from dtb_ext.graph_export.convert import export
+        from dtb_ext.graph_export.runtime import ExportedQA
+
+        calibration = None
+        if self.precision == "int8":
+            calibration = training_calibration_inputs(
+                self.tokenizer, self.model.config.num_hidden_layers, max_seq_length=self.max_seq_length,
+                doc_stride=self.doc_stride, max_query_length=self.max_query_length)
+        directory = tempfile.mkdtemp(prefix="dtb-answerer-")
+        weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+        export(self.model, directory, format=format, precision=self.precision, calibration_inputs=calibration)
+        return ExportedQA(directory, threads=torch.get_num_threads())
 
     def _answer(self, features: EvalFeatures, collector: SpanCollector, e: int, config: LengthConfig | None) -> Answer:
         if not np.isfinite(collector.score[e]):

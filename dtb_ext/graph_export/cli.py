@@ -11,10 +11,8 @@ from typing import Any
 
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
 from dtb_ext.help_format import HelpFormatter
+from dtb_ext.graph_export.runtimes import EXPORT_FORMAT, RUNTIMES
 
-# `dtb eval --runtime`: torch runs the patched model itself; the others run its exported graph.
-EVAL_RUNTIMES = ("torch", "openvino", "onnxruntime")
-_FORMAT_OF_RUNTIME = {"openvino": "openvino", "onnxruntime": "onnx"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_runtime_to_eval(evaluate: argparse.ArgumentParser) -> None:
     """`dtb eval --runtime`: the eval command is qa/cli.py's; the option lives here, beside the export it runs
     (the qa layer does not import this one)."""
-    evaluate.add_argument("--runtime", choices=EVAL_RUNTIMES, default="torch",
+    evaluate.add_argument("--runtime", choices=RUNTIMES, default="torch",
                           help="torch: the patched PyTorch model; openvino / onnxruntime: its exported graph (--model "
                                "is then a model directory, exported on the fly, or a `dtb export` output); --precision "
                                "bf16 and int8 are OpenVINO's (int8: NNCF, calibrated on training windows)")
@@ -124,7 +122,7 @@ def evaluate_in_runtime(args: argparse.Namespace, examples: list, length_config:
     from dtb_ext.graph_export.runtime import ExportedQA
     from dtb_ext.qa import prepare_eval_features
 
-    format = _FORMAT_OF_RUNTIME[args.runtime]
+    format = EXPORT_FORMAT[args.runtime]
     if args.device != "cpu":
         raise ValueError(f"--runtime {args.runtime} runs on the CPU, got --device {args.device}")
     with tempfile.TemporaryDirectory(prefix="dtb-eval-") as scratch:

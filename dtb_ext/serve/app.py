@@ -129,7 +129,8 @@ class _Server:
 def answerer_for(settings: ServeSettings) -> QuestionAnswerer:
     """The QuestionAnswerer `settings` describe (loads the model)."""
     return QuestionAnswerer(settings.model_dir, settings.precision, settings.front,
-                            batch_size=settings.max_batch_size, patched=not settings.unpatched)
+                            batch_size=settings.max_batch_size, patched=not settings.unpatched,
+                            runtime=settings.runtime)
 
 
 def create_app(settings: ServeSettings | None = None, answerer: QuestionAnswerer | None = None) -> Starlette:

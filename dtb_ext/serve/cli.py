@@ -12,6 +12,7 @@ WORKER_HEALTHCHECK_TIMEOUT_S = 60
 def register(subparsers: argparse._SubParsersAction) -> None:
     from dtb_ext.help_format import HelpFormatter
     from dtb_ext.precision import PRECISION_CHOICES
+    from dtb_ext.graph_export.runtimes import RUNTIMES
     from dtb_ext.serve.settings import ServeSettings
 
     defaults = ServeSettings()
@@ -34,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
     serve.add_argument("--precision", choices=PRECISION_CHOICES, default=defaults.precision,
                        help="model precision; auto: bf16 where the machine runs it natively, else fp32")
+    serve.add_argument("--runtime", choices=RUNTIMES, default=defaults.runtime,
+                       help="where the model runs: torch (dtb_ext's kernels), or its exported graph in openvino or "
+                       "onnxruntime (one graph for every budget; needs the openvino extra)")
     serve.add_argument("--slo-ms", type=float, default=None,
                        help="p99 latency objective in ms: when queueing would break it, requests whose budget "
                        "allows it move to faster configurations of the front, and past what the fastest allowed "
@@ -66,7 +70,7 @@ def run_serve(args: argparse.Namespace) -> int:
             model_dir=args.model, front=args.front, host=args.host, port=args.port, precision=args.precision,
             slo_ms=args.slo_ms, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
             max_context_chars=args.max_context_chars, max_queue=args.max_queue, workers=args.workers,
-            access_log=args.access_log, unpatched=args.unpatched,
+            access_log=args.access_log, unpatched=args.unpatched, runtime=args.runtime,
         )
         if settings.workers > 1:
             os.environ[SETTINGS_ENVIRONMENT_VARIABLE] = settings.to_json()

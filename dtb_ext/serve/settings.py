@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from dtb_ext.graph_export.runtimes import RUNTIMES
+
 # Environment variable through which `dtb serve --workers N` passes the settings to uvicorn's worker processes.
 SETTINGS_ENVIRONMENT_VARIABLE = "DTB_SERVE_SETTINGS"
 
@@ -17,7 +19,8 @@ class ServeSettings:
     """model_dir / front: None for the bundled default model and its shipped front. slo_ms: the p99 latency
     objective for load-adaptive degradation (None: off). max_queue: requests admitted but not answered at most;
     past it the server answers 503 (with or without --slo-ms). max_context_chars: longer contexts get a 422.
-    unpatched: serve the Hugging Face model as loaded, full length only (the baseline of the load benchmark)."""
+    unpatched: serve the Hugging Face model as loaded, full length only (the baseline of the load benchmark).
+    runtime: "torch", or "openvino" / "onnxruntime" to serve the model's exported graph, every budget included."""
 
     model_dir: str | None = None
     front: str | None = None
@@ -32,6 +35,7 @@ class ServeSettings:
     workers: int = 1
     access_log: bool = False
     unpatched: bool = False
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         _check_int("max_batch_size", self.max_batch_size, 1)
@@ -42,6 +46,10 @@ class ServeSettings:
         if self.port > 65535:
             raise ValueError(f"port must be at most 65535, got {self.port}")
         _check_number("max_wait_ms", self.max_wait_ms, allow_zero=True)
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.unpatched and self.runtime != "torch":
+            raise ValueError(f"unpatched: the unpatched baseline runs in torch, got runtime {self.runtime!r}")
         if self.unpatched and self.front is not None:
             raise ValueError("unpatched: the unpatched model runs at full length only, so it takes no front")
         if self.slo_ms is not None:

@@ -165,3 +165,30 @@ def test_other_precisions_answer_from_the_context(tiny_dir, precision):
     assert answerer.precision == precision
     answer = answerer.answer("Where is Normandy?", CONTEXT, {"min_speedup": 1.5})
     assert CONTEXT[answer.start_char:answer.end_char] == answer.answer != ""
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_an_exported_runtime_gives_the_torch_answers_under_mixed_budgets(tiny, tiny_dir, runtime):
+    """runtime= exports the model once as one graph serving every budget: mixed budgets in one call answer as the
+    PyTorch model does (fp32 both)."""
+    pytest.importorskip(runtime, reason=f"{runtime} is not installed (the openvino extra)")
+    exported = QuestionAnswerer(tiny_dir, runtime=runtime,
+                                latency_model=LatencyModel(ms_per_gmac=1000.0, learning_rate=0.0))
+    assert exported.runtime == runtime and exported.graph is not None
+    questions = ["Who gave their name to Normandy?", "Where is Normandy?", "From where were they descended?"]
+    contexts = [CONTEXT, " ".join([CONTEXT] * 12), CONTEXT]
+    budgets = [None, {"min_speedup": 1.7}, {"min_speedup": 2.0}]
+    for theirs, ours in zip(exported.answer_many(questions, contexts, budgets),
+                            tiny.answer_many(questions, contexts, budgets)):
+        assert (theirs.answer, theirs.start_char, theirs.end_char, theirs.length_config) == (
+            ours.answer, ours.start_char, ours.end_char, ours.length_config)
+        assert theirs.score == pytest.approx(ours.score, abs=1e-3)
+
+
+def test_runtime_choices_are_checked(tiny_dir):
+    with pytest.raises(ValueError, match="runtime must be one of torch, openvino, onnxruntime, got 'tensorrt'"):
+        QuestionAnswerer(tiny_dir, runtime="tensorrt")
+    with pytest.raises(ValueError, match="exported graph on the CPU, got device='cuda'"):
+        QuestionAnswerer(tiny_dir, runtime="openvino", device="cuda")
+    with pytest.raises(ValueError, match="patched=False"):
+        QuestionAnswerer(tiny_dir, runtime="openvino", patched=False)

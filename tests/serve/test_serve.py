@@ -381,7 +381,8 @@ def test_histogram_exposition_is_cumulative():
     ("settings", "message"),
     [({"max_batch_size": 0}, "max_batch_size"), ({"slo_ms": 0}, "slo_ms"), ({"max_wait_ms": -1}, "max_wait_ms"),
      ({"port": 70000}, "port"), ({"model_dir": "/no/such/model"}, "does not exist"),
-     ({"slo_ms": float("inf")}, "finite")],
+     ({"slo_ms": float("inf")}, "finite"), ({"runtime": "tensorrt"}, "runtime must be one of"),
+     ({"unpatched": True, "runtime": "openvino"}, "runs in torch")],
 )
 def test_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -393,3 +394,16 @@ def test_cli_reports_a_missing_model(capsys):
 
     assert main(["serve", "--model", os.path.join("no", "such", "dir")]) == 2
     assert "model_dir" in capsys.readouterr().err
+
+
+def test_the_openvino_runtime_serves_every_budget_with_the_torch_answers(model_dir, answerer, tmp_path):
+    """`dtb serve --runtime openvino`: per-request budgets go through the exported graph's keep-rule input."""
+    pytest.importorskip("openvino", reason="openvino is not installed (the openvino extra)")
+    args = ["--model", model_dir, "--precision", "fp32", "--runtime", "openvino", "--max-wait-ms", "20"]
+    with ServerProcess(args, str(tmp_path / "serve.log")) as running:
+        requests = [{"question": q, "context": c, **budget} for (q, c), budget in zip(CASES, BUDGETS)]
+        responses = asyncio.run(_post_all(running.url, requests, concurrency=4))
+    for request, response in zip(requests, responses):
+        assert response.status_code == 200, response.text
+        budget = {k: v for k, v in request.items() if k not in ("question", "context")}
+        _check_same_answer(response.json(), _expected(answerer, request["question"], request["context"], budget))
