@@ -2,16 +2,16 @@
 interleaved feature by feature within each round (pytest-benchmark; reported, not pass/fail).
 
 Variants: unpatched Hugging Face with SDPA in fp32 and bf16; ONNX Runtime running the unpatched model in fp32 and
-dynamically quantized to int8 (`onnxruntime.quantization.quantize_dynamic`; both when `onnxruntime` is
-importable); the patched model ("ours") in each precision of DTB_BENCH_QA_PRECISIONS (default fp32,bf16,int8;
-`dtb_ext.prepare_for_precision`) at full length (no config, as the unpatched model runs) and at the shipped
-front's picks within DTB_BENCH_QA_PICKS percent of the full-length F1 (default 1,3) and its most accurate configs
-with a MACs speedup of at least DTB_BENCH_QA_SPEEDUPS (default 1.4; shows what dropping buys in each precision
-where the F1 picks stay near full length); a pick that is full length is not timed twice. Where openvino and nncf
-are installed, OpenVINO in each precision of DTB_BENCH_QA_OPENVINO (default bf16,int8; empty: none): the unpatched
-model (the strongest plain CPU baseline) and the exported length-adaptive graph at full length and at the
-within-1 % pick (bench/openvino_variants.py; int8 calibrated on DTB_BENCH_EXPORT_CALIBRATION training windows,
-default 300).
+dynamically quantized to int8 (`onnxruntime.quantization.quantize_dynamic`), each also on the graph of ONNX
+Runtime's BERT optimizer (`ort-bert-*`; all when `onnxruntime` is importable); the patched model ("ours") in each
+precision of DTB_BENCH_QA_PRECISIONS (default fp32,bf16,int8; `dtb_ext.prepare_for_precision`) at full length (no
+config, as the unpatched model runs) and at the shipped front's picks within DTB_BENCH_QA_PICKS percent of the
+full-length F1 (default 1,3) and its most accurate configs with a MACs speedup of at least DTB_BENCH_QA_SPEEDUPS
+(default 1.4; shows what dropping buys in each precision where the F1 picks stay near full length); a pick that is
+full length is not timed twice. Where openvino and nncf are installed, OpenVINO in each precision of
+DTB_BENCH_QA_OPENVINO (default bf16,int8; empty: none): the unpatched model (the strongest plain CPU baseline) and
+the exported length-adaptive graph at full length and at the within-1 % pick (bench/openvino_variants.py; int8
+calibrated on DTB_BENCH_EXPORT_CALIBRATION training windows, default 300).
 
 One benchmark per batch size: each round runs every feature (batch 1) or every length-grouped batch (batch 32,
 dynamic padding) through every variant in turn, the variant order rotating from item to item (bench/conftest.py
@@ -101,10 +101,14 @@ def _setup() -> dict[str, Any]:
 
 
 def _onnx_sessions(directory: str) -> dict[str, Any]:
-    """ONNX Runtime sessions of the unpatched model: fp32 (TorchScript export, dynamic axes) and int8
-    (`quantize_dynamic` of that file, default settings)."""
+    """ONNX Runtime sessions of the unpatched model: fp32 (TorchScript export, dynamic axes), int8
+    (`quantize_dynamic` of that file, default settings), and both again on the graph of ONNX Runtime's BERT
+    optimizer (`onnxruntime.transformers.optimizer.optimize_model`: fused attention, LayerNorm and GELU), what a
+    user tuning ONNX Runtime for BERT would deploy."""
+    import onnx
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
 
     setup = _setup()
     fp32_path, int8_path = os.path.join(directory, "model.onnx"), os.path.join(directory, "model-int8.onnx")
@@ -117,14 +121,23 @@ def _onnx_sessions(directory: str) -> dict[str, Any]:
             dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ONNX_NAMES + ["start_logits", "end_logits"]},
         )
         quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+        config = setup["model_config"]
+        optimized_path = os.path.join(directory, "model-bert-optimized.onnx")
+        optimized_int8_path = os.path.join(directory, "model-bert-optimized-int8.onnx")
+        optimize_model(fp32_path, model_type="bert", num_heads=config.num_attention_heads,
+                       hidden_size=config.hidden_size, use_gpu=False).save_model_to_file(optimized_path)
+        # the fused ops of the optimizer's domain carry no inferred type: the quantizer is told they are float
+        quantize_dynamic(optimized_path, optimized_int8_path, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     # ORT's intra-op threads spin (busy-wait) after each run by default; interleaved with PyTorch variants, that
     # spinning steals the cores from the variant timed next (it measured up to 1.7x slower here, issue 11).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
-    return {"ort-fp32": onnxruntime.InferenceSession(fp32_path, options, providers=providers),
-            "ort-int8": onnxruntime.InferenceSession(int8_path, options, providers=providers)}
+    paths = {"ort-fp32": fp32_path, "ort-int8": int8_path, "ort-bert-fp32": optimized_path,
+             "ort-bert-int8": optimized_int8_path}
+    return {name: onnxruntime.InferenceSession(path, options, providers=providers) for name, path in paths.items()}
 
 
 @lru_cache(maxsize=1)
