@@ -88,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     length_drop.add_argument("--layer-drop", type=float, nargs="?", const=0.2, default=defaults.layer_drop, metavar="P",
                              help="LayerDrop: skip each layer of a sub-model with probability P (0.2 when given "
                                   "without a value)")
+    length_drop.add_argument("--full-loss-weight", type=float, default=defaults.full_loss_weight, metavar="W",
+                             help="weight of the full model's loss against the sum of the sub-models' (LAT: 1); "
+                                  "larger holds full-length F1 while the encoder learns to drop")
     length_drop.add_argument("--relevance-scorer", choices=("scorer", "attention+scorer"), default=None,
                              help="add (or keep training) a learned per-layer relevance scorer and select the tokens "
                                   "each sub-model keeps by it (alone, or summed with attention received)")
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         doc_stride=args.doc_stride, max_query_length=args.max_query_length, fp16_export=args.fp16_export,
         progress=not args.no_progress, init_from=args.init_from, length_drop=args.length_drop,
         num_sandwich=args.num_sandwich, length_drop_ratio_bound=args.length_drop_ratio_bound,
-        layer_drop=args.layer_drop, precision=args.precision, relevance_scorer=args.relevance_scorer,
+        layer_drop=args.layer_drop, full_loss_weight=args.full_loss_weight,
+        precision=args.precision, relevance_scorer=args.relevance_scorer,
         relevance_weight=args.relevance_weight, relevance_temperature=args.relevance_temperature,
         relevance_question_share=args.relevance_question_share, relevance_only=args.relevance_only,
         teacher=args.teacher, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,

@@ -3,9 +3,9 @@
 Each training batch runs the sandwich: the full model, which learns from the labels (or from a teacher, see
 distill.py); the smallest sub-model; and `num_sandwich` random sub-models. The sub-models learn from the full
 model's start/end distributions (inplace distillation: soft cross-entropy against its detached logits). Their
-losses are summed with the full model's into one loss, so one backward pass accumulates every gradient before
-the optimizer step; this keeps distributed data parallel and gradient accumulation exactly as Trainer does them,
-at the cost of holding the 2 + num_sandwich graphs of a batch at once.
+losses are summed with the full model's (weighted by `full_weight`, 1 in LAT) into one loss, so one backward pass
+accumulates every gradient before the optimizer step; this keeps distributed data parallel and gradient
+accumulation exactly as Trainer does them, at the cost of holding the 2 + num_sandwich graphs of a batch at once.
 
 Sub-model lengths are ratios of each example's real input length (so padding and batching do not change them):
 r_0 = 1, r_i ~ U[(1 - bound) r_{i-1}, r_{i-1}]; the smallest sub-model has r_i = (1 - bound)^i. With LayerDrop
@@ -53,6 +53,9 @@ class LengthDropSettings:
     num_sandwich: int = 2
     ratio_bound: float = 0.2
     layer_drop: float = 0.0
+    # weight of the full model's own loss against the sum of the sub-models' (LAT: 1); larger holds the full
+    # model's F1 when the sub-models' gradients pull the shared encoder toward working without dropped tokens
+    full_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.num_sandwich, bool) or not isinstance(self.num_sandwich, int) or self.num_sandwich < 0:
@@ -64,6 +67,10 @@ class LengthDropSettings:
         if not (isinstance(self.layer_drop, (int, float)) and 0.0 <= self.layer_drop < 1.0):
             raise ValueError("layer_drop (probability of skipping a layer) must lie in [0, 1), got "
                              f"{self.layer_drop!r}")
+        if isinstance(self.full_weight, bool) or not (isinstance(self.full_weight, (int, float))
+                                                       and 0.0 < self.full_weight < float("inf")):
+            raise ValueError(f"full_loss_weight (weight of the full model's loss) must be a finite number > 0, got "
+                             f"{self.full_weight!r}")
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ class LengthDropTrainer(DistillationTrainer):
                 sub_losses = [inplace_distillation_loss(model, features, outputs, sub_model) for sub_model in sandwich]
                 sub_loss = torch.stack(sub_losses).sum()
                 parts = {"full_loss": loss, "sub_loss": sub_loss / len(sub_losses)}
-                loss = loss + sub_loss
+                loss = self.length_drop.full_weight * loss + sub_loss
                 if records is not None:
                     relevance_loss = self.relevance_loss(records, features, outputs)
                     parts["relevance_loss"] = relevance_loss

@@ -43,6 +43,7 @@ class TrainOptions:
     num_sandwich: int = 2
     length_drop_ratio_bound: float = 0.2
     layer_drop: float = 0.0
+    full_loss_weight: float = 1.0
     # learned relevance scorer, trained inside LengthDrop (dtb_ext/models/relevance.py)
     relevance_scorer: str | None = None  # None: no scorer; "scorer" or "attention+scorer": the selection source
     relevance_weight: float = 1.0

@@ -33,8 +33,8 @@ def recipe_settings(options: TrainOptions) -> tuple[LengthDropSettings | None, D
     """The validated LengthDrop and distillation settings of TrainOptions (None where off); ValueError for an
     option that would be ignored, such as --num-sandwich without --length-drop."""
     defaults = TrainOptions(output="")
-    length_names = ("num_sandwich", "length_drop_ratio_bound", "layer_drop", "relevance_scorer", "relevance_weight",
-                    "relevance_temperature", "relevance_question_share", "relevance_only")
+    length_names = ("num_sandwich", "length_drop_ratio_bound", "layer_drop", "full_loss_weight", "relevance_scorer",
+                    "relevance_weight", "relevance_temperature", "relevance_question_share", "relevance_only")
     kd_names = ("kd_temperature", "kd_alpha", "kd_hidden_weight", "kd_attention_weight", "kd_layer_map")
     for enabled, names, switch in ((options.length_drop, length_names, "--length-drop"),
                                    (options.teacher is not None, kd_names, "--teacher")):
@@ -47,7 +47,8 @@ def recipe_settings(options: TrainOptions) -> tuple[LengthDropSettings | None, D
                          f"{options.teacher!r}")
     length_drop = None
     if options.length_drop:
-        length_drop = LengthDropSettings(options.num_sandwich, options.length_drop_ratio_bound, options.layer_drop)
+        length_drop = LengthDropSettings(options.num_sandwich, options.length_drop_ratio_bound, options.layer_drop,
+                                         options.full_loss_weight)
         relevance_settings(options)
     distill = None
     if options.teacher is not None:

@@ -133,6 +133,15 @@ def test_a_step_is_the_full_loss_plus_the_sub_models_inplace_distillation(tmp_pa
     assert trainer.sampled[1][:2] == (0, 1) and trainer.sampled[1][2] != sandwich
 
 
+def test_the_full_loss_weight_scales_the_full_model_only(tmp_path):
+    model = dtb_ext.patch(_model())
+    model.train()
+    plain = _trainer(tmp_path, model, num_sandwich=1).compute_loss(model, _batch())
+    weighted = _trainer(tmp_path, model, num_sandwich=1, full_weight=3.0).compute_loss(model, _batch())
+    full = model(**_batch()).loss  # no dropout in this model; both trainers draw the same sub-model at step 0
+    torch.testing.assert_close(weighted.detach(), plain.detach() + 2 * full.detach())
+
+
 def test_sub_models_really_run_shorter(tmp_path):
     model = dtb_ext.patch(_model())
     trainer = _trainer(tmp_path, model, num_sandwich=1)
@@ -167,6 +176,8 @@ def test_evaluation_runs_the_full_model_only(tmp_path):
         ({"ratio_bound": 1.0}, "length_drop_ratio_bound"),
         ({"ratio_bound": 0.0}, "length_drop_ratio_bound"),
         ({"layer_drop": 1.0}, "layer_drop"),
+        ({"full_weight": 0.0}, "full_loss_weight"),
+        ({"full_weight": float("nan")}, "full_loss_weight"),
     ],
 )
 def test_bad_settings_are_refused(settings, message):
