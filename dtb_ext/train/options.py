@@ -38,6 +38,8 @@ class TrainOptions:
     # "fp32"; "bf16": autocast with float32 master weights and optimizer state; "int8": quantization-aware training
     # (dtb_ext/precision/qat.py) under bf16 autocast where the hardware runs bf16 natively, else in fp32
     precision: str = "fp32"
+    # attention-probability dropout while training (None: the model config's); 0 lets CPU SDPA run its fused kernel
+    attention_dropout: float | None = None
     # LengthDrop (lengthdrop.py)
     length_drop: bool = False
     num_sandwich: int = 2

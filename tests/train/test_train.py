@@ -125,6 +125,15 @@ def test_a_custom_loss_plugs_in(tmp_path, tiny_model_dir):
     assert calls == [4, 4]
 
 
+def test_attention_dropout_is_set_for_training_and_recorded_in_the_config(tmp_path, tiny_model_dir):
+    default = build_trainer(_options(tmp_path / "default", tiny_model_dir, max_steps=1))
+    assert {layer.attention.self.dropout.p for layer in default.model.bert.encoder.layer} == {
+        default.model.config.attention_probs_dropout_prob}
+    trainer = build_trainer(_options(tmp_path / "none", tiny_model_dir, max_steps=1, attention_dropout=0.0))
+    assert {layer.attention.self.dropout.p for layer in trainer.model.bert.encoder.layer} == {0.0}
+    assert trainer.model.config.attention_probs_dropout_prob == 0.0
+
+
 def test_search_articles_are_left_out_unless_asked(tmp_path):
     held_out = set(search_split_articles())
     default = load_train_examples(_options(tmp_path, None, limit=None))
@@ -141,6 +150,8 @@ def test_search_articles_are_left_out_unless_asked(tmp_path):
         ({"warmup": 1.5}, "warmup is a fraction"),
         ({"limit": 0}, "limit must be a positive number"),
         ({"epochs": 0, "max_steps": -1}, "epochs must be > 0"),
+        ({"attention_dropout": 1.0}, "attention_dropout"),
+        ({"attention_dropout": -0.1}, "attention_dropout"),
     ],
 )
 def test_bad_options_raise_value_error(tmp_path, tiny_model_dir, overrides, message):
