@@ -5,6 +5,8 @@ Shipped inside the package (found next to this file, in a checkout and in an ins
   data/squad/README.md): the default of `dtb demo`, `dtb eval` and `dtb train --eval-data`;
 - `SEARCH_ARTICLES_FILE`: the titles of the training articles held out for the length-configuration search, and
   `SEARCH_SPLIT_FILE`: their questions' ids, split into search and confirmation parts;
+- `DEV_SPLIT_FILE`: dev-a's question ids split by whole articles into a confirmation part (where a certified
+  search's `pick` decides) and a report part (where its numbers are reported);
 - `DEFAULT_MODEL_DIR`: the default QA model and its front.
 
 Not shipped: the SQuAD training articles, which `dtb train` trains on and from which `dtb search` takes the
@@ -20,6 +22,7 @@ DEFAULT_MODEL_DIR = os.path.join(PACKAGE_DIR, "default_model")
 SEARCH_ARTICLES_FILE = os.path.join(PACKAGE_DIR, "data", "search_articles.json")
 SEARCH_SPLIT_FILE = os.path.join(PACKAGE_DIR, "data", "search_split.json")
 DEV_FILE = os.path.join(PACKAGE_DIR, "data", "squad", "dev-a-v1.1.json")
+DEV_SPLIT_FILE = os.path.join(PACKAGE_DIR, "data", "dev_split.json")
 # ../shared/data/squad beside the repository root (this file is <root>/dtb_ext/data_paths.py).
 SHARED_SQUAD_DIR = os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "shared", "data", "squad"))
 TRAIN_SUBSET_NAME = "train-subset-v1.1.json"

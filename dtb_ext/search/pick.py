@@ -67,9 +67,13 @@ def _candidates(front: Front) -> list[Point]:
 def describe_choice(front: Front, point: Point) -> dict[str, Any]:
     """How `point` stands under the front's rule: the rule, the scores used, its F1 and drop interval there."""
     decision = _decision(front, point)
+    data = front.confirmed_on if front.confirmed_on is not None else front.identity
     described: dict[str, Any] = {
         "rule": front.rule["name"] if front.rule is not None else "point estimate (front without per-question scores)",
         "scores": decision_part(front),
+        # which questions decided, and how many: a certified front decides on dev-a's confirmation part
+        "split": data.get("split"),
+        "questions": data.get("questions"),
         "f1": decision.f1,
     }
     if front.rule is not None:

@@ -1,6 +1,13 @@
-"""The length search of a span-QA model on SQuAD: `search_lengths` takes the two parts of the held-out split,
-builds the QA-backed evaluator, runs the engine on the search part, confirms the front on the confirmation part,
-optionally re-scores it on a report file (dev), and writes the front files."""
+"""The length search of a span-QA model on SQuAD: `search_lengths` takes the questions of its protocol (split.py),
+builds the QA-backed evaluator, runs the engine on the search questions, confirms the front on the confirmation
+questions (where `pick` decides), re-scores it on the report questions, and writes the front files.
+
+Protocols:
+- "certified" (default): search on all 1,085 held-out training questions, confirm on dev-a's confirmation part
+  (2,574 questions, 10 whole articles), report on dev-a's report part (2,387 questions, 14 articles);
+- "held-out": search on the held-out split's search part (547), confirm on its confirmation part (538), and
+  report on `reevaluate_on` when given.
+"""
 from __future__ import annotations
 
 import copy
@@ -13,7 +20,7 @@ from typing import Any, Sequence
 import optuna
 import torch
 
-from dtb_ext.data_paths import DEFAULT_MODEL_DIR, training_file
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE, DEV_SPLIT_FILE, training_file
 from dtb_ext.models.patching import ensure_patched
 from dtb_ext.precision import prepare_for_precision, resolve_precision
 from dtb_ext.qa.data import load_squad
@@ -31,7 +38,14 @@ from dtb_ext.search.qa_objective import (
     sample_questions,
 )
 from dtb_ext.search.space import SPACE_KINDS, Config, LengthSpace, RatioSpace, SearchSpace
-from dtb_ext.search.split import SPLIT_FILE, read_split, read_split_part
+from dtb_ext.search.split import (
+    DEV_PARTS,
+    SPLIT_FILE,
+    dev_split_part,
+    held_out_questions,
+    read_split,
+    read_split_part,
+)
 from dtb_ext.search.strategies import EvolutionSettings
 from dtb_ext.search.study import open_storage
 
@@ -42,6 +56,8 @@ DEFAULT_MIN_LENGTH = 32
 # search may go below it (cheap configs the model was not trained on, which the front shows for what they are).
 DEFAULT_MIN_RATIO = 0.1
 DEFAULT_SPACE = "ratios"
+PROTOCOLS: tuple[str, ...] = ("certified", "held-out")
+DEFAULT_PROTOCOL = "certified"
 
 
 def _file_sha256(path: str) -> str:
@@ -181,8 +197,10 @@ def search_lengths(
     evolution: EvolutionSettings | None = None,
     bootstrap: BootstrapSettings | None = None,
     seed_configs: Sequence[Sequence[float]] = (),
+    protocol: str = DEFAULT_PROTOCOL,
     confirm: bool = True,
     confirmation_questions: int | None = None,
+    report: bool = True,
     reevaluate_on: str | None = None,
     reevaluate_questions: int | None = None,
     out_dir: str | None = None,
@@ -194,9 +212,12 @@ def search_lengths(
     model: a saved model directory, a loaded *ForQuestionAnswering model (then pass `tokenizer`; it is patched
         in place, and converted for `precision` on a copy), or None for the bundled default model.
     data: the SQuAD training file holding the held-out split (None: the training subset beside a repository
-        checkout; where it is absent, ValueError says what to pass). The search
-        scores every config on the split's search part (`questions` of it, fixed by `sample_seed`; None: all,
-        the default), on the same questions for every config, keeping each question's F1.
+        checkout; where it is absent, ValueError says what to pass). The search scores every config on the
+        protocol's search questions (`questions` of them, fixed by `sample_seed`; None: all, the default), on
+        the same questions for every config, keeping each question's F1.
+    protocol: "certified" (search on every held-out question, confirm and report on the two parts of dev-a's
+        split) or "held-out" (search and confirm on the two parts of the held-out split); see the module
+        docstring.
     space: "ratios" (fractions of each input's length, on a 1/100 grid in [min_ratio, 1]; default, what
         LengthDrop trains) or "absolute" (tokens per layer in [min_length, max_seq_length]).
     precision: "auto", "fp32", "bf16" or "int8" (see dtb_ext.precision): every evaluation and latency runs in it.
@@ -204,13 +225,27 @@ def search_lengths(
     strategy, n_evaluations, storage, study_name, seed, worker, evolution: see `run_search`.
     bootstrap: confidence, resamples and seed of the paired drop intervals (the pick rule); default 90 %.
     seed_configs: configs evaluated first, in the space's own terms (see `run_search`).
-    confirm: re-score the front and full length on the confirmation part (`confirmation_questions` of it; None:
-        all), which `pick` then decides on.
-    reevaluate_on: a SQuAD file (e.g. dev-a) on which the final front is also scored, as a report (`dev_f1`);
-        `reevaluate_questions` limits it to a fixed sample.
+    confirm: re-score the front and full length on the confirmation questions (`confirmation_questions` of
+        them; None: all), which `pick` then decides on (the certified protocol always confirms).
+    report: (certified protocol) also score the front on dev-a's report part (`reevaluate_questions` of it), as
+        `dev_f1`, never used for choosing.
+    reevaluate_on: (held-out protocol) a SQuAD file (e.g. dev-a) on which the final front is also scored, as a
+        report (`dev_f1`); `reevaluate_questions` limits it to a fixed sample.
     out_dir: where front.json, front.csv and front.png are written (None: not written).
     device: where a model loaded from a directory runs (a loaded model stays where it is).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "certified" and not confirm:
+        raise ValueError("the certified protocol confirms the front on dev-a, where pick decides; skipping the "
+                         "confirmation needs protocol 'held-out' (--protocol held-out --no-confirmation)")
+    if protocol == "certified" and reevaluate_on is not None:
+        raise ValueError("the certified protocol reports on dev-a's report part (the articles no choice was made "
+                         f"on), so it takes no report file; got reevaluate_on={reevaluate_on!r} (it applies to "
+                         "protocol 'held-out')")
+    if protocol == "held-out" and not report:
+        raise ValueError("report=False (--no-report) applies to the certified protocol; the held-out protocol "
+                         "reports only when given reevaluate_on")
     data = training_file(data, "the search split's articles (dtb_ext/data/search_articles.json)", "--data")
     if progress:
         print(f"data: {data}", file=sys.stderr)
@@ -222,16 +257,27 @@ def search_lengths(
     search_space = make_space(space, model.config.num_hidden_layers, max_seq_length, min_length, min_ratio)
     model, fingerprint, precision = prepare_search_model(model, loaded_here, precision)
     latency = latency or LatencySettings()
+
     def evaluator_on(path: str, examples: Sequence[Any], cost: str) -> tuple[QAEvaluator, dict[str, Any]]:
         return _evaluator_for(model, tokenizer, path, examples, space, cost, max_seq_length, doc_stride,
                               max_query_length, batch_size, latency)
 
-    search_examples = sample_questions(read_split_part(data, "search"), questions, sample_seed)
+    def dev_evaluator(part: str, sample: int | None) -> tuple[QAEvaluator, dict[str, Any]]:
+        """The evaluator on (a fixed sample of) dev-a's `part` and the description of that data."""
+        examples = sample_questions(dev_split_part(DEV_FILE, part), sample, sample_seed)
+        part_evaluator, description = evaluator_on(DEV_FILE, examples, "macs")
+        description.update(split=f"dev-a {part}", split_sha256=_file_sha256(DEV_SPLIT_FILE),
+                           articles=read_split(DEV_SPLIT_FILE, DEV_PARTS)["parts"][part]["articles"])
+        return part_evaluator, description
+
+    certified = protocol == "certified"
+    search_pool = held_out_questions(data) if certified else read_split_part(data, "search")
+    search_examples = sample_questions(search_pool, questions, sample_seed)
     evaluator, data_identity = evaluator_on(data, search_examples, cost_model)
     split_sha256 = _file_sha256(SPLIT_FILE)
     identity = {
         "model_sha256": fingerprint,
-        "split": "search",
+        "split": "held-out" if certified else "search",
         "split_sha256": split_sha256,
         "precision": precision,
         **data_identity,
@@ -248,7 +294,11 @@ def search_lengths(
         bootstrap=bootstrap, seed_configs=seed_configs, progress=progress,
     )
     study = optuna.load_study(study_name=study_name, storage=storage)
-    if confirm:
+    if certified:
+        front = confirm_front(front, *dev_evaluator("confirmation", confirmation_questions), study, progress)
+        if report:
+            front = reevaluate_front(front, *dev_evaluator("report", reevaluate_questions), study, progress)
+    elif confirm:
         examples = sample_questions(read_split_part(data, "confirmation"), confirmation_questions, sample_seed)
         confirm_evaluator, description = evaluator_on(data, examples, "macs")
         description.update(split="confirmation", split_sha256=split_sha256,

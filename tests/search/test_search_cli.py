@@ -67,10 +67,11 @@ def test_pick_saves_the_choice_into_the_model(tmp_path, tiny_model_dir, capsys):
 def test_search_command_writes_the_front(tmp_path, tiny_model_dir, capsys):
     out = str(tmp_path / "search")
     arguments = ["search", "--model", tiny_model_dir, "--data", TRAIN, "--questions", "20", "--evaluations", "3",
-                 "--strategy", "nsga2", "--space", "absolute", "--min-length", "16", "--out", out, "--no-progress"]
+                 "--strategy", "nsga2", "--space", "absolute", "--min-length", "16", "--confirmation-questions", "10",
+                 "--report-questions", "10", "--out", out, "--no-progress"]
     assert main(arguments) == 0
     printed = capsys.readouterr().out
-    assert "(full length)" in printed and "Pareto front (macs" in printed
+    assert "(full length)" in printed and "Pareto front (macs" in printed and "dev F1" in printed
     assert sorted(os.listdir(out)) == ["front.csv", "front.json", "front.png", "study.db"]
     assert main(["pick", "--max-f1-drop", "100", "--front", os.path.join(out, "front.json")]) == 0
     assert len(json.loads(capsys.readouterr().out)["length_config"]) == 2

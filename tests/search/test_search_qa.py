@@ -9,7 +9,13 @@ import optuna
 import pytest
 
 from dtb_ext.macs import count_macs
-from dtb_ext.search.qa_objective import LatencySettings, QAEvaluator, model_fingerprint, sample_questions
+from dtb_ext.search.qa_objective import (
+    LatencySettings,
+    QAEvaluator,
+    model_fingerprint,
+    questions_fingerprint,
+    sample_questions,
+)
 from dtb_ext.search.qa_search import search_lengths
 from tiny_qa import tiny_qa_model
 from repo_paths import SHARED_SQUAD_DIR
@@ -29,7 +35,8 @@ def test_short_real_search_writes_front_and_resumes(tmp_path, tokenizer):
     model = tiny_model(tokenizer)
     storage = str(tmp_path / "study.db")
     arguments = dict(data=TRAIN, questions=20, n_evaluations=4, strategy="tpe", storage=storage, space="absolute",
-                     min_length=16, out_dir=str(tmp_path), reevaluate_on=DEV, reevaluate_questions=10, progress=False)
+                     min_length=16, out_dir=str(tmp_path), protocol="held-out", reevaluate_on=DEV,
+                     reevaluate_questions=10, progress=False)
     front = search_lengths(model, tokenizer, **arguments)
     assert len(front.points) == 4
     assert front.full_length.length_config.values == (384, 384) and front.full_length.speedup == 1.0
@@ -48,6 +55,42 @@ def test_short_real_search_writes_front_and_resumes(tmp_path, tokenizer):
     other_model = tiny_model(tokenizer, seed=1)
     with pytest.raises(ValueError, match="model_sha256"):
         search_lengths(other_model, tokenizer, **arguments)
+
+
+def test_certified_search_searches_every_held_out_question_and_decides_and_reports_on_dev_a(tmp_path, tokenizer):
+    from dtb_ext.data_paths import DEV_SPLIT_FILE
+    from dtb_ext.search.pick import describe_choice, pick
+    from dtb_ext.search.split import DEV_PARTS, held_out_questions, read_split
+
+    front = search_lengths(tiny_model(tokenizer), tokenizer, data=TRAIN, questions=20, n_evaluations=3,
+                           strategy="tpe", space="ratios", min_ratio=0.3, precision="fp32", confirmation_questions=12,
+                           reevaluate_questions=10, storage=str(tmp_path / "study.db"), progress=False)
+    held_out = held_out_questions(TRAIN)
+    assert len(held_out) == 1085
+    assert front.identity["split"] == "held-out" and front.identity["questions"] == 20
+    assert front.identity["questions_sha256"] == questions_fingerprint(sample_questions(held_out, 20, seed=0))
+    dev_split = read_split(DEV_SPLIT_FILE, DEV_PARTS)["parts"]
+    assert front.confirmed_on["split"] == "dev-a confirmation" and front.confirmed_on["questions"] == 12
+    assert front.confirmed_on["articles"] == dev_split["confirmation"]["articles"]
+    assert front.reevaluated_on["split"] == "dev-a report" and front.reevaluated_on["questions"] == 10
+    assert front.reevaluated_on["articles"] == dev_split["report"]["articles"]
+    assert all(p.confirmation is not None and p.dev_f1 is not None for p in front.front)
+    choice = describe_choice(front, pick(front, max_f1_drop_percent=100.0))
+    assert (choice["scores"], choice["split"], choice["questions"]) == ("confirmation", "dev-a confirmation", 12)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"protocol": "dev"}, "protocol must be one of"),
+        ({"confirm": False}, "certified protocol confirms the front on dev-a"),
+        ({"reevaluate_on": DEV}, "takes no report file"),
+        ({"protocol": "held-out", "report": False}, "applies to the certified protocol"),
+    ],
+)
+def test_protocol_options_that_would_be_ignored_are_refused(tokenizer, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        search_lengths(tiny_model(tokenizer), tokenizer, data=TRAIN, n_evaluations=1, progress=False, **arguments)
 
 
 def test_qa_evaluator_costs_and_latency(tokenizer):

@@ -110,7 +110,7 @@ def test_ratio_search_end_to_end_on_a_tiny_model(tmp_path, capsys):
     model = tiny_qa_model(tokenizer.vocab_size)
     front = search_lengths(
         model, tokenizer, data=TRAIN, questions=20, space="ratios", min_ratio=0.3, precision="fp32",
-        n_evaluations=5, strategy="evolution", confirmation_questions=15, reevaluate_on=DEV,
+        n_evaluations=5, strategy="evolution", protocol="held-out", confirmation_questions=15, reevaluate_on=DEV,
         reevaluate_questions=10, out_dir=str(tmp_path / "search"), progress=False,
     )
     assert front.space == "ratios" and front.full_length.length_config.values == (1.0, 1.0)
@@ -150,7 +150,7 @@ def test_search_and_pick_commands_in_the_ratio_space(tmp_path, capsys):
     out = str(tmp_path / "search")
     assert main(["search", "--model", model_dir, "--data", TRAIN, "--questions", "20", "--evaluations", "3",
                  "--strategy", "tpe", "--min-ratio", "0.4", "--precision", "fp32", "--confirmation-questions",
-                 "10", "--out", out, "--no-progress"]) == 0
+                 "10", "--report-questions", "8", "--out", out, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "ratios space, fp32" in printed and "conf drop % [interval]" in printed and "[1.00, 1.00]" in printed
     assert "pick rule: paired-bootstrap upper bound, one-sided 90 %" in printed
@@ -158,6 +158,7 @@ def test_search_and_pick_commands_in_the_ratio_space(tmp_path, capsys):
                  "--save-to", model_dir]) == 0
     chosen = json.loads(capsys.readouterr().out)
     assert chosen["space"] == "ratios" and chosen["decision"]["scores"] == "confirmation"
+    assert (chosen["decision"]["split"], chosen["decision"]["questions"]) == ("dev-a confirmation", 10)
     assert len(chosen["decision"]["drop_points"]) == 3
     with open(os.path.join(model_dir, "config.json")) as handle:
         assert json.load(handle)["dtb_length_config"] == {"ratios": chosen["length_config"]}

@@ -7,7 +7,16 @@ from collections import Counter
 
 import pytest
 
-from dtb_ext.search.split import PARTS, make_split, read_split, split_part
+from dtb_ext.data_paths import DEV_FILE, DEV_SPLIT_FILE
+from dtb_ext.search.split import (
+    DEV_PARTS,
+    PARTS,
+    dev_split_part,
+    make_dev_split,
+    make_split,
+    read_split,
+    split_part,
+)
 from repo_paths import SHARED_SQUAD_DIR
 
 SQUAD = SHARED_SQUAD_DIR
@@ -49,5 +58,36 @@ def test_parts_are_disjoint_balanced_and_keep_paragraphs_whole(held_out):
 def test_split_part_refuses_other_data_and_unknown_parts(held_out):
     with pytest.raises(ValueError, match="parts"):
         split_part(held_out, "dev")
-    with pytest.raises(ValueError, match="is it the SQuAD training subset"):
+    with pytest.raises(ValueError, match="is it the SQuAD file the split was made from .train-subset-v1.1.json"):
         split_part(held_out[:100], "search")
+
+
+@pytest.fixture(scope="module")
+def dev_a():
+    from dtb_ext.qa import load_squad
+
+    return load_squad(DEV_FILE)
+
+
+def test_stored_dev_split_is_rebuilt_by_make_dev_split(dev_a):
+    stored = read_split(DEV_SPLIT_FILE, DEV_PARTS)
+    rebuilt = make_dev_split(dev_a, seed=stored["seed"], min_questions=stored["min_questions"])
+    assert {part: stored["parts"][part]["ids"] for part in DEV_PARTS} == rebuilt
+    assert make_dev_split(dev_a, seed=1) != rebuilt
+
+
+def test_dev_parts_are_whole_articles_and_the_pick_decides_on_at_least_2500_questions(dev_a):
+    parts = {part: dev_split_part(DEV_FILE, part) for part in DEV_PARTS}
+    assert len(parts["confirmation"]) >= 2500 and len(parts["report"]) >= 2000
+    assert len(parts["confirmation"]) + len(parts["report"]) == len(dev_a) == 4961
+    titles = {part: {e.title for e in examples} for part, examples in parts.items()}
+    assert not titles["confirmation"] & titles["report"]
+    stored = read_split(DEV_SPLIT_FILE, DEV_PARTS)["parts"]
+    assert all(sorted(stored[part]["articles"]) == sorted(titles[part]) for part in DEV_PARTS)
+
+
+def test_a_dev_split_refuses_too_few_questions_and_the_wrong_parts(dev_a):
+    with pytest.raises(ValueError, match="needs more than 2500 questions in at least two articles, got 100"):
+        make_dev_split(dev_a[:100])
+    with pytest.raises(ValueError, match="has parts \\['confirmation', 'report'\\], got 'search'"):
+        split_part(dev_a, "search", DEV_SPLIT_FILE, DEV_PARTS)
