@@ -32,7 +32,7 @@ from dtb_ext.qa.evaluate import evaluate_qa
 from dtb_ext.qa.features import prepare_eval_features
 from dtb_ext.qa.model import load_qa_model
 from dtb_ext.search.qa_objective import sample_questions
-from dtb_ext.search.split import read_split_part
+from dtb_ext.search.split import held_out_questions, read_split_part
 from dtb_ext.train.distill import masked_softmax
 
 # (label, per-layer keep ratios of each example's real input length); 6-layer models
@@ -110,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="QA model directory (default: the bundled default model)")
     parser.add_argument("--data", default=None, help="SQuAD file (default: dev-a; with --part, the training file)")
-    parser.add_argument("--part", default=None, choices=("search", "confirmation"),
-                        help="score one part of the held-out search split (dtb_ext/data/search_split.json) instead")
+    parser.add_argument("--part", default=None, choices=("search", "confirmation", "held-out"),
+                        help="score one part of the held-out search split (dtb_ext/data/search_split.json), or all "
+                             "of it (held-out: the certified search's questions), instead")
     parser.add_argument("--questions", type=int, default=None,
                         help="random questions of the file or part (seed --seed; default: 1000 of a file, all of a "
                              "part)")
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             examples = sample_questions(load_squad(data), args.questions or 1000, args.seed)
         else:
             data = args.data or default_squad_file("train-subset-v1.1.json")
-            examples = sample_questions(read_split_part(data, args.part), args.questions, args.seed)
+            pool = held_out_questions(data) if args.part == "held-out" else read_split_part(data, args.part)
+            examples = sample_questions(pool, args.questions, args.seed)
         print(f"data: {data}" + (f" ({args.part} part)" if args.part else "") + f", {len(examples)} questions",
               file=sys.stderr)
     except ValueError as error:

@@ -10,6 +10,7 @@ from dtb_ext.experiments.drop_tolerance import DROP_CONFIGS, format_table, main
 from repo_paths import SHARED_SQUAD_DIR
 
 DEV = os.path.join(SHARED_SQUAD_DIR, "dev-a-v1.1.json")
+TRAIN = os.path.join(SHARED_SQUAD_DIR, "train-subset-v1.1.json")
 
 
 def test_every_config_has_six_layers():
@@ -43,6 +44,22 @@ def test_command_scores_a_model_on_a_dev_sample(tmp_path, capsys, oracle):
     assert len(saved["rows"]) == 1 + len(DROP_CONFIGS)
     assert saved["rows"][0]["f1_drop_percent"] == 0.0 and all(row["macs_ratio"] >= 1.0 for row in saved["rows"])
     assert "| full length |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.isfile(TRAIN), reason="shared SQuAD data not found at ../shared/data/squad")
+def test_command_scores_a_sample_of_every_held_out_question(tmp_path, capsys):
+    from tiny_qa import save_tiny_qa_model
+    from transformers import AutoConfig
+
+    model_dir = save_tiny_qa_model(str(tmp_path / "model"))
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_hidden_layers = 6
+    config.save_pretrained(model_dir)
+    out = tmp_path / "rows.json"
+    assert main(["--model", model_dir, "--part", "held-out", "--data", TRAIN, "--questions", "3", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["part"] == "held-out"
+    assert "(held-out part), 3 questions" in capsys.readouterr().err
 
 
 def test_command_reports_bad_input(capsys):
