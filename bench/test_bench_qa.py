@@ -38,7 +38,8 @@ import pytest
 import torch
 
 import dtb_ext
-from dtb_ext.demo import DEFAULT_MODEL_DIR, FRONT_FILE
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.demo.run import FRONT_FILE
 from qa_scoring import scores_and_macs
 
 MODEL_DIR = os.environ.get("DTB_BENCH_QA_MODEL", DEFAULT_MODEL_DIR)

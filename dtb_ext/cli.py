@@ -11,7 +11,7 @@ COMMAND_MODULES: list[str] = [
     "dtb_ext.qa.cli",
     "dtb_ext.train.cli",
     "dtb_ext.search.cli",
-    "dtb_ext.demo",
+    "dtb_ext.demo.cli",
     "dtb_ext.serve.cli",
     "dtb_ext.graph_export.cli",
 ]

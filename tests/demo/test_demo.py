@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from dtb_ext import demo
+from dtb_ext.demo import measure, run
+from dtb_ext.demo.configs import choose_configs
 from dtb_ext.cli import main
 from dtb_ext.search.front import Front
 from tiny_qa import save_tiny_qa_model
@@ -39,25 +40,25 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def test_configs_are_the_pick_choices_full_length_first():
-    configs = demo.choose_configs(_front(SMALL_FRONT))
+    configs = choose_configs(_front(SMALL_FRONT))
     assert [c.length_config.values for c in configs] == [(384, 384), (300, 200), (200, 100), (128, 64)]
     assert [c.label for c in configs] == ["full length", "F1 within 1%", "F1 within 3%", "fastest F1 >= 72.0"]
     assert configs[3].front_f1 == 73.0 and configs[3].front_speedup == pytest.approx(768 / 192)
 
 
 def test_a_config_chosen_by_several_budgets_is_listed_once_with_every_label():
-    configs = demo.choose_configs(_front([((384, 384), 80.0), ((128, 64), 79.9), ((64, 32), 50.0)]), min_f1=75)
+    configs = choose_configs(_front([((384, 384), 80.0), ((128, 64), 79.9), ((64, 32), 50.0)]), min_f1=75)
     assert [c.length_config.values for c in configs] == [(384, 384), (128, 64)]
     assert configs[1].label == "F1 within 1% = F1 within 3% = fastest F1 >= 75.0"
 
 
 def test_min_f1_above_full_length_is_refused():
     with pytest.raises(ValueError, match=r"must not exceed the front's full-length F1 \(80.00"):
-        demo.choose_configs(_front(SMALL_FRONT), min_f1=81)
+        choose_configs(_front(SMALL_FRONT), min_f1=81)
 
 
 def test_missing_default_model_says_how_to_make_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "DEFAULT_MODEL_DIR", str(tmp_path / "default_model"))
+    monkeypatch.setattr(run, "DEFAULT_MODEL_DIR", str(tmp_path / "default_model"))
     assert main(["demo", "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "the bundled default model is not there yet" in error
@@ -70,7 +71,7 @@ def test_missing_default_front_says_how_to_search_it(tmp_path, monkeypatch, caps
     default = tmp_path / "default_model"
     default.mkdir()
     (default / "config.json").write_text("{}")
-    monkeypatch.setattr(demo, "DEFAULT_MODEL_DIR", str(default))
+    monkeypatch.setattr(run, "DEFAULT_MODEL_DIR", str(default))
     assert main(["demo", "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "the bundled default model has no shipped front yet" in error and "front.json" in error
@@ -98,7 +99,7 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
         record = json.load(handle)
     # a sample smaller than the default 64 timed features is timed whole, and the run says so in one line
     timed = record["settings"]["latency_features"]
-    assert record["settings"]["questions"] == 6 and 6 <= timed < demo.DEFAULT_LATENCY_FEATURES
+    assert record["settings"]["questions"] == 6 and 6 <= timed < run.DEFAULT_LATENCY_FEATURES
     assert f"timing all {timed} features of the sample (fewer than the default 64)" in captured.err
     rows = record["rows"]
     assert [row["length_config"] for row in rows] == [[384, 384], [300, 200], [200, 100], [128, 64]]
@@ -107,9 +108,9 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert full["speedup"] == {"dynamic": 1.0, "max_length": 1.0}
     for row in rows:
         assert 0 <= row["f1"] <= 100 and 0 <= row["exact_match"] <= row["f1"] + 1e-9
-        assert all(row["latency_ms"][p] > 0 for p in demo.PADDINGS)
+        assert all(row["latency_ms"][p] > 0 for p in measure.PADDINGS)
     # shorter configs never cost more MACs; padded, every config also drops the padding after its first layer
-    for padding in demo.PADDINGS:
+    for padding in measure.PADDINGS:
         ratios = [row["macs_ratio"][padding] for row in rows]
         assert ratios == sorted(ratios)
     assert all(row["macs_ratio"]["max_length"] > row["macs_ratio"]["dynamic"] for row in rows[1:])
