@@ -7,6 +7,9 @@ from typing import Any
 
 from dtb_ext.config import LengthConfig
 
+# the padding protocols of the latency loop: each feature at its real length, and padded to max_seq_length (the
+# paper's protocol)
+PADDINGS = ("dynamic", "max_length")
 # "The fastest still above a stated F1": by default this fraction of the front's full-length F1.
 DEFAULT_MIN_F1_FRACTION = 0.9
 

@@ -1,60 +1,63 @@
-"""The demo's latency loop: batch-1 forwards of every precision and configuration, interleaved feature by
-feature."""
+"""The demo's two loops over its runners (runners.py): F1/EM of every runner and configuration on the same
+features, and batch-1 latency of every runner, configuration and padding protocol, interleaved feature by feature."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Sequence
 
 from dtb_ext.config import LengthConfig
-from dtb_ext.demo.configs import DemoConfig, run_spec
+from dtb_ext.demo.configs import PADDINGS, DemoConfig, run_spec
+from dtb_ext.demo.runners import QARunner
 
-PADDINGS = ("dynamic", "max_length")
+
+def measure_scores(runners: Sequence[QARunner], features: Any, configs: Sequence[DemoConfig], batch_size: int,
+                   progress: bool = True) -> dict[tuple[str, LengthConfig], dict[str, Any]]:
+    """{(runner name, config): {"f1", "exact_match", ...}} over every feature (EvalFeatures), batches of
+    `batch_size` with dynamic padding; full length runs under its own (all-kept) config."""
+    scores = {}
+    for runner in runners:
+        for config in configs:
+            if progress:
+                print(f"F1/EM at {config.label} {list(config.length_config.values)}, {runner.name}", file=sys.stderr)
+            scores[runner.name, config.length_config] = runner.evaluate(
+                features, run_spec(config.length_config, None), batch_size, progress)
+    return scores
 
 
 def measure_latency(
-    models: dict[str, Any], features: Any, configs: Sequence[DemoConfig], full_length: tuple[int, ...],
+    runners: Sequence[QARunner], features: Any, configs: Sequence[DemoConfig], full_length: LengthConfig,
     progress: bool = True,
-) -> dict[tuple[str, tuple[int, ...]], dict[str, float]]:
-    """Median milliseconds of one batch-1 forward per feature, for every precision (`models`: precision ->
-    patched model), config and padding protocol.
+) -> dict[tuple[str, LengthConfig], dict[str, float]]:
+    """Median milliseconds of one batch-1 forward per feature (EvalFeatures), for every runner, config and padding
+    protocol; full length runs without a config.
 
-    Every feature is run under every (precision, config) and protocol in turn (`Interleaved`: the order rotating
+    Every feature is run under every (runner, config) and protocol in turn (`Interleaved`: the order rotating
     from feature to feature), so a change of machine load during the measurement hits all of them alike. One
     untimed pass of every feature through every case and protocol comes first: the steady state a serving process
     reaches (oneDNN compiles a kernel per matmul shape on first use, and token dropping makes a new shape at every
-    layer). Returns {(precision, config): {padding: ms}}."""
+    layer; OpenVINO compiles per input shape). Returns {(runner name, config): {padding: ms}}."""
     import torch
 
-    from dtb_ext.models.patching import length_config
     from dtb_ext.timing import Interleaved
 
-    device = next(next(iter(models.values())).parameters()).device
+    device = runners[0].device
     inputs = {
         padding: [{k: v.to(device) for k, v in batch.items()} for _, batch in features.batches(1, padding)]
         for padding in PADDINGS
     }
-    cases = [(precision, config.length_config) for precision in models for config in configs]
+    cases = [(runner, config.length_config) for runner in runners for config in configs]
 
-    def forward(precision: str, config: LengthConfig, padding: str) -> Callable[[int], None]:
+    def forward(runner: QARunner, config: LengthConfig, padding: str) -> Callable[[int], None]:
         """The batch-1 forward of feature `index` for one case and protocol, as Interleaved times it."""
-        model = models[precision]
+        spec = run_spec(config, full_length)
+        return lambda index: runner.forward(inputs[padding][index], spec)
 
-        def run(index: int) -> None:
-            with length_config(model, run_spec(config, full_length)):
-                model(**inputs[padding][index])
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-
-        return run
-
-    for model in models.values():
-        model.eval()
-    timer = Interleaved({(case, padding): forward(*case, padding) for case in cases for padding in PADDINGS},
-                        range(len(features)))
+    timer = Interleaved({(runner.name, config, padding): forward(runner, config, padding)
+                         for runner, config in cases for padding in PADDINGS}, range(len(features)))
     with torch.inference_mode():
         timer.warm_up(progress)
         timer.run_round(progress)
     medians = timer.summary()
-    return {case: {padding: medians[case, padding]["median_ms"] for padding in PADDINGS} for case in cases}
-
-
+    return {(runner.name, config): {padding: medians[runner.name, config, padding]["median_ms"]
+                                    for padding in PADDINGS} for runner, config in cases}

@@ -2,6 +2,7 @@
 the JSON record (the package docstring says what is measured)."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import sys
@@ -9,10 +10,13 @@ import time
 from typing import Sequence
 
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR, DEV_FILE
-from dtb_ext.demo.configs import DemoConfig, choose_configs, run_spec, sample_for_latency
-from dtb_ext.demo.measure import PADDINGS, measure_latency
+from dtb_ext.demo.configs import choose_configs, run_spec, sample_for_latency
+from dtb_ext.demo.measure import measure_latency, measure_scores
 from dtb_ext.demo.plot import plot_demo
-from dtb_ext.demo.report import DemoResult, DemoRow, Measurement
+from dtb_ext.demo.report import DemoResult, build_rows
+from dtb_ext.demo.runners import build_runners, check_runtimes
+from dtb_ext.graph_export.calibration import DEFAULT_CALIBRATION_WINDOWS
+from dtb_ext.graph_export.runtimes import RUNTIMES
 from dtb_ext.macs import macs_ratio
 from dtb_ext.qa.model import HOW_TO_MAKE_A_MODEL
 
@@ -26,6 +30,10 @@ DEFAULT_OUT = os.path.join("runs", "demo")
 DEFAULT_QUESTIONS = 500
 # Features (evenly spaced in length) timed per configuration and padding protocol, one batch-1 forward each.
 DEFAULT_LATENCY_FEATURES = 64
+# Where the model runs unless --runtime says otherwise: PyTorch alone. The exported graphs' rows are asked for
+# (--runtime torch,openvino): exporting to OpenVINO takes tens of seconds on 2 cores, longer than the whole demo on
+# a small sample, and needs the openvino extra.
+DEFAULT_RUNTIMES = ("torch",)
 
 MAKE_DEFAULT_MODEL = f"To make it, {HOW_TO_MAKE_A_MODEL}.\n"
 MAKE_DEFAULT_FRONT = """\
@@ -68,8 +76,11 @@ def run_demo(
     device: str = "cpu",
     progress: bool = True,
     precision: str = "auto",
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+    calibration_data: str | None = None,
+    calibration_windows: int = DEFAULT_CALIBRATION_WINDOWS,
 ) -> DemoResult:
-    """Measure the model at full length and its front's picks on a fixed dev sample (see the module docstring).
+    """Measure the model at full length and its front's picks on a fixed dev sample (see the package docstring).
 
     model_dir: a QA model directory loadable by `dtb eval --model` (None: dtb_ext/default_model).
     front_path: a front JSON written by `dtb search` (None: MODEL_DIR/front.json).
@@ -80,14 +91,21 @@ def run_demo(
     out_dir: where demo.png and demo.json go (None: nothing written).
     precision: the precision measured beside fp32 ("auto": the fastest this machine runs natively; when it
         is fp32, fp32 alone is measured).
+    runtimes: where the model runs, of RUNTIMES: torch (the patched model), openvino, onnxruntime (its exported
+        graph, one per precision for every config; CPU only, the openvino extra). Each runs fp32 and `precision`
+        where it offers it; speedups are against the first one's fp32 at full length.
+    calibration_data, calibration_windows: the SQuAD training file and windows OpenVINO's int8 graph is calibrated
+        on (None: the shared training subset beside a checkout); used only for openvino at int8.
     """
-    import copy
+    import functools
+    import tempfile
 
     import torch
 
     import dtb_ext
-    from dtb_ext.qa import evaluate_qa, load_squad, prepare_eval_features
-    from dtb_ext.precision import prepare_for_precision, resolve_precision
+    from dtb_ext.graph_export.calibration import training_calibration_inputs
+    from dtb_ext.qa import load_squad, prepare_eval_features
+    from dtb_ext.precision import resolve_precision
     from dtb_ext.qa.model import load_qa_model
     from dtb_ext.search.front import load_front
     from dtb_ext.search.qa_objective import sample_questions
@@ -105,13 +123,12 @@ def run_demo(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     second = resolve_precision(precision, device)
+    precisions = ["fp32"] if second == "fp32" else ["fp32", second]
+    check_runtimes(runtimes, precisions, device)
     started = time.perf_counter()
     front = load_front(front_path)
     model, tokenizer = load_qa_model(model_dir, device)
     dtb_ext.patch(model)
-    models = {"fp32": model}
-    if second != "fp32":
-        models[second] = prepare_for_precision(copy.deepcopy(model), second)
     num_layers = model.config.num_hidden_layers
     if front.full_length.length_config.num_layers != num_layers:
         raise ValueError(
@@ -133,41 +150,23 @@ def run_demo(
             print(f"timing all {latency_features} features of the sample (fewer than the default "
                   f"{DEFAULT_LATENCY_FEATURES})", file=sys.stderr)
     timed = sample_for_latency(features, latency_features)
-    scores = {}
-    for name, candidate in models.items():
-        for config in configs:
-            if progress:
-                print(f"F1/EM at {config.label} {list(config.length_config.values)}, {name}", file=sys.stderr)
-            scores[name, config.length_config] = evaluate_qa(
-                candidate, features, length_config=run_spec(config.length_config, None), batch_size=batch_size,
-                padding="dynamic", progress=progress,
-            )
+    calibration = functools.partial(
+        training_calibration_inputs, tokenizer, num_layers, calibration_windows, calibration_data,
+        max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
     full = front.full_length.length_config
-    latency = measure_latency(models, timed, configs, full, progress)
-
-    def measurement(name: str, config: DemoConfig) -> Measurement:
-        own = latency[name, config.length_config]
-        return Measurement(
-            f1=float(scores[name, config.length_config]["f1"]),
-            exact_match=float(scores[name, config.length_config]["exact_match"]),
-            latency_ms=own,
-            speedup={p: latency["fp32", full][p] / own[p] for p in PADDINGS},
-            speedup_same_precision={p: latency[name, full][p] / own[p] for p in PADDINGS},
-        )
-
-    rows = tuple(
-        DemoRow(
-            config=config,
-            macs_ratio={
-                "dynamic": macs_ratio(model.config, run_spec(config.length_config, full), features.lengths),
-                "max_length": macs_ratio(
-                    model.config, run_spec(config.length_config, full), features.lengths, max_seq_length
-                ),
-            },
-            measurements={name: measurement(name, config) for name in models},
-        )
+    with tempfile.TemporaryDirectory(prefix="dtb-demo-") as exports:
+        runners = build_runners(model, runtimes, precisions, exports, calibration, progress)
+        scores = measure_scores(runners, features, configs, batch_size, progress)
+        latency = measure_latency(runners, timed, configs, full, progress)
+    macs = {
+        config.length_config: {
+            "dynamic": macs_ratio(model.config, run_spec(config.length_config, full), features.lengths),
+            "max_length": macs_ratio(model.config, run_spec(config.length_config, full), features.lengths,
+                                     max_seq_length),
+        }
         for config in configs
-    )
+    }
+    rows = build_rows(configs, runners, scores, latency, full, macs)
     settings = {
         "model": os.path.abspath(model_dir),
         "front": os.path.abspath(front_path),
@@ -179,9 +178,14 @@ def run_demo(
         "mean_latency_feature_length": float(timed.lengths.mean()),
         "max_seq_length": max_seq_length,
         "device": device,
-        "precisions": list(models),
+        "precisions": precisions,
+        "runtimes": sorted({runner.runtime for runner in runners}, key=RUNTIMES.index),
+        "variants": [runner.name for runner in runners],
+        "reference": runners[0].name,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "runtime_versions": {runtime: importlib.metadata.version(runtime)
+                             for runtime in RUNTIMES if runtime != "torch" and runtime in runtimes},
         "kernels": dtb_ext.has_kernels(),
         "cpu_capability": dtb_ext.kernel_info().get("cpu_capability"),
         "seconds": round(time.perf_counter() - started, 1),
@@ -196,5 +200,3 @@ def run_demo(
             json.dump({"settings": settings, "rows": [row.to_json() for row in rows]}, handle, indent=2)
             handle.write("\n")
     return DemoResult(rows, settings, plot_path, json_path)
-
-

@@ -59,8 +59,10 @@ def run_eval_in_runtime(args: argparse.Namespace) -> int:
     return run_eval(args, None if args.runtime == "torch" else evaluate_in_runtime)
 
 
-def add_calibration_options(parser: argparse.ArgumentParser) -> None:
-    """The int8 calibration options, shared by `dtb export` and `dtb eval --runtime openvino --precision int8`."""
+def add_calibration_options(parser: argparse.ArgumentParser, window_shape: bool = True) -> None:
+    """The int8 calibration options, shared by `dtb export`, `dtb eval --runtime openvino --precision int8` and
+    `dtb demo`; window_shape False leaves out --max-seq-length, --doc-stride and --max-query-length (the demo
+    takes them from the front)."""
     from dtb_ext.graph_export.calibration import DEFAULT_CALIBRATION_WINDOWS
 
     parser.add_argument("--calibration-data", default=None, metavar="TRAIN.json",
@@ -68,6 +70,8 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
                              "training subset beside a checkout); never the evaluation data")
     parser.add_argument("--calibration-windows", type=int, default=DEFAULT_CALIBRATION_WINDOWS,
                         help="int8 only: calibration windows")
+    if not window_shape:
+        return
     for option, default, text in (("--max-seq-length", 384, "tokens per window"),
                                   ("--doc-stride", 128, "tokens between the starts of consecutive windows"),
                                   ("--max-query-length", 64, "longer questions are skipped")):

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from dtb_ext.demo import measure, run
-from dtb_ext.demo.configs import choose_configs
+from dtb_ext.demo import run
+from dtb_ext.demo.configs import PADDINGS, choose_configs
 from dtb_ext.cli import main
 from dtb_ext.search.front import Front
 from tiny_qa import save_tiny_qa_model
@@ -101,6 +101,8 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     timed = record["settings"]["latency_features"]
     assert record["settings"]["questions"] == 6 and 6 <= timed < run.DEFAULT_LATENCY_FEATURES
     assert f"timing all {timed} features of the sample (fewer than the default 64)" in captured.err
+    # PyTorch alone unless --runtime asks for the exported graph's rows
+    assert record["settings"]["runtimes"] == ["torch"] and record["settings"]["reference"] == "torch fp32"
     rows = record["rows"]
     assert [row["length_config"] for row in rows] == [[384, 384], [300, 200], [200, 100], [128, 64]]
     full = rows[0]
@@ -108,9 +110,9 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert full["speedup"] == {"dynamic": 1.0, "max_length": 1.0}
     for row in rows:
         assert 0 <= row["f1"] <= 100 and 0 <= row["exact_match"] <= row["f1"] + 1e-9
-        assert all(row["latency_ms"][p] > 0 for p in measure.PADDINGS)
+        assert all(row["latency_ms"][p] > 0 for p in PADDINGS)
     # shorter configs never cost more MACs; padded, every config also drops the padding after its first layer
-    for padding in measure.PADDINGS:
+    for padding in PADDINGS:
         ratios = [row["macs_ratio"][padding] for row in rows]
         assert ratios == sorted(ratios)
     assert all(row["macs_ratio"]["max_length"] > row["macs_ratio"]["dynamic"] for row in rows[1:])

@@ -66,12 +66,13 @@ def test_demo_shows_fp32_and_the_chosen_precision_side_by_side(tiny_model_dir, t
                  "--latency-features", "2", "--out", out, "--no-progress", "--precision", choice]) == 0
     printed = capsys.readouterr().out
     record = json.loads(open(os.path.join(out, "demo.json")).read())
-    assert record["settings"]["precisions"] == precisions
+    variants = [f"torch {name}" for name in precisions]
+    assert record["settings"]["precisions"] == precisions and record["settings"]["variants"] == variants
     for row in record["rows"]:
-        assert list(row["precisions"]) == precisions
-        assert row["f1"] == row["precisions"]["fp32"]["f1"]
-    full = record["rows"][0]["precisions"]
-    assert all(full[name]["speedup_same_precision"] == {"dynamic": 1.0, "max_length": 1.0} for name in precisions)
+        assert list(row["variants"]) == variants
+        assert row["f1"] == row["variants"]["torch fp32"]["f1"]
+    full = record["rows"][0]["variants"]
+    assert all(full[name]["speedup_same_precision"] == {"dynamic": 1.0, "max_length": 1.0} for name in variants)
     assert all(f" {name} " in printed for name in precisions)
 
 
