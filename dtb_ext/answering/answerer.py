@@ -33,7 +33,7 @@ from dtb_ext.answering.budget import (
 from dtb_ext.answering.latency import LatencyModel
 from dtb_ext.config import LengthConfig, MixedLengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
-from dtb_ext.graph_export.runtimes import EXPORT_FORMAT, RUNTIMES
+from dtb_ext.graph_export.runtimes import EXPORT_FORMAT, RUNTIMES, require_runtime_packages
 from dtb_ext.macs import count_macs
 from dtb_ext.models.patching import length_config, patch
 from dtb_ext.precision import prepare_for_precision, resolve_precision
@@ -123,6 +123,9 @@ class QuestionAnswerer:
         if runtime != "torch" and (device != "cpu" or not patched):
             raise ValueError(f"runtime {runtime!r} runs the patched model's exported graph on the CPU, got "
                              f"device={device!r}, patched={patched}")
+        if runtime != "torch":
+            require_runtime_packages(runtime, (resolve_precision(precision, device),),
+                                     "runtime='torch' runs without it")
         self.model_dir = DEFAULT_MODEL_DIR if model_dir is None else model_dir
         self.precision = resolve_precision(precision, device)
         self.runtime = runtime

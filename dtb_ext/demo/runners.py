@@ -11,8 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dtb_ext.graph_export.runtimes import (EXPORT_FORMAT, RUNTIME_PRECISIONS, RUNTIMES, RUNTIMES_EXTRA,
-                                           missing_runtime_packages)
+from dtb_ext.graph_export.runtimes import EXPORT_FORMAT, RUNTIME_PRECISIONS, RUNTIMES, require_runtime_packages
 
 # a function returning the int8 calibration batches (graph inputs of SQuAD training windows), called only when an
 # int8 graph is exported
@@ -97,11 +96,7 @@ def check_runtimes(runtimes: Sequence[str], precisions: Sequence[str], device: s
             continue
         if device != "cpu":
             raise ValueError(f"--runtime {runtime} runs on the CPU, got --device {device}")
-        missing = missing_runtime_packages(runtime, precisions)
-        if missing:
-            raise ValueError(f"the {runtime} rows need the {RUNTIMES_EXTRA} extra, and {', '.join(missing)} "
-                             f"{'is' if len(missing) == 1 else 'are'} not installed: pip install \"{RUNTIMES_EXTRA}\" "
-                             "(--runtime torch runs without it)")
+        require_runtime_packages(runtime, precisions, "--runtime torch runs without it")
 
 
 def build_runners(model: Any, runtimes: Sequence[str], precisions: Sequence[str], directory: str,

@@ -11,7 +11,7 @@ from typing import Any
 
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
 from dtb_ext.help_format import HelpFormatter
-from dtb_ext.graph_export.runtimes import EXPORT_FORMAT, RUNTIMES
+from dtb_ext.graph_export.runtimes import EXPORT_FORMAT, RUNTIMES, require_runtime_packages
 
 
 
@@ -129,6 +129,7 @@ def evaluate_in_runtime(args: argparse.Namespace, examples: list, length_config:
     format = EXPORT_FORMAT[args.runtime]
     if args.device != "cpu":
         raise ValueError(f"--runtime {args.runtime} runs on the CPU, got --device {args.device}")
+    require_runtime_packages(args.runtime, (precision,), "--runtime torch runs without it")
     with tempfile.TemporaryDirectory(prefix="dtb-eval-") as scratch:
         if os.path.isfile(os.path.join(args.model, METADATA_FILE)):
             directory = args.model

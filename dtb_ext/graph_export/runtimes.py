@@ -25,3 +25,13 @@ def missing_runtime_packages(runtime: str, precisions: Sequence[str] = ("fp32",)
     if runtime == "openvino" and "int8" in precisions:
         needed.append("nncf")
     return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def require_runtime_packages(runtime: str, precisions: Sequence[str], alternative: str) -> None:
+    """ValueError naming the extra to install when `runtime` at `precisions` misses a package; `alternative` says
+    what runs without it (e.g. "--runtime torch runs without it")."""
+    missing = missing_runtime_packages(runtime, precisions)
+    if missing:
+        raise ValueError(f"runtime {runtime} needs the {RUNTIMES_EXTRA} extra, and {', '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not installed: pip install \"{RUNTIMES_EXTRA}\" "
+                         f"({alternative})")

@@ -81,7 +81,7 @@ def test_a_missing_runtime_package_says_which_extra_to_install(tiny_model_dir, t
     monkeypatch.setitem(sys.modules, runtime, None)  # as if not installed: find_spec and import both fail
     assert main(_demo(tiny_model_dir, str(tmp_path / "demo"), "--runtime", f"torch,{runtime}")) == 2
     error = capsys.readouterr().err
-    assert re.search(rf"dtb demo: error: the {runtime} rows need the dtb_ext\[openvino\] extra, and (\w+, )*{runtime} "
+    assert re.search(rf"dtb demo: error: runtime {runtime} needs the dtb_ext\[openvino\] extra, and (\w+, )*{runtime} "
                      r"(is|are) not installed", error)
     assert 'pip install "dtb_ext[openvino]"' in error and "--runtime torch runs without it" in error
     assert not os.path.exists(tmp_path / "demo")

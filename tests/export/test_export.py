@@ -251,6 +251,24 @@ def test_dtb_eval_in_a_runtime_answers_as_pytorch(tmp_path, capsys, runtime):
     assert predictions == torch_predictions
 
 
+@pytest.mark.parametrize("runtime, module", [("openvino", "openvino"), ("onnxruntime", "onnx")])
+def test_a_runtime_without_its_package_says_which_extra_to_install(tmp_path, capsys, monkeypatch, runtime, module):
+    import sys
+
+    from dtb_ext.answering import QuestionAnswerer
+    from dtb_ext.cli import main
+    from tiny_qa import save_tiny_qa_model
+
+    model_dir = save_tiny_qa_model(str(tmp_path / "tiny"))
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: find_spec and import both fail
+    assert main(["eval", "--model", model_dir, "--runtime", runtime, "--limit", "2", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert f"runtime {runtime} needs the dtb_ext[openvino] extra, and {module} is not installed" in error
+    assert 'pip install "dtb_ext[openvino]" (--runtime torch runs without it)' in error
+    with pytest.raises(ValueError, match=rf"runtime {runtime} needs the dtb_ext\[openvino\] extra.*runtime='torch'"):
+        QuestionAnswerer(model_dir, runtime=runtime, precision="fp32")
+
+
 def test_dtb_export_writes_a_graph_that_dtb_eval_runs(tmp_path, capsys):
     pytest.importorskip("openvino", reason="openvino is not installed")
     from dtb_ext.cli import main
