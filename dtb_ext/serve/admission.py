@@ -18,7 +18,7 @@ def choose_config(costs_ms: Sequence[float], backlog_ms: float, idle: bool, wait
         costs_ms: predicted model time of the request under each configuration of its ladder (most accurate first).
         backlog_ms: predicted model time of the requests admitted and not yet answered.
         idle: nothing is admitted and unanswered.
-        wait_ms: the longest a request waits for its batch to fill (--max-wait-ms).
+        wait_ms: the longest a request waits for its batch to fill (--max-wait-ms; 0 by default: no linger).
         slo_ms: the latency objective, or None (no load adaptation: always the first configuration).
 
     With an objective: the most accurate configuration predicted to finish within it. On an idle server a request

@@ -1,6 +1,11 @@
-"""Dynamic batching on one model thread: requests queue on the event loop, the thread takes up to
-`max_batch_size` of them (waiting at most `max_wait_ms` after the first for more) and answers them in shared
-forward passes, each under its own configuration. The event loop never runs the model."""
+"""Dynamic batching on one model thread: requests queue on the event loop; whenever the thread is free it takes
+every queued request, up to `max_batch_size`, and answers them in shared forward passes, each under its own
+configuration. The event loop never runs the model.
+
+So a request that finds the thread idle runs at once, alone, and the requests that arrive while a batch runs go
+together in the next one: batches grow with the load without any waiting. `max_wait_ms` > 0 asks for a linger
+instead: a batch then waits up to that long after its first request's arrival for more (until it is full),
+which an idle server pays on every request."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +14,8 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dtb_ext.config import LengthConfig
@@ -44,20 +50,28 @@ class _Job:
     predicted_ms: float
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float  # seconds on the batcher's clock
 
 
 class Batcher:
-    """Owns the model thread. `submit` (on the event loop) admits a request or raises Overloaded."""
+    """Owns the model thread. `submit` (on the event loop) admits a request or raises Overloaded.
+
+    max_batch_size: requests per batch at most. max_wait_ms: the linger, 0 (no waiting: a batch starts as soon as
+    the thread is free) or how long a batch waits after its first request's arrival for more. slo_ms, max_queue:
+    admission (`admission.choose_config`) and backpressure (503 past `max_queue` unanswered requests). clock:
+    seconds, on which arrivals and the linger's deadline are measured (time.monotonic; tests stop it).
+    """
 
     def __init__(self, answerer: QuestionAnswerer, max_batch_size: int, max_wait_ms: float, slo_ms: float | None,
-                 max_queue: int, metrics: ServerMetrics | None = None) -> None:
+                 max_queue: int, metrics: ServerMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.answerer = answerer
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.slo_ms = slo_ms
         self.max_queue = max_queue
         self.metrics = metrics
+        self._clock = clock
         self._queue: deque[_Job] = deque()
         self._condition = threading.Condition()
         self._unanswered = 0
@@ -118,7 +132,7 @@ class Batcher:
                     f"{self._backlog_ms + self.max_wait_ms + costs[-1]:.0f} ms, over --slo-ms {self.slo_ms:g}",
                     self._retry_after_s(),
                 )
-            job = _Job(prepared, candidates[index], costs[index], loop, loop.create_future())
+            job = _Job(prepared, candidates[index], costs[index], loop, loop.create_future(), self._clock())
             self._queue.append(job)
             self._unanswered += 1
             self._backlog_ms += job.predicted_ms
@@ -138,24 +152,30 @@ class Batcher:
             self._execute(batch)
 
     def _next_batch(self) -> list[_Job] | None:
-        """Up to max_batch_size jobs, waiting at most max_wait_ms after the first for more; None once stopped and
-        drained."""
+        """Every queued job up to max_batch_size, as soon as one is queued (after the linger, with max_wait_ms > 0);
+        None once stopped and drained."""
         with self._condition:
             while not self._queue and not self._stopping:
                 self._condition.wait()
             if not self._queue:
                 return None
-            deadline = self._queue[0].arrived + self.max_wait_ms / 1000.0
-            while len(self._queue) < self.max_batch_size and not self._stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._condition.wait(remaining)
+            if self.max_wait_ms > 0:
+                self._linger()
             batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
             self._in_flight = len(batch)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(batch))
         return batch
+
+    def _linger(self) -> None:
+        """With the condition held, wait on it until the queue fills a batch, the server stops, or max_wait_ms have
+        passed since the first queued request arrived (already past for requests that queued behind a long batch)."""
+        deadline = self._queue[0].arrived + self.max_wait_ms / 1000.0
+        while len(self._queue) < self.max_batch_size and not self._stopping:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return
+            self._condition.wait(remaining)
 
     def _execute(self, batch: list[_Job]) -> None:
         try:

@@ -45,7 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
                        help="requests per batch, and windows per forward pass")
     serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                       help="longest wait for a batch to fill after its first request")
+                       help="batching linger: 0 runs a batch as soon as the model thread is free, with every "
+                       "request queued up to --max-batch-size (an idle server answers at once; requests that arrive "
+                       "during a batch share the next); > 0 makes each batch wait up to this long after its first "
+                       "request for more, even when nothing else is coming")
     serve.add_argument("--max-context-chars", type=int, default=defaults.max_context_chars,
                        help="longer contexts are refused (422)")
     serve.add_argument("--max-queue", type=int, default=defaults.max_queue,

@@ -17,8 +17,11 @@ SETTINGS_ENVIRONMENT_VARIABLE = "DTB_SERVE_SETTINGS"
 @dataclass(frozen=True)
 class ServeSettings:
     """model_dir / front: None for the bundled default model and its shipped front. slo_ms: the p99 latency
-    objective for load-adaptive degradation (None: off). max_queue: requests admitted but not answered at most;
-    past it the server answers 503 (with or without --slo-ms). max_context_chars: longer contexts get a 422.
+    objective for load-adaptive degradation (None: off). max_wait_ms: the batching linger; 0 (default): a batch
+    starts as soon as the model thread is free, with every queued request up to max_batch_size; > 0: a batch waits
+    up to that long after its first request's arrival for more, even on an idle server. max_queue: requests
+    admitted but not answered at most; past it the server answers 503 (with or without --slo-ms).
+    max_context_chars: longer contexts get a 422.
     unpatched: serve the Hugging Face model as loaded, full length only (the baseline of the load benchmark).
     runtime: "torch", or "openvino" / "onnxruntime" to serve the model's exported graph, every budget included."""
 
@@ -29,7 +32,7 @@ class ServeSettings:
     precision: str = "auto"
     slo_ms: float | None = None
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_context_chars: int = 10_000
     max_queue: int = 1024
     workers: int = 1
