@@ -4,9 +4,10 @@
 
 One section per level (ops, layer, model, qa), one table per benchmark group: every implementation's median and
 minimum time, its speedup against each baseline of the group (baseline median / its median, so > 1 is faster),
-the ideal speedup from MACs where the benchmark recorded one, and F1 where it did. Baselines: for ops, every
-implementation other than `fused` (the PyTorch chains); elsewhere `hf-eager`, `hf-sdpa`, `onnxruntime` and
-`patched-full` (the dynamic model at full length) when present. Interleaved benchmarks (one benchmark that times
+the ideal speedup from MACs where the benchmark recorded one, F1 where it did, and a server's own time per
+request where it did (the idle-server benchmark). Baselines: for ops, every implementation other than `fused`
+(the PyTorch chains); elsewhere `hf-eager`, `hf-sdpa`, `onnxruntime` and `patched-full` (the dynamic model at
+full length) when present. Interleaved benchmarks (one benchmark that times
 every variant item by item, `extra_info["variants"]`) get one table of their variants, with speedups against
 HF fp32, HF bf16 and ORT int8 where present. The header describes the machine.
 """
@@ -110,17 +111,17 @@ def machine_section(data: dict[str, Any], command: str | None) -> list[str]:
 
 
 def quality_columns(infos: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict[str, Any]], list[str]]]:
-    """The optional `MACs ideal x` and `F1` columns of a table whose rows have these fields: their headers, and a
-    function from one row's fields to its cells (empty where the row lacks the field)."""
-    has_macs = any("macs_ratio" in info for info in infos)
-    has_f1 = any("f1" in info for info in infos)
-    header = (["MACs ideal x"] if has_macs else []) + (["F1"] if has_f1 else [])
+    """The optional `MACs ideal x`, `F1` and `server ms` (a server's own median ms per request, arrival to answer)
+    columns of a table whose rows have these fields: their headers, and a function from one row's fields to its
+    cells (empty where the row lacks the field)."""
+    columns = [(key, title, form) for key, title, form in
+               (("macs_ratio", "MACs ideal x", "{:.2f}"), ("f1", "F1", "{:.2f}"), ("server_ms", "server ms", "{:.3f}"))
+               if any(key in info for info in infos)]
 
     def cells(info: dict[str, Any]) -> list[str]:
-        out = [f"{info['macs_ratio']:.2f}" if "macs_ratio" in info else ""] if has_macs else []
-        return out + ([f"{info['f1']:.2f}" if "f1" in info else ""] if has_f1 else [])
+        return [form.format(info[key]) if key in info else "" for key, _, form in columns]
 
-    return header, cells
+    return [title for _, title, _ in columns], cells
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -86,6 +86,17 @@ def test_interleaved_benchmarks_get_one_table_of_their_variants():
     assert "| `ours-int8-front-3pct` | 5.000 | 25.000 | 4.00 | 2.00 | 2000.0 | 1.20 | 67.70 |" in text
 
 
+def test_a_servers_own_time_gets_its_column():
+    variants = {"answer": {"median_ms": 13.0, "round_ms": 130.0},
+                "serve": {"median_ms": 15.0, "round_ms": 150.0, "server_ms": 13.25, "max_wait_ms": 0.0}}
+    benchmark = _benchmark("bench/test_bench_serve_idle.py::test_idle_server_against_the_answerer", "idle", 0.28,
+                           level="serve", variants=variants, baselines=["answer"], interleaved_items=10)
+    text = report.write_report({**DATA, "benchmarks": [benchmark]})
+    assert "| variant | median ms / item | round ms | x vs answer | server ms |" in text
+    assert "| `answer` | 13.000 | 130.000 | 1.00 |  |" in text
+    assert "| `serve` | 15.000 | 150.000 | 0.87 | 13.250 |" in text
+
+
 def test_interleaved_timer_rotates_the_variant_order_and_summarises_each_variant():
     spec = importlib.util.spec_from_file_location(
         "bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py")
