@@ -106,6 +106,14 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _ratios(text: str) -> tuple[float, ...]:
+    """`--config 1,1,0.8,...` as ratios; ValueError naming the text otherwise."""
+    try:
+        return tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise ValueError(f"--config takes comma-separated ratios such as 1,1,1,1,0.5,0.5, got {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="QA model directory (default: the bundled default model)")
@@ -124,11 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--answer-oracle", action="store_true",
                         help="select the tokens by the full-length model's own answer distribution (question first) "
                              "instead of the significance source: an upper bound for any source with this encoder")
+    parser.add_argument("--config", action="append", default=None, metavar="R1,...,R6",
+                        help="score these per-layer ratios (repeatable) instead of the fixed rows, e.g. for a "
+                             "training curve")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     try:
+        configs = DROP_CONFIGS if args.config is None else [(text, _ratios(text)) for text in args.config]
         model, tokenizer = load_qa_model(args.model or DEFAULT_MODEL_DIR)
         dtb_ext.patch(model)
         if args.significance is not None:
@@ -147,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drop_tolerance: error: {error}", file=sys.stderr)
         return 2
     features = prepare_eval_features(examples, tokenizer)
-    rows = drop_tolerance(model, features, progress=not args.no_progress, answer_oracle=args.answer_oracle)
+    rows = drop_tolerance(model, features, configs, progress=not args.no_progress, answer_oracle=args.answer_oracle)
     print(format_table(rows))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:

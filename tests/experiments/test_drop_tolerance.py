@@ -57,14 +57,19 @@ def test_command_scores_a_sample_of_every_held_out_question(tmp_path, capsys):
     config.save_pretrained(model_dir)
     out = tmp_path / "rows.json"
     assert main(["--model", model_dir, "--part", "held-out", "--data", TRAIN, "--questions", "3", "--no-progress",
-                 "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["part"] == "held-out"
+                 "--config", "1,1,1,1,0.5,0.5", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["part"] == "held-out"
+    assert [(row["label"], row["ratios"]) for row in saved["rows"]] == [
+        ("full length", None), ("1,1,1,1,0.5,0.5", [1, 1, 1, 1, 0.5, 0.5])]
     assert "(held-out part), 3 questions" in capsys.readouterr().err
 
 
 def test_command_reports_bad_input(capsys):
     assert main(["--model", "/nonexistent"]) == 2
     assert "error" in capsys.readouterr().err
+    assert main(["--config", "1,1,x"]) == 2
+    assert "--config takes comma-separated ratios such as 1,1,1,1,0.5,0.5, got '1,1,x'" in capsys.readouterr().err
 
 
 def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens(monkeypatch):
