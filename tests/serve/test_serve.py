@@ -241,6 +241,15 @@ class GatedAnswerer:
             raise RuntimeError("the test never opened the gate")
         return self.inner.run(prepared, configs)
 
+    async def open_when_all_arrived(self, app, requests: int) -> None:
+        """Open the gate once each of `requests` is either waiting in `app`'s batcher or shed (at most 60 s)."""
+        batcher, metrics = app.state.server.batcher, app.state.server.metrics
+        for _ in range(1200):
+            if batcher.unanswered + metrics.shed.value(budget="min_speedup") == requests:
+                break
+            await asyncio.sleep(0.05)
+        self.gate.set()
+
 
 def test_slo_moves_requests_along_the_front_then_sheds(model_dir):
     inner = QuestionAnswerer(model_dir, latency_model=LatencyModel(ms_per_gmac=100.0, learning_rate=0.0))
@@ -269,12 +278,7 @@ def test_slo_moves_requests_along_the_front_then_sheds(model_dir):
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
             tasks = [asyncio.create_task(client.post("/answer", json={"question": question, "context": context,
                                                                       **budget})) for _ in range(24)]
-            batcher, metrics = app.state.server.batcher, app.state.server.metrics
-            for _ in range(1200):  # at most 60 s
-                if batcher.unanswered + metrics.shed.value(budget="min_speedup") == 24:
-                    break
-                await asyncio.sleep(0.05)
-            gated.gate.set()
+            await gated.open_when_all_arrived(app, 24)
             return await asyncio.gather(*tasks)
 
     with InProcessServer(app) as running:
@@ -301,12 +305,7 @@ def test_past_its_slo_the_server_answers_503(answerer):
 
     async def scenario(url: str) -> list[httpx.Response]:
         posting = asyncio.create_task(_post_all(url, [{**GOOD, "min_speedup": 1.0}] * 16, concurrency=16))
-        batcher, metrics = app.state.server.batcher, app.state.server.metrics
-        for _ in range(1200):  # at most 60 s
-            if batcher.unanswered + metrics.shed.value(budget="min_speedup") == 16:
-                break
-            await asyncio.sleep(0.05)
-        gated.gate.set()
+        await gated.open_when_all_arrived(app, 16)
         return await posting
 
     with InProcessServer(app) as running:
