@@ -120,19 +120,22 @@ def split_part(examples: Sequence[Any], part: str, path: str = SPLIT_FILE, parts
     return chosen
 
 
-def dev_split_part(path: str, part: str) -> list[SquadExample]:
-    """The questions of the dev split's `part` ("confirmation" or "report"), read from dev-a at `path`."""
+def _read_squad(path: str, articles: Sequence[str] | None = None) -> list[SquadExample]:
+    """`load_squad(path, articles=...)`, with a ValueError naming the path when the file is missing."""
     if not os.path.isfile(path):
         raise ValueError(f"SQuAD file not found: {path}")
-    return split_part(load_squad(path), part, DEV_SPLIT_FILE, DEV_PARTS)
+    return load_squad(path, articles=articles)
+
+
+def dev_split_part(path: str, part: str) -> list[SquadExample]:
+    """The questions of the dev split's `part` ("confirmation" or "report"), read from dev-a at `path`."""
+    return split_part(_read_squad(path), part, DEV_SPLIT_FILE, DEV_PARTS)
 
 
 def held_out_questions(path: str) -> list[SquadExample]:
     """Every question of the held-out split (both parts, 1,085), in file order, read from the SQuAD training file
     `path`."""
-    if not os.path.isfile(path):
-        raise ValueError(f"SQuAD file not found: {path}")
-    examples = load_squad(path, articles=search_split_articles())
+    examples = _read_squad(path, search_split_articles())
     wanted = {example.qid for part in PARTS for example in split_part(examples, part)}
     return [example for example in examples if example.qid in wanted]
 
@@ -140,6 +143,4 @@ def held_out_questions(path: str) -> list[SquadExample]:
 def read_split_part(path: str, part: str) -> list[SquadExample]:
     """The questions of `part` ("search" or "confirmation"), read from the SQuAD training file `path` that holds
     the held-out articles."""
-    if not os.path.isfile(path):
-        raise ValueError(f"SQuAD file not found: {path}")
-    return split_part(load_squad(path, articles=search_split_articles()), part)
+    return split_part(_read_squad(path, search_split_articles()), part)
