@@ -19,21 +19,43 @@
     (m).impl("dequantize_layer_norm_rows", &::dtb::set::dequantize_layer_norm_rows_cpu);      \
   } while (false)
 
-TORCH_LIBRARY_IMPL(dtb, CPU, m) {
-  switch (::dtb::cpu::active_capability().chosen) {
+// The int8 Linear ops take a weight prepacked by oneDNN, a MkldnnCPU tensor, which makes MkldnnCPU their dispatch key.
+#define DTB_REGISTER_MKLDNN_CPU_KERNELS(m, set)                                               \
+  do {                                                                                        \
+    (m).impl("int8_linear", &::dtb::set::int8_linear_cpu);                                    \
+    (m).impl("int8_linear_quantize", &::dtb::set::int8_linear_quantize_cpu);                  \
+    (m).impl("int8_linear_layer_norm", &::dtb::set::int8_linear_layer_norm_cpu);              \
+  } while (false)
+
+// Expands to the registration of the chosen instruction set's kernels by REGISTER (one of the macros above).
+#define DTB_REGISTER_CHOSEN_SET(m, REGISTER)                                                  \
+  do {                                                                                        \
+    switch (::dtb::cpu::active_capability().chosen) {                                         \
+      DTB_CASE_AVX512(m, REGISTER)                                                            \
+      DTB_CASE_AVX2(m, REGISTER)                                                              \
+      default: /* only built sets are ever chosen (choose_capability), so this is DEFAULT */  \
+        REGISTER(m, DEFAULT);                                                                 \
+        return;                                                                               \
+    }                                                                                         \
+  } while (false)
+
 #ifdef DTB_HAVE_AVX512_KERNELS
-    case ::dtb::cpu::Capability::AVX512:
-      DTB_REGISTER_CPU_KERNELS(m, AVX512);
-      return;
+#define DTB_CASE_AVX512(m, REGISTER)        \
+  case ::dtb::cpu::Capability::AVX512:      \
+    REGISTER(m, AVX512);                    \
+    return;
+#else
+#define DTB_CASE_AVX512(m, REGISTER)
 #endif
 #ifdef DTB_HAVE_AVX2_KERNELS
-    case ::dtb::cpu::Capability::AVX2:
-      DTB_REGISTER_CPU_KERNELS(m, AVX2);
-      return;
+#define DTB_CASE_AVX2(m, REGISTER)          \
+  case ::dtb::cpu::Capability::AVX2:        \
+    REGISTER(m, AVX2);                      \
+    return;
+#else
+#define DTB_CASE_AVX2(m, REGISTER)
 #endif
-    default:
-      // Only built sets are ever chosen (choose_capability), so this is DEFAULT.
-      DTB_REGISTER_CPU_KERNELS(m, DEFAULT);
-      return;
-  }
-}
+
+TORCH_LIBRARY_IMPL(dtb, CPU, m) { DTB_REGISTER_CHOSEN_SET(m, DTB_REGISTER_CPU_KERNELS); }
+
+TORCH_LIBRARY_IMPL(dtb, MkldnnCPU, m) { DTB_REGISTER_CHOSEN_SET(m, DTB_REGISTER_MKLDNN_CPU_KERNELS); }

@@ -37,6 +37,20 @@
       const at::Tensor& residual, const std::optional<at::Tensor>& weight,                                        \
       const std::optional<at::Tensor>& layer_norm_bias,                                                          \
       double eps, at::ScalarType dtype, bool quantize, const std::optional<at::Tensor>& divisor);                \
+  at::Tensor int8_linear_cpu(const at::Tensor& quantized, const at::Tensor& scale, const at::Tensor& weight,      \
+                             const at::Tensor& weight_scale, const at::Tensor& weight_zero_points,               \
+                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,   \
+                             c10::string_view activation, at::ScalarType dtype);                                  \
+  std::tuple<at::Tensor, at::Tensor> int8_linear_quantize_cpu(                                                   \
+      const at::Tensor& quantized, const at::Tensor& scale, const at::Tensor& weight,                            \
+      const at::Tensor& weight_scale, const at::Tensor& weight_zero_points, const std::optional<at::Tensor>& bias, \
+      c10::string_view activation, at::ScalarType dtype, const std::optional<at::Tensor>& divisor);              \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_linear_layer_norm_cpu(                                     \
+      const at::Tensor& quantized, const at::Tensor& scale, const at::Tensor& weight,                            \
+      const at::Tensor& weight_scale, const at::Tensor& weight_zero_points, const std::optional<at::Tensor>& bias, \
+      const at::Tensor& residual, const std::optional<at::Tensor>& weight_ln,                                     \
+      const std::optional<at::Tensor>& layer_norm_bias, double eps, at::ScalarType dtype, bool quantize,         \
+      const std::optional<at::Tensor>& divisor);                                                                 \
   }
 
 DTB_DECLARE_CPU_KERNELS(DEFAULT)

@@ -237,4 +237,34 @@ inline void check_layer_norm_parameter(const at::Tensor& product, const std::opt
   }
 }
 
+// The int8 Linear ops' own inputs: quantized [M, K] uint8 rows on the CPU, weight: an int8 weight prepacked by
+// onednn::qlinear_prepack (MkldnnCPU, shape [K, N]), weight_scale [N] float32, weight_zero_points [N] int64. The
+// epilogue's inputs are checked as the epilogue ops check them, against int8_linear_product_shape.
+inline void check_int8_linear_inputs(const at::Tensor& quantized, const at::Tensor& weight,
+                                     const at::Tensor& weight_scale, const at::Tensor& weight_zero_points,
+                                     const char* op) {
+  TORCH_CHECK(quantized.dim() == 2 && quantized.scalar_type() == at::kByte && quantized.device().is_cpu(), op,
+              ": quantized must be [M, K] uint8 on the CPU, got ", quantized.scalar_type(), " of shape ",
+              quantized.sizes(), " on ", quantized.device());
+  TORCH_CHECK(weight.is_mkldnn() && weight.scalar_type() == at::kChar && weight.dim() == 2, op,
+              ": weight must be an int8 weight prepacked by onednn::qlinear_prepack, got a ", weight.scalar_type(),
+              " tensor of layout ", weight.layout(), " and shape ", weight.sizes());
+  TORCH_CHECK(weight.size(0) == quantized.size(1), op, ": weight takes K = ", weight.size(0),
+              " input features, quantized has ", quantized.size(1));
+  TORCH_CHECK(weight_scale.dim() == 1 && weight_scale.size(0) == weight.size(1) &&
+                  weight_scale.scalar_type() == at::kFloat && weight_scale.device().is_cpu(),
+              op, ": weight_scale must be [N] = [", weight.size(1), "] float32 on the CPU, got ",
+              weight_scale.scalar_type(), " of shape ", weight_scale.sizes());
+  TORCH_CHECK(weight_zero_points.dim() == 1 && weight_zero_points.size(0) == weight.size(1) &&
+                  weight_zero_points.scalar_type() == at::kLong,
+              op, ": weight_zero_points must be [N] = [", weight.size(1), "] int64, got ",
+              weight_zero_points.scalar_type(), " of shape ", weight_zero_points.sizes());
+}
+
+// A [M, N] float32 view of one element on quantized's device: stands for an int8 Linear's product in the epilogue
+// checks (check_dequantize_rows_inputs and the others), which read only its shape, dtype and device.
+inline at::Tensor int8_linear_product_shape(const at::Tensor& quantized, const at::Tensor& weight_scale) {
+  return at::empty({1, 1}, quantized.options().dtype(at::kFloat)).expand({quantized.size(0), weight_scale.size(0)});
+}
+
 }  // namespace dtb

@@ -42,4 +42,21 @@ TORCH_LIBRARY(dtb, m) {
       "dequantize_layer_norm_rows(Tensor product, Tensor scale, Tensor? bias, Tensor residual, Tensor? weight, "
       "Tensor? layer_norm_bias, float eps, ScalarType dtype, bool quantize, Tensor? divisor) -> "
       "(Tensor out, Tensor quantized, Tensor quantized_scale)");
+  // The int8 Linear from its quantized input: quantized [M, K] uint8 and scale [M] as quantize_rows gives them,
+  // weight an [N, K] int8 weight prepacked by onednn::qlinear_prepack (MkldnnCPU, shape [K, N]), weight_scale [N]
+  // float32, weight_zero_points [N] int64 zeros -> what dequantize_rows, dequantize_quantize_rows and
+  // dequantize_layer_norm_rows give of the int8 matmul's product (oneDNN's int8 GEMM), the rest of the arguments
+  // as theirs. CPU only.
+  m.def(
+      "int8_linear(Tensor quantized, Tensor scale, Tensor weight, Tensor weight_scale, Tensor weight_zero_points, "
+      "Tensor? bias, Tensor? residual, str activation, ScalarType dtype) -> Tensor");
+  m.def(
+      "int8_linear_quantize(Tensor quantized, Tensor scale, Tensor weight, Tensor weight_scale, "
+      "Tensor weight_zero_points, Tensor? bias, str activation, ScalarType dtype, Tensor? divisor) -> "
+      "(Tensor quantized, Tensor scale)");
+  m.def(
+      "int8_linear_layer_norm(Tensor quantized, Tensor scale, Tensor weight, Tensor weight_scale, "
+      "Tensor weight_zero_points, Tensor? bias, Tensor residual, Tensor? layer_norm_weight, "
+      "Tensor? layer_norm_bias, float eps, ScalarType dtype, bool quantize, Tensor? divisor) -> "
+      "(Tensor out, Tensor quantized, Tensor quantized_scale)");
 }

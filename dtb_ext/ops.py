@@ -170,6 +170,54 @@ def dequantize_layer_norm_rows(product: Tensor, scale: Tensor, bias: Tensor | No
                                                 quantize, divisor)
 
 
+def int8_linear(quantized: Tensor, scale: Tensor, weight: Tensor, weight_scale: Tensor,
+                weight_zero_points: Tensor, bias: Tensor | None, residual: Tensor | None, activation: str,
+                dtype: torch.dtype) -> Tensor:
+    """An int8 Linear from its quantized input: [M, K] uint8 rows and [M] scales (`quantize_rows`), a weight
+    prepacked by `torch.ops.onednn.qlinear_prepack` with its [N] float32 scales and [N] int64 zero points (zeros) ->
+    `dequantize_rows` of oneDNN's int8 matmul, [M, N] `dtype`. The kernel runs the matmul and the epilogue block of
+    rows by block of rows, so the [M, N] float32 product is never in memory; the reference (also where a gradient
+    is recorded) computes the product whole and `reference.dequantize_rows`."""
+    tensors = [t for t in (scale, bias, residual) if t is not None]
+    if _use_kernels() and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return torch.ops.dtb.int8_linear(quantized, scale, weight, weight_scale, weight_zero_points, bias, residual,
+                                         activation, dtype)
+    product = reference.int8_matmul(quantized, weight, weight_scale, weight_zero_points)
+    return reference.dequantize_rows(product, scale, bias, residual, activation, dtype)
+
+
+def int8_linear_quantize(quantized: Tensor, scale: Tensor, weight: Tensor, weight_scale: Tensor,
+                         weight_zero_points: Tensor, bias: Tensor | None, activation: str, dtype: torch.dtype,
+                         divisor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`int8_linear` (no residual) quantized for the next int8 Linear: `dequantize_quantize_rows` of the int8
+    matmul ([M, N] uint8, [M] float32), bit for bit, the matmul and the epilogue in blocks of rows as
+    `int8_linear` (quantization records no gradient)."""
+    if _use_kernels():
+        return torch.ops.dtb.int8_linear_quantize(quantized, scale, weight, weight_scale, weight_zero_points, bias,
+                                                  activation, dtype, divisor)
+    product = reference.int8_matmul(quantized, weight, weight_scale, weight_zero_points)
+    return reference.quantize_rows(reference.dequantize_rows(product, scale, bias, None, activation, dtype), divisor)
+
+
+def int8_linear_layer_norm(quantized: Tensor, scale: Tensor, weight: Tensor, weight_scale: Tensor,
+                           weight_zero_points: Tensor, bias: Tensor | None, residual: Tensor,
+                           layer_norm_weight: Tensor | None, layer_norm_bias: Tensor | None, eps: float,
+                           dtype: torch.dtype, quantize: bool,
+                           divisor: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """An int8 output block from its quantized input: `dequantize_layer_norm_rows` of the int8 matmul ([M, N]
+    `dtype`, and with `quantize` that output quantized for the next int8 Linear, else None, None), the matmul and
+    the epilogue in blocks of rows as `int8_linear`; the reference where a gradient is recorded."""
+    tensors = [t for t in (scale, bias, residual, layer_norm_weight, layer_norm_bias) if t is not None]
+    if _use_kernels() and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        out, next_quantized, next_scale = torch.ops.dtb.int8_linear_layer_norm(
+            quantized, scale, weight, weight_scale, weight_zero_points, bias, residual, layer_norm_weight,
+            layer_norm_bias, eps, dtype, quantize, divisor)
+        return (out, next_quantized, next_scale) if quantize else (out, None, None)
+    product = reference.int8_matmul(quantized, weight, weight_scale, weight_zero_points)
+    return reference.dequantize_layer_norm_rows(product, scale, bias, residual, layer_norm_weight, layer_norm_bias,
+                                                eps, dtype, quantize, divisor)
+
+
 def native_bf16_attention(query: Tensor) -> bool:
     """True when `attention` on `query` [B, H, n, d] runs the kernel's AVX512-BF16 dot products: a bf16 CPU tensor
     with d a multiple of 16, the AVX512 kernels chosen and a CPU with AVX512-BF16. Elsewhere the kernel computes in

@@ -153,6 +153,15 @@ def quantize_rows(x: Tensor, divisor: Tensor | None = None) -> tuple[Tensor, Ten
     return quantized, scale
 
 
+def int8_matmul(quantized: Tensor, weight: Tensor, weight_scale: Tensor, weight_zero_points: Tensor) -> Tensor:
+    """The int8 Linears' matmul whole, through PyTorch's oneDNN op (`torch.ops.onednn.qlinear_pointwise`): [M, K]
+    uint8 rows (zero point 128), a weight prepacked by `torch.ops.onednn.qlinear_prepack`, its [N] float32 scales and
+    [N] int64 zero points -> [M, N] float32, the exact int32 sums of (quantized - 128) * weight times the scales."""
+    # x_scale 1 and zero point 128: the sums of the int8 values themselves, times the weight scales, in float32.
+    return torch.ops.onednn.qlinear_pointwise(quantized, 1.0, INT8_ZERO_POINT, weight, weight_scale,
+                                              weight_zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+
+
 def dequantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residual: Tensor | None,
                     activation: str, dtype: torch.dtype) -> Tensor:
     """The float epilogue of an int8 matmul: act(product * scale[:, None] + bias) + residual, in float32, then

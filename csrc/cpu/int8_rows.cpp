@@ -15,6 +15,12 @@
 //   `dtype`, and with quantize=True also quantize_rows(out, divisor): an output block of an int8 layer in one pass,
 //   its result quantized for the next int8 Linear.
 //
+// dtb::int8_linear, dtb::int8_linear_quantize, dtb::int8_linear_layer_norm: the int8 Linear whole, from its
+//   quantized input rows [M, K] uint8, scale [M] and a weight prepacked by onednn::qlinear_prepack with its scales
+//   [N]: oneDNN's int8 GEMM (csrc/int8_matmul.h) and then the epilogue of dequantize_rows,
+//   dequantize_quantize_rows or dequantize_layer_norm_rows, block of rows by block of rows, each thread running
+//   both on its own blocks (for_each_product_block), so that the [M, N] float32 product is never in memory.
+//
 // One pass over each row instead of the 4-6 elementwise ATen ops (and their temporaries) the same arithmetic
 // takes in PyTorch; they match dtb_ext/reference.py's quantize_rows / dequantize_rows (quantize_rows bit for bit).
 // Each row is read in chunks of two float vectors (bfloat16 converted in registers) and rows of up to a few
@@ -37,6 +43,7 @@
 #include <vector>
 
 #include "../cpu_kernels.h"
+#include "../int8_matmul.h"
 #include "../op_checks.h"
 
 // Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
@@ -351,6 +358,50 @@ void dequantize_layer_norm_rows_kernel(const float* product, const float* scale,
   });
 }
 
+// Rows per block of an int8 Linear's product: at most about kProductBlockBytes of float32 product (it stays in
+// the core's L2 from the GEMM to the epilogue), at most an even share of the rows per thread (every thread gets
+// blocks), a multiple of the AMX tiles' 16 rows, and at least 1.
+constexpr int64_t kBlockRowMultiple = 16;
+constexpr int64_t kProductBlockBytes = int64_t{1} << 20;
+
+int64_t product_block_rows(int64_t rows, int64_t columns) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t share = (rows + threads - 1) / threads;
+  const int64_t share_rounded_up = (share + kBlockRowMultiple - 1) / kBlockRowMultiple * kBlockRowMultiple;
+  const int64_t in_cache = kProductBlockBytes / std::max<int64_t>(1, columns * sizeof(float)) / kBlockRowMultiple *
+                           kBlockRowMultiple;
+  return std::max<int64_t>(1, std::min(share_rounded_up, std::max(kBlockRowMultiple, in_cache)));
+}
+
+// The prepacked int8 weight of an int8 Linear: weight [K, N] (MkldnnCPU), scale [N] float32, zero points [N].
+struct Int8Weight {
+  const at::Tensor& packed;
+  const at::Tensor& scale;
+  const at::Tensor& zero_points;
+};
+
+// Calls epilogue(product, first_row, row_count) on blocks of quantized's rows, `product` being the block's
+// [row_count, N] float32 GEMM result (int8_matmul). The blocks are split among the threads and each thread runs the
+// GEMM (oneDNN runs it on the calling thread inside a parallel region) and then the epilogue of its own blocks, so
+// a block's product goes from one to the other through that core's cache and the [M, N] product is never in
+// memory. At batch 32 that product was a fresh 15-63 MB allocation on every call, each of its pages faulted in by
+// the GEMM and read back by the epilogue.
+template <typename Epilogue>
+void for_each_product_block(const at::Tensor& quantized, const Int8Weight& weight, const Epilogue& epilogue) {
+  const int64_t rows = quantized.size(0);
+  const int64_t block = product_block_rows(rows, weight.scale.size(0));
+  const int64_t blocks = (rows + block - 1) / block;
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t index = first; index < last; ++index) {
+      const int64_t begin = index * block;
+      const int64_t count = std::min(block, rows - begin);
+      const at::Tensor product =
+          ::dtb::int8_matmul(quantized.narrow(0, begin, count), weight.packed, weight.scale, weight.zero_points);
+      epilogue(product.const_data_ptr<float>(), begin, count);
+    }
+  });
+}
+
 // Calls `body` with a value of the element type (float32 or bfloat16: the inputs are checked before).
 template <typename Body>
 void dispatch_float_or_bfloat16(at::ScalarType dtype, Body body) {
@@ -492,6 +543,130 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dequantize_layer_norm_rows_cpu(
         quantize ? quantized_scale.mutable_data_ptr<float>() : nullptr, rows, columns);
   });
   return {out, quantized, quantized_scale};
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& quantized_in, const at::Tensor& scale_in, const at::Tensor& weight,
+                           const at::Tensor& weight_scale_in, const at::Tensor& weight_zero_points,
+                           const std::optional<at::Tensor>& bias_in, const std::optional<at::Tensor>& residual_in,
+                           c10::string_view activation_name, at::ScalarType dtype) {
+  constexpr const char* op = "dtb::int8_linear";
+  check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  check_dequantize_rows_inputs(int8_linear_product_shape(quantized_in, weight_scale_in), scale_in, bias_in,
+                               residual_in, dtype, op);
+  const Activation activation = parse_activation(std::string(activation_name));
+  const at::Tensor quantized = quantized_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
+  const at::Tensor weight_scale = weight_scale_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor residual = residual_in.has_value() ? residual_in->contiguous() : at::Tensor();
+  const int64_t columns = weight_scale.size(0);
+  at::Tensor out = at::empty({quantized.size(0), columns}, scale.options().dtype(dtype));
+  const float* scale_data = scale.const_data_ptr<float>();
+  const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  dispatch_float_or_bfloat16(dtype, [&](auto element) {
+    using scalar_t = decltype(element);
+    const scalar_t* residual_data = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    dispatch_activation(activation, [&](auto chosen) {
+      for_each_product_block(quantized, {weight, weight_scale, weight_zero_points},
+                             [&](const float* product, int64_t begin, int64_t count) {
+        dequantize_rows_kernel<scalar_t, decltype(chosen)::value>(
+            product, scale_data + begin, bias_data,
+            residual_data == nullptr ? nullptr : residual_data + begin * columns, out_data + begin * columns, count,
+            columns);
+      });
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> int8_linear_quantize_cpu(
+    const at::Tensor& quantized_in, const at::Tensor& scale_in, const at::Tensor& weight,
+    const at::Tensor& weight_scale_in, const at::Tensor& weight_zero_points, const std::optional<at::Tensor>& bias_in,
+    c10::string_view activation_name, at::ScalarType dtype, const std::optional<at::Tensor>& divisor_in) {
+  constexpr const char* op = "dtb::int8_linear_quantize";
+  check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  const at::Tensor product_shape = int8_linear_product_shape(quantized_in, weight_scale_in);
+  check_dequantize_rows_inputs(product_shape, scale_in, bias_in, std::nullopt, dtype, op);
+  check_divisor(product_shape, divisor_in, op);
+  const Activation activation = parse_activation(std::string(activation_name));
+  const at::Tensor quantized = quantized_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
+  const at::Tensor weight_scale = weight_scale_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor divisor = divisor_in.has_value() ? divisor_in->contiguous() : at::Tensor();
+  const int64_t rows = quantized.size(0);
+  const int64_t columns = weight_scale.size(0);
+  at::Tensor out = at::empty({rows, columns}, quantized.options());
+  at::Tensor out_scale = at::empty({rows}, scale.options());
+  const float* scale_data = scale.const_data_ptr<float>();
+  const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  const float* divisor_data = divisor.defined() ? divisor.const_data_ptr<float>() : nullptr;
+  uint8_t* out_data = out.mutable_data_ptr<uint8_t>();
+  float* out_scale_data = out_scale.mutable_data_ptr<float>();
+  dispatch_float_or_bfloat16(dtype, [&](auto element) {
+    using scalar_t = decltype(element);
+    dispatch_activation(activation, [&](auto chosen) {
+      for_each_product_block(quantized, {weight, weight_scale, weight_zero_points},
+                             [&](const float* product, int64_t begin, int64_t count) {
+        dequantize_quantize_rows_kernel<scalar_t, decltype(chosen)::value>(
+            product, scale_data + begin, bias_data, divisor_data, out_data + begin * columns,
+            out_scale_data + begin, count, columns);
+      });
+    });
+  });
+  return {out, out_scale};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_linear_layer_norm_cpu(
+    const at::Tensor& quantized_in, const at::Tensor& scale_in, const at::Tensor& weight,
+    const at::Tensor& weight_scale_in, const at::Tensor& weight_zero_points, const std::optional<at::Tensor>& bias_in,
+    const at::Tensor& residual_in, const std::optional<at::Tensor>& gamma_in,
+    const std::optional<at::Tensor>& beta_in, double eps, at::ScalarType dtype, bool quantize,
+    const std::optional<at::Tensor>& divisor_in) {
+  constexpr const char* op = "dtb::int8_linear_layer_norm";
+  check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  const at::Tensor product_shape = int8_linear_product_shape(quantized_in, weight_scale_in);
+  check_dequantize_rows_inputs(product_shape, scale_in, bias_in, residual_in, dtype, op);
+  check_layer_norm_parameter(product_shape, gamma_in, "weight", dtype, op);
+  check_layer_norm_parameter(product_shape, beta_in, "bias", dtype, op);
+  TORCH_CHECK(eps >= 0.0, op, ": eps must be >= 0, got ", eps);
+  check_divisor(product_shape, divisor_in, op);
+  TORCH_CHECK(quantize || !divisor_in.has_value(), op, ": a divisor is only used with quantize=True");
+  const at::Tensor quantized = quantized_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
+  const at::Tensor weight_scale = weight_scale_in.contiguous();
+  const at::Tensor residual = residual_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor gamma = gamma_in.has_value() ? gamma_in->contiguous() : at::Tensor();
+  const at::Tensor beta = beta_in.has_value() ? beta_in->contiguous() : at::Tensor();
+  const at::Tensor divisor = divisor_in.has_value() ? divisor_in->contiguous() : at::Tensor();
+  const int64_t rows = quantized.size(0);
+  const int64_t columns = weight_scale.size(0);
+  at::Tensor out = at::empty({rows, columns}, scale.options().dtype(dtype));
+  at::Tensor next = at::empty({quantize ? rows : 0, columns}, quantized.options());
+  at::Tensor next_scale = at::empty({quantize ? rows : 0}, scale.options());
+  const float* scale_data = scale.const_data_ptr<float>();
+  const float* bias_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  const float* divisor_data = divisor.defined() ? divisor.const_data_ptr<float>() : nullptr;
+  uint8_t* next_data = quantize ? next.mutable_data_ptr<uint8_t>() : nullptr;
+  float* next_scale_data = quantize ? next_scale.mutable_data_ptr<float>() : nullptr;
+  dispatch_float_or_bfloat16(dtype, [&](auto element) {
+    using scalar_t = decltype(element);
+    const scalar_t* residual_data = residual.const_data_ptr<scalar_t>();
+    const scalar_t* gamma_data = gamma.defined() ? gamma.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* beta_data = beta.defined() ? beta.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    for_each_product_block(quantized, {weight, weight_scale, weight_zero_points},
+                           [&](const float* product, int64_t begin, int64_t count) {
+      dequantize_layer_norm_rows_kernel<scalar_t>(
+          product, scale_data + begin, bias_data, residual_data + begin * columns, gamma_data, beta_data,
+          static_cast<float>(eps), out_data + begin * columns, divisor_data,
+          next_data == nullptr ? nullptr : next_data + begin * columns,
+          next_scale_data == nullptr ? nullptr : next_scale_data + begin, count, columns);
+    });
+  });
+  return {out, next, next_scale};
 }
 
 }  // namespace dtb::CPU_CAPABILITY

@@ -14,9 +14,9 @@ Hugging Face BERT/RoBERTa classes, plain biased `nn.Linear`s without hooks. Else
 layers other than `Int8Linear`, hooks) the layers run as Hugging Face wrote them, except that query/key/value still
 share one matmul at inference on any device. An int8 model's layers (`Int8Linear`, dtb_ext/precision/int8.py) run
 the same way: query/key/value as one int8 matmul on one quantized input, the GELU or the residual add in the epilogue
-that dequantizes the matmul (`ops.dequantize_rows`), and the GELU's output quantized for the output Linear in that
-same epilogue (`feed_forward`). The packed and concatenated weights are a cache, one extra copy of each
-encoder Linear weight: they are rebuilt whenever one of the source tensors changes (new storage after
+that dequantizes the matmul (`ops.int8_linear`, block of rows by block of rows), and the GELU's output quantized for
+the output Linear in that same epilogue (`feed_forward`). The packed and concatenated weights are a cache, one extra
+copy of each encoder Linear weight: they are rebuilt whenever one of the source tensors changes (new storage after
 `model.to(...)`, or an in-place update that bumps its version counter: an optimizer step, `load_state_dict`).
 """
 from __future__ import annotations

@@ -5,14 +5,15 @@ with one scale per token (row), symmetric. Per-token scales keep every token's r
 tokens of the batch, so batch invariance (docs/design.md §2.5) holds exactly, unlike torch's dynamic quantization,
 whose single activation scale spans the whole batch.
 
-A call is three passes (`int8_linear`): the fused per-row quantize (`ops.quantize_rows`: uint8 with zero point
-128), oneDNN's int8 matmul on a weight prepacked once into its blocked layout (`torch.ops.onednn.qlinear_pointwise`,
-VNNI/AMX; its int32 sums are exact and come back times the weight scales in float32), and the fused epilogue
-(`ops.dequantize_rows`: the token scales, the bias, a GELU or a residual add, rounded once to the activations'
-dtype). Where oneDNN's int8 ops are missing, `torch._int_mm` computes the same int32 sums. Where an int8 Linear feeds
-another directly (the intermediate block's GELU feeds the output Linear), `int8_linear_quantized_for` quantizes the
-epilogue's rows for the next layer in the same pass (`ops.dequantize_quantize_rows`): the same values, bit for bit,
-without the activations written and read back.
+A call is two ops (`int8_linear`): the fused per-row quantize (`ops.quantize_rows`: uint8 with zero point 128), and
+`ops.int8_linear`: oneDNN's int8 matmul on a weight prepacked once into its blocked layout
+(`torch.ops.onednn.qlinear_pointwise`, VNNI/AMX; its int32 sums are exact and come back times the weight scales in
+float32) and the fused epilogue (`ops.dequantize_rows`: the token scales, the bias, a GELU or a residual add, rounded
+once to the activations' dtype), block of rows by block of rows on each thread, so the float32 product never
+leaves the core's cache. Where oneDNN's int8 ops are missing, `torch._int_mm` computes the same int32 sums and the
+epilogue runs on the whole product. Where an int8 Linear feeds another directly (the intermediate block's GELU
+feeds the output Linear), `int8_linear_quantized_for` quantizes the epilogue's rows for the next layer in the same
+pass (`ops.int8_linear_quantize`): the same values, bit for bit, without the activations written and read back.
 
 Two optional refinements, measured in `dtb_ext/experiments/int8_study.py`:
 - `keep_float`: Linear layers left in float (the ones whose quantization costs the most F1);
@@ -171,9 +172,14 @@ def int8_linear_of_quantized(quantized: Tensor, scale: Tensor, layer: Int8Linear
                              residual: Tensor | None = None) -> Tensor:
     """`int8_linear` of an input already quantized for `layer` (`ops.quantize_rows` with its input divisor):
     [M, K] uint8, [M] scales -> [*leading, N] in `dtype` (M = prod(leading))."""
-    product = _int8_product(quantized, layer)
     residual_rows = None if residual is None else residual.reshape(-1, layer.out_features)
-    out = ops.dequantize_rows(product, scale, layer.bias, residual_rows, activation, dtype)
+    packed = layer.packed_weight()
+    if packed.weight is not None:
+        out = ops.int8_linear(quantized, scale, packed.weight, layer.weight_scale, packed.zero_points, layer.bias,
+                              residual_rows, activation, dtype)
+    else:
+        out = ops.dequantize_rows(_int_mm_product(quantized, layer), scale, layer.bias, residual_rows, activation,
+                                  dtype)
     return out.reshape(*leading, layer.out_features)
 
 
@@ -182,25 +188,37 @@ def int8_linear_quantized_for(quantized: Tensor, scale: Tensor, layer: Int8Linea
     """act(x W^T + b) through `layer` from x quantized for it ([M, K] uint8, [M] scales), returned quantized as
     `consumer`'s input ([M, N] uint8, [M] float32 scales). The same values as `quantize_input(int8_linear(x,
     layer, activation), consumer)` with that output in `dtype`, bit for bit, from one fused epilogue
-    (`ops.dequantize_quantize_rows`)."""
+    (`ops.int8_linear_quantize`; `ops.dequantize_quantize_rows` without oneDNN)."""
     if consumer.in_features != layer.out_features:
         raise ValueError(f"consumer takes {consumer.in_features} features, the layer gives {layer.out_features}")
-    product = _int8_product(quantized, layer)
-    return ops.dequantize_quantize_rows(product, scale, layer.bias, activation, dtype, consumer.input_divisor)
+    packed = layer.packed_weight()
+    if packed.weight is not None:
+        return ops.int8_linear_quantize(quantized, scale, packed.weight, layer.weight_scale, packed.zero_points,
+                                        layer.bias, activation, dtype, consumer.input_divisor)
+    return ops.dequantize_quantize_rows(_int_mm_product(quantized, layer), scale, layer.bias, activation, dtype,
+                                        consumer.input_divisor)
 
 
 def int8_linear_layer_norm(quantized: Tensor, scale: Tensor, layer: Int8Linear, residual: Tensor,
                            layer_norm: nn.LayerNorm, consumer: Int8Linear | None = None,
                            ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """An output block, LayerNorm(x W^T + b + residual), from an input quantized for `layer` ([M, K] uint8, [M]
-    scales), in one epilogue (`ops.dequantize_layer_norm_rows`): -> ([..., N] in the residual's dtype and shape,
-    that output quantized as `consumer`'s input ([M, N] uint8, [M] float32) or None without a consumer)."""
+    scales), in one epilogue (`ops.int8_linear_layer_norm`; `ops.dequantize_layer_norm_rows` without oneDNN): ->
+    ([..., N] in the residual's dtype and shape, that output quantized as `consumer`'s input ([M, N] uint8, [M]
+    float32) or None without a consumer)."""
     if consumer is not None and consumer.in_features != layer.out_features:
         raise ValueError(f"consumer takes {consumer.in_features} features, the layer gives {layer.out_features}")
-    product = _int8_product(quantized, layer)
-    out, next_quantized, next_scale = ops.dequantize_layer_norm_rows(
-        product, scale, layer.bias, residual.reshape(-1, layer.out_features), layer_norm.weight, layer_norm.bias,
-        layer_norm.eps, residual.dtype, consumer is not None, None if consumer is None else consumer.input_divisor)
+    residual_rows = residual.reshape(-1, layer.out_features)
+    divisor = None if consumer is None else consumer.input_divisor
+    packed = layer.packed_weight()
+    if packed.weight is not None:
+        out, next_quantized, next_scale = ops.int8_linear_layer_norm(
+            quantized, scale, packed.weight, layer.weight_scale, packed.zero_points, layer.bias, residual_rows,
+            layer_norm.weight, layer_norm.bias, layer_norm.eps, residual.dtype, consumer is not None, divisor)
+    else:
+        out, next_quantized, next_scale = ops.dequantize_layer_norm_rows(
+            _int_mm_product(quantized, layer), scale, layer.bias, residual_rows, layer_norm.weight, layer_norm.bias,
+            layer_norm.eps, residual.dtype, consumer is not None, divisor)
     handoff = None if next_quantized is None else (next_quantized, next_scale)
     return out.reshape(residual.shape), handoff
 
@@ -210,14 +228,9 @@ def quantize_input(x: Tensor, layer: Int8Linear) -> tuple[Tensor, Tensor]:
     return ops.quantize_rows(x.reshape(-1, layer.in_features), layer.input_divisor)
 
 
-def _int8_product(quantized: Tensor, layer: Int8Linear) -> Tensor:
-    """[M, K] uint8 (zero point 128) -> [M, N] float32: the matmul's exact int32 sums times the weight scales."""
-    packed = layer.packed_weight()
-    if packed.weight is not None:
-        # x_scale 1 and zero point 128: the int32 sums of (quantized - 128) * weight, times the weight scales.
-        return torch.ops.onednn.qlinear_pointwise(
-            quantized, 1.0, reference.INT8_ZERO_POINT, packed.weight, layer.weight_scale, packed.zero_points, None,
-            1.0, 0, torch.float32, "none", [], "")
+def _int_mm_product(quantized: Tensor, layer: Int8Linear) -> Tensor:
+    """[M, K] uint8 (zero point 128) -> [M, N] float32: the matmul's exact int32 sums times the weight scales, where
+    oneDNN's int8 ops are missing (`torch._int_mm`)."""
     centred = (quantized.to(torch.int16) - reference.INT8_ZERO_POINT).to(torch.int8)
     return torch._int_mm(centred, layer.weight_int8.t()).float().mul_(layer.weight_scale)
 

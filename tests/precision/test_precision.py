@@ -246,7 +246,7 @@ def test_int8_feed_forward_fuses_its_epilogues_and_matches_the_two_blocks(monkey
     from dtb_ext import ops
 
     calls = []
-    for name in ("dequantize_quantize_rows", "dequantize_layer_norm_rows"):
+    for name in ("int8_linear_quantize", "int8_linear_layer_norm"):
         op = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *args, _op=op, _name=name: calls.append(_name) or _op(*args))
     encoder, layer, hidden = _int8_layer(smoothed)
@@ -255,7 +255,7 @@ def test_int8_feed_forward_fuses_its_epilogues_and_matches_the_two_blocks(monkey
         inner = encoder._linears.intermediate((0, "intermediate"), layer.intermediate, hidden)
         dense = layer.output.dense(inner)
         separate = layer.output.LayerNorm(dense + hidden)
-    assert calls == ["dequantize_quantize_rows", "dequantize_layer_norm_rows"]
+    assert calls == ["int8_linear_quantize", "int8_linear_layer_norm"]
     torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-5)
 
 
