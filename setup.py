@@ -4,10 +4,10 @@ and a CUDA toolkit (CUDA_HOME) is found. Install with `pip install --no-build-is
 The CPU kernels use ATen's at::vec::Vectorized, whose instruction set is fixed at compile time. As ATen does with
 CPU_CAPABILITY, each kernel file (csrc/cpu/*.cpp) is compiled once per instruction set, with that set's flags and
 -DCPU_CAPABILITY=<set>, and the library chooses one at load time from the CPU and ATEN_CPU_CAPABILITY
-(csrc/cpu_capability.h); the glue (op schemas, the choice, the registration of the chosen set's kernels, the
-Python module, the CUDA binding) is compiled for the baseline. So a wheel built here runs on any x86-64 CPU. On
-x86-64 every set is built; `DTB_CPU_CAPABILITIES=default,avx512` (for example) builds fewer, which shortens a
-development build."""
+(csrc/cpu_capability.h); the glue (op schemas, the choice, the registration of the chosen set's kernels, the call
+of oneDNN's int8 GEMM through the dispatcher, the Python module, the CUDA binding) is compiled for the baseline.
+So a wheel built here runs on any x86-64 CPU. On x86-64 every set is built; `DTB_CPU_CAPABILITIES=default,avx512`
+(for example) builds fewer, which shortens a development build."""
 from __future__ import annotations
 
 import glob
