@@ -15,7 +15,7 @@ windows, compiled with OpenVINO's default inference precision for the rest (bf16
 
 Every compiled model: INFERENCE_NUM_THREADS=2 (DTB_BENCH_EXPORT_THREADS), PERFORMANCE_HINT=LATENCY (one stream).
 One benchmark per batch size: batch 1 (each feature) and 32 (length-grouped batches, dynamic padding), the variant
-order rotating from item to item (bench/conftest.py `Interleaved`). `extra_info["variants"]` holds each variant's
+order shuffled from item to item (bench/conftest.py `Interleaved`). `extra_info["variants"]` holds each variant's
 median ms per item, median round ms, F1/EM on the sample from its own logits, and the MACs ratio; `bench/report.py`
 renders them with speedups against the three unpatched baselines.
 

@@ -4,7 +4,7 @@ each precision at several length configs, every variant interleaved with the oth
 Paper protocol: L = 384, every example a full 384-token window (SQuAD features at max_seq_length 384), so the
 MACs ratio (ideal speedup over full length, per variant in `extra_info["variants"]`) is the same for every
 example. One benchmark per (model, batch): each round runs every variant once on each of DTB_BENCH_MODEL_ITEMS
-random inputs (default 2), the order rotating (bench/conftest.py `Interleaved`); `bench/report.py` renders the
+random inputs (default 2), the order shuffled (bench/conftest.py `Interleaved`); `bench/report.py` renders the
 per-variant medians with speedups against HF fp32 and bf16. Precisions: DTB_BENCH_PRECISIONS (default
 fp32,bf16,int8; `dtb_ext.prepare_for_precision`). Reported, not pass/fail. Batch 32 runs for the MiniLM weights
 only, unless DTB_BENCH_LARGE_BATCH=1 (TinyBERT and BERT-base at batch 32 take many seconds a call on a 2-core

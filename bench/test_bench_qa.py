@@ -14,7 +14,7 @@ the exported length-adaptive graph at full length and at the within-1 % pick (be
 calibrated on DTB_BENCH_EXPORT_CALIBRATION training windows, default 300).
 
 One benchmark per batch size: each round runs every feature (batch 1) or every length-grouped batch (batch 32,
-dynamic padding) through every variant in turn, the variant order rotating from item to item (bench/conftest.py
+dynamic padding) through every variant in turn, the variant order shuffled from item to item (bench/conftest.py
 `Interleaved`), so a host whose speed drifts slows every variant alike. The benchmark's own time is a whole
 round; `extra_info["variants"]` holds each variant's median ms per item, median round ms (the whole sample), its
 F1/EM on the sample (computed once from that variant's own logits, so a wrong export or a lossy precision shows),

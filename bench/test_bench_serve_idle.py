@@ -8,7 +8,7 @@ default settings (`--max-wait-ms 0`: a batch starts as soon as the model thread 
 with `--max-wait-ms 5`, the default before 2026-12-05 (every batch waits 5 ms for company, so an idle server
 paid it on every request). Items: DTB_BENCH_SERVE_IDLE_QUESTIONS questions of SQuAD dev-a (default 48, seed 0),
 each asked at full length; rounds: DTB_BENCH_SERVE_IDLE_ROUNDS (default 5). Within a round each question goes
-to each variant in turn (rotating order), one request at a time, so the servers are always idle when a request
+to each variant in turn (shuffled order), one request at a time, so the servers are always idle when a request
 arrives:
 - `answer`: `QuestionAnswerer.answer(question, context)` (tokenising, the forward passes, the span);
 - `serve`, `serve-wait-5ms`: one POST /answer over a keep-alive HTTP connection (httpx), timed by the client

@@ -3,6 +3,7 @@ speed drifts (other processes, thermal limits) slows every variant alike instead
 and the benchmarks (bench/conftest.py) time with it."""
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -13,23 +14,28 @@ from tqdm.auto import tqdm
 
 class Interleaved:
     """Times several variants on the same items, all of them within every round: item by item, each variant runs
-    once on the item, in an order that rotates from item to item and from round to round. A host whose speed
+    once on the item, in an order drawn afresh for every item of every round (a seeded shuffle). A host whose speed
     drifts then slows every variant alike, where timing one variant after another would put the drift into the
-    ratios. `run_round` times one round; `summary` gives the medians.
+    ratios. The order is shuffled, not rotated, because a variant's time can depend on what ran just before it
+    (caches, oneDNN's and OpenVINO's per-shape state, the allocator; up to 5 % for an int8 model right after a bf16
+    one), and under a rotation every variant always follows the same one. `run_round` times one round; `summary`
+    gives the medians.
 
     variants: name -> function of one item (for example one batch of model inputs); a function that runs on a GPU
         must synchronise before it returns, so that its time is the GPU's.
     items: the inputs, the same for every variant.
     clock: seconds, time.perf_counter (wall) by default.
+    seed: seed of the orders, so that a rerun runs the same sequence.
     """
 
     def __init__(self, variants: dict[Hashable, Callable[[Any], Any]], items: Sequence[Any],
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, seed: int = 0) -> None:
         if not variants or not items:
             raise ValueError(f"Interleaved needs variants and items, got {len(variants)} and {len(items)}")
         self.variants = variants
         self.items = items
         self.clock = clock
+        self._orders = random.Random(seed)
         # variant -> one list per finished round of per-item seconds
         self.times: dict[Hashable, list[list[float]]] = {name: [] for name in variants}
 
@@ -44,10 +50,8 @@ class Interleaved:
         """One timed call of every variant on every item."""
         names = list(self.variants)
         current: dict[Hashable, list[float]] = {name: [] for name in names}
-        shift = len(next(iter(self.times.values())))
-        for index, item in enumerate(tqdm(self.items, desc="timing", unit="item", disable=not progress)):
-            start = (shift + index) % len(names)
-            for name in names[start:] + names[:start]:
+        for item in tqdm(self.items, desc="timing", unit="item", disable=not progress):
+            for name in self._orders.sample(names, len(names)):
                 started = self.clock()
                 self.variants[name](item)
                 current[name].append(self.clock() - started)

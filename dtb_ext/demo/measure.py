@@ -32,7 +32,7 @@ def measure_latency(
     """Median milliseconds of one batch-1 forward per feature (EvalFeatures), for every runner, config and padding
     protocol; full length runs without a config.
 
-    Every feature is run under every (runner, config) and protocol in turn (`Interleaved`: the order rotating
+    Every feature is run under every (runner, config) and protocol in turn (`Interleaved`: the order shuffled
     from feature to feature), so a change of machine load during the measurement hits all of them alike. One
     untimed pass of every feature through every case and protocol comes first: the steady state a serving process
     reaches (oneDNN compiles a kernel per matmul shape on first use, and token dropping makes a new shape at every

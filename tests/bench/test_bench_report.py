@@ -97,21 +97,34 @@ def test_a_servers_own_time_gets_its_column():
     assert "| `serve` | 15.000 | 150.000 | 0.87 | 13.250 |" in text
 
 
-def test_interleaved_timer_rotates_the_variant_order_and_summarises_each_variant():
+def _timed_calls(seed: int, items: list[str], rounds: int) -> tuple[list[tuple[str, str]], object]:
+    """The (variant, item) calls of `rounds` rounds of an Interleaved timer over variants a-d, and the timer."""
     spec = importlib.util.spec_from_file_location(
         "bench_conftest", os.path.join(os.path.dirname(REPORT), "conftest.py")
     )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
-    calls, ticks = [], iter(range(1000))
-    variants = {name: (lambda item, name=name: calls.append((name, item))) for name in "abc"}
-    timer = conftest.Interleaved(variants, ["x", "y"], clock=lambda: next(ticks))
-    timer.run_round()
-    timer.run_round()
-    assert calls == [("a", "x"), ("b", "x"), ("c", "x"), ("b", "y"), ("c", "y"), ("a", "y"),
-                     ("b", "x"), ("c", "x"), ("a", "x"), ("c", "y"), ("a", "y"), ("b", "y")]
+    calls, ticks = [], iter(range(10_000))
+    variants = {name: (lambda item, name=name: calls.append((name, item))) for name in "abcd"}
+    timer = conftest.Interleaved(variants, items, clock=lambda: next(ticks), seed=seed)
+    for _ in range(rounds):
+        timer.run_round()
+    return calls, timer
+
+
+def test_interleaved_timer_runs_every_variant_once_per_item_in_shuffled_orders():
+    items = [f"item{i}" for i in range(12)]
+    calls, timer = _timed_calls(0, items, rounds=2)
+    blocks = [calls[start:start + 4] for start in range(0, len(calls), 4)]
+    assert [{item for _, item in block} for block in blocks] == [{item} for item in items * 2]
+    assert all(sorted(name for name, _ in block) == list("abcd") for block in blocks)
+    # Each variant follows more than one other variant (a rotation would always put it after the same one).
+    predecessors = {name: {block[i - 1][0] for block in blocks for i in range(1, 4) if block[i][0] == name}
+                    for name in "abcd"}
+    assert all(len(before) > 1 for before in predecessors.values())
+    assert _timed_calls(0, items, rounds=2)[0] == calls and _timed_calls(1, items, rounds=2)[0] != calls
     summary = timer.summary()
-    assert set(summary) == set("abc") and summary["a"] == {"median_ms": 1e3, "round_ms": 2e3, "min_round_ms": 2e3}
+    assert set(summary) == set("abcd") and summary["a"] == {"median_ms": 1e3, "round_ms": 12e3, "min_round_ms": 12e3}
 
 
 def test_interleaved_warm_up_runs_every_variant_on_every_item_untimed():
