@@ -8,10 +8,11 @@ precision of DTB_BENCH_QA_PRECISIONS (default fp32,bf16,int8; `dtb_ext.prepare_f
 config, as the unpatched model runs) and at the shipped front's picks within DTB_BENCH_QA_PICKS percent of the
 full-length F1 (default 1,3) and its most accurate configs with a MACs speedup of at least DTB_BENCH_QA_SPEEDUPS
 (default 1.4; shows what dropping buys in each precision where the F1 picks stay near full length); a pick that is
-full length is not timed twice. Where openvino and nncf are installed, OpenVINO in each precision of
-DTB_BENCH_QA_OPENVINO (default bf16,int8; empty: none): the unpatched model (the strongest plain CPU baseline) and
-the exported length-adaptive graph at full length and at the within-1 % pick (bench/openvino_variants.py; int8
-calibrated on DTB_BENCH_EXPORT_CALIBRATION training windows, default 300).
+full length, or the same config as an earlier pick, is not timed twice (`extra_info["picks"]` says which). Where
+openvino and nncf are installed, OpenVINO in each precision of DTB_BENCH_QA_OPENVINO (default bf16,int8; empty:
+none): the unpatched model (the strongest plain CPU baseline) and the exported length-adaptive graph at full length
+and at the within-1 % pick (bench/openvino_variants.py; int8 calibrated on DTB_BENCH_EXPORT_CALIBRATION training
+windows, default 300).
 
 One benchmark per batch size: each round runs every feature (batch 1) or every length-grouped batch (batch 32,
 dynamic padding) through every variant in turn, the variant order shuffled from item to item (bench/conftest.py
@@ -90,9 +91,14 @@ def _setup() -> dict[str, Any]:
         chosen = [(f"front-{percent:g}pct", pick(front, max_f1_drop_percent=percent)) for percent in PICKS]
         chosen += [(f"front-{speedup:g}x", pick(front, min_speedup=speedup)) for speedup in SPEEDUPS]
         for name, point in chosen:
-            picks[name] = "full length" if point.length_config == front.full_length.length_config else str(
-                list(point.length_config.values))
-            if picks[name] != "full length":
+            # A pick equal to full length or to an earlier pick is recorded, not timed again under a second name.
+            same = next((earlier for earlier, config in configs.items() if config == point.length_config), None)
+            if point.length_config == front.full_length.length_config:
+                picks[name] = "full length"
+            elif same is not None:
+                picks[name] = f"same config as {same}"
+            else:
+                picks[name] = str(list(point.length_config.values))
                 configs[name] = point.length_config
     examples = sample_questions(load_squad(default_squad_file("dev-a-v1.1.json")), QUESTIONS, 0)
     features = prepare_eval_features(examples, tokenizer, int(identity.get("max_seq_length", MAX_SEQ_LENGTH)),
