@@ -81,7 +81,8 @@ def _with_full_length(front: Front) -> list[Point]:
 
 def _weakly_dominates(winners: Sequence[Point], others: Sequence[Point]) -> bool:
     """Every point of `others` has a point of `winners` at least as fast with at least its F1."""
-    return all((best_f1_at(winners, point.speedup) or float("-inf")) >= point.f1 for point in others)
+    best = [best_f1_at(winners, point.speedup) for point in others]
+    return all(f1 is not None and f1 >= point.f1 for f1, point in zip(best, others))
 
 
 def _cell(value: float | None) -> str:

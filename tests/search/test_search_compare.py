@@ -47,6 +47,13 @@ def test_a_front_that_loses_somewhere_does_not_beat():
     assert not comparison.new_beats_old and not comparison.old_beats_new
 
 
+def test_a_point_at_f1_zero_is_matched_by_a_point_at_f1_zero():
+    # F1 0 is a real score (not "no point"): a front whose fastest point scores 0 still matches one that does too.
+    old = _front([(FULL, 70.0), ((0.5, 0.5), 0.0)])
+    new = _front([(FULL, 71.0), ((0.5, 0.5), 0.0)])
+    assert compare_fronts(old, new).new_beats_old
+
+
 def test_fronts_equal_beat_each_other():
     comparison = compare_fronts(OLD, OLD)
     assert comparison.new_beats_old and comparison.old_beats_new
