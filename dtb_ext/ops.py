@@ -75,6 +75,12 @@ def _use_kernels() -> bool:
     return _HAS_KERNELS and not _reference_only
 
 
+def _records_gradient(*tensors: Tensor | None) -> bool:
+    """Whether autograd would record a graph through any of `tensors` (None ignored): the kernels have no backward,
+    so the reference runs instead."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def softmax_with_significance(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """[B, H, L, L] scores and [B, L] mask -> ([B, H, L, L] probabilities, [B, L] float32 significance)."""
     if _use_kernels():
@@ -125,7 +131,7 @@ def quantize_rows(x: Tensor, divisor: Tensor | None = None) -> tuple[Tensor, Ten
     """Per-row symmetric int8 quantization: [M, K] float32/bfloat16 (divided by `divisor` [K] float32 if given) ->
     ([M, K] uint8 with zero point 128, [M] float32 scales); see `reference.quantize_rows`. Kernel on CPU tensors
     without a recorded gradient (quantization has none), the reference elsewhere."""
-    if _use_kernels() and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+    if _use_kernels() and x.device.type == "cpu" and not _records_gradient(x):
         return torch.ops.dtb.quantize_rows(x, divisor)
     return reference.quantize_rows(x, divisor)
 
@@ -135,9 +141,7 @@ def dequantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residua
     """The float epilogue of an int8 matmul: [M, N] float32 product, [M] scales -> act(product * scale + bias) +
     residual as [M, N] `dtype`; see `reference.dequantize_rows`. Kernel on CPU tensors without a recorded gradient,
     the reference elsewhere."""
-    tensors = [t for t in (product, scale, bias, residual) if t is not None]
-    if (_use_kernels() and product.device.type == "cpu"
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+    if _use_kernels() and product.device.type == "cpu" and not _records_gradient(product, scale, bias, residual):
         return torch.ops.dtb.dequantize_rows(product, scale, bias, residual, activation, dtype)
     return reference.dequantize_rows(product, scale, bias, residual, activation, dtype)
 
@@ -160,9 +164,8 @@ def dequantize_layer_norm_rows(product: Tensor, scale: Tensor, bias: Tensor | No
     scale + bias + residual) as [M, N] `dtype`, and with `quantize` that output quantized for the next int8 Linear
     ([M, N] uint8, [M] float32; else None, None); see `reference.dequantize_layer_norm_rows`. Kernel on CPU tensors
     without a recorded gradient, the reference elsewhere."""
-    tensors = [t for t in (product, scale, bias, residual, weight, layer_norm_bias) if t is not None]
     if (_use_kernels() and product.device.type == "cpu"
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+            and not _records_gradient(product, scale, bias, residual, weight, layer_norm_bias)):
         out, quantized, quantized_scale = torch.ops.dtb.dequantize_layer_norm_rows(
             product, scale, bias, residual, weight, layer_norm_bias, eps, dtype, quantize, divisor)
         return (out, quantized, quantized_scale) if quantize else (out, None, None)
@@ -178,8 +181,7 @@ def int8_linear(quantized: Tensor, scale: Tensor, weight: Tensor, weight_scale: 
     `dequantize_rows` of oneDNN's int8 matmul, [M, N] `dtype`. The kernel runs the matmul and the epilogue block of
     rows by block of rows, so the [M, N] float32 product is never in memory; the reference (also where a gradient
     is recorded) computes the product whole and `reference.dequantize_rows`."""
-    tensors = [t for t in (scale, bias, residual) if t is not None]
-    if _use_kernels() and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if _use_kernels() and not _records_gradient(scale, bias, residual):
         return torch.ops.dtb.int8_linear(quantized, scale, weight, weight_scale, weight_zero_points, bias, residual,
                                          activation, dtype)
     product = reference.int8_matmul(quantized, weight, weight_scale, weight_zero_points)
@@ -207,8 +209,7 @@ def int8_linear_layer_norm(quantized: Tensor, scale: Tensor, weight: Tensor, wei
     """An int8 output block from its quantized input: `dequantize_layer_norm_rows` of the int8 matmul ([M, N]
     `dtype`, and with `quantize` that output quantized for the next int8 Linear, else None, None), the matmul and
     the epilogue in blocks of rows as `int8_linear`; the reference where a gradient is recorded."""
-    tensors = [t for t in (scale, bias, residual, layer_norm_weight, layer_norm_bias) if t is not None]
-    if _use_kernels() and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if _use_kernels() and not _records_gradient(scale, bias, residual, layer_norm_weight, layer_norm_bias):
         out, next_quantized, next_scale = torch.ops.dtb.int8_linear_layer_norm(
             quantized, scale, weight, weight_scale, weight_zero_points, bias, residual, layer_norm_weight,
             layer_norm_bias, eps, dtype, quantize, divisor)
@@ -232,7 +233,7 @@ _ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def _attention_kernel_applies(query: Tensor, key: Tensor, value: Tensor) -> bool:
     """The attention kernels take CPU tensors of their dtypes and have no backward."""
     return (_use_kernels() and query.device.type == "cpu" and query.dtype in _ATTENTION_DTYPES
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))))
+            and not _records_gradient(query, key, value))
 
 
 def _gather_rows(values: Tensor, positions: Tensor) -> Tensor:
