@@ -7,7 +7,9 @@ Runtime's BERT optimizer (`ort-bert-*`; all when `onnxruntime` is importable); t
 precision of DTB_BENCH_QA_PRECISIONS (default fp32,bf16,int8; `dtb_ext.prepare_for_precision`) at full length (no
 config, as the unpatched model runs) and at the shipped front's picks within DTB_BENCH_QA_PICKS percent of the
 full-length F1 (default 1,3) and its most accurate configs with a MACs speedup of at least DTB_BENCH_QA_SPEEDUPS
-(default 1.4; shows what dropping buys in each precision where the F1 picks stay near full length); a pick that is
+(default 1.4; shows what dropping buys in each precision where the F1 picks stay near full length), and for the
+precisions in DTB_BENCH_QA_GENERIC (default bf16,int8) also at full length on the encoder's generic path
+(`ours-P-full-generic`, no layer plans: what dtb_ext/models/layer_plan.py saves); a pick that is
 full length, or the same config as an earlier pick, is not timed twice (`extra_info["picks"]` says which). Where
 openvino and nncf are installed, OpenVINO in each precision of DTB_BENCH_QA_OPENVINO (default bf16,int8; empty:
 none): the unpatched model (the strongest plain CPU baseline) and the exported length-adaptive graph at full length
@@ -29,6 +31,7 @@ Run: `.venv/bin/python -m pytest bench/test_bench_qa.py --benchmark-only`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -41,6 +44,7 @@ import torch
 import dtb_ext
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
 from dtb_ext.demo.run import FRONT_FILE
+from dtb_ext.models.layer_plan import generic_path
 from qa_scoring import scores_and_macs
 
 MODEL_DIR = os.environ.get("DTB_BENCH_QA_MODEL", DEFAULT_MODEL_DIR)
@@ -51,6 +55,9 @@ PRECISIONS = os.environ.get("DTB_BENCH_QA_PRECISIONS", "fp32,bf16,int8").split("
 PICKS = [float(p) for p in os.environ.get("DTB_BENCH_QA_PICKS", "1,3").split(",") if p]
 SPEEDUPS = [float(s) for s in os.environ.get("DTB_BENCH_QA_SPEEDUPS", "1.4").split(",") if s]
 OPENVINO_PRECISIONS = tuple(p for p in os.environ.get("DTB_BENCH_QA_OPENVINO", "bf16,int8").split(",") if p)
+# Precisions whose full-length model is also timed on the encoder's generic path (`ours-P-full-generic`): what the
+# layer plans (dtb_ext/models/layer_plan.py) save, in the same run.
+GENERIC_PRECISIONS = tuple(p for p in os.environ.get("DTB_BENCH_QA_GENERIC", "bf16,int8").split(",") if p)
 CALIBRATION_WINDOWS = int(os.environ.get("DTB_BENCH_EXPORT_CALIBRATION", "300"))
 MAX_SEQ_LENGTH = 384  # window length when no front says otherwise (the front records its search's windows)
 ONNX_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -160,6 +167,8 @@ def _variants(tmp_dir: str) -> dict[str, tuple[Callable[[dict[str, torch.Tensor]
     for precision, model in setup["ours"].items():
         for config_name, config in setup["configs"].items():
             variants[f"ours-{precision}-{config_name}"] = (_patched_runner(model, config), config)
+        if precision in GENERIC_PRECISIONS:
+            variants[f"ours-{precision}-full-generic"] = (_patched_runner(model, None, generic=True), None)
     if OPENVINO_PRECISIONS and _importable("openvino") and _importable("nncf") and os.path.isfile(FRONT):
         from openvino_variants import openvino_setup, openvino_variants
 
@@ -193,9 +202,11 @@ def _onnx_runner(session: Any) -> Callable[[dict[str, torch.Tensor]], Logits]:
     return run
 
 
-def _patched_runner(model: torch.nn.Module, config: Any) -> Callable[[dict[str, torch.Tensor]], Logits]:
+def _patched_runner(model: torch.nn.Module, config: Any,
+                    generic: bool = False) -> Callable[[dict[str, torch.Tensor]], Logits]:
+    """`model` under `config`; with `generic`, on the encoder's generic path (no layer plans)."""
     def run(inputs):
-        with dtb_ext.length_config(model, config):
+        with dtb_ext.length_config(model, config), generic_path() if generic else contextlib.nullcontext():
             outputs = model(**inputs)
         return outputs.start_logits, outputs.end_logits
 

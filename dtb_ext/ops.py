@@ -71,8 +71,10 @@ def reference_ops() -> Iterator[None]:
         _reference_only = previous
 
 
-def _use_kernels() -> bool:
+def kernels_enabled() -> bool:
+    """True when the ops run the compiled kernels now: they are loaded and `reference_ops()` is not in effect."""
     return _HAS_KERNELS and not _reference_only
+
 
 
 def _records_gradient(*tensors: Tensor | None) -> bool:
@@ -83,7 +85,7 @@ def _records_gradient(*tensors: Tensor | None) -> bool:
 
 def softmax_with_significance(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """[B, H, L, L] scores and [B, L] mask -> ([B, H, L, L] probabilities, [B, L] float32 significance)."""
-    if _use_kernels():
+    if kernels_enabled():
         return torch.ops.dtb.softmax_with_significance(scores, mask)
     return reference.softmax_with_significance(scores, mask)
 
@@ -92,14 +94,14 @@ def select_and_gather(
     hidden: Tensor, significance: Tensor, mask: Tensor, keep: Tensor, max_keep: int, keep_first: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Kept hidden states [B, K, D], kept mask [B, K] and ascending kept positions [B, K] (PAD_POSITION past keep)."""
-    if _use_kernels():
+    if kernels_enabled():
         return torch.ops.dtb.select_and_gather(hidden, significance, mask, keep, max_keep, keep_first)
     return reference.select_and_gather(hidden, significance, mask, keep, max_keep, keep_first)
 
 
 def restore(base: Tensor, src: Tensor, positions: Tensor) -> Tensor:
     """A copy of `base` [B, L0, D] with the rows of `src` [B, K, D] written at `positions` [B, K]."""
-    if _use_kernels():
+    if kernels_enabled():
         return torch.ops.dtb.restore(base, src, positions)
     return reference.restore(base, src, positions)
 
@@ -131,7 +133,7 @@ def quantize_rows(x: Tensor, divisor: Tensor | None = None) -> tuple[Tensor, Ten
     """Per-row symmetric int8 quantization: [M, K] float32/bfloat16 (divided by `divisor` [K] float32 if given) ->
     ([M, K] uint8 with zero point 128, [M] float32 scales); see `reference.quantize_rows`. Kernel on CPU tensors
     without a recorded gradient (quantization has none), the reference elsewhere."""
-    if _use_kernels() and x.device.type == "cpu" and not _records_gradient(x):
+    if kernels_enabled() and x.device.type == "cpu" and not _records_gradient(x):
         return torch.ops.dtb.quantize_rows(x, divisor)
     return reference.quantize_rows(x, divisor)
 
@@ -141,7 +143,7 @@ def dequantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None, residua
     """The float epilogue of an int8 matmul: [M, N] float32 product, [M] scales -> act(product * scale + bias) +
     residual as [M, N] `dtype`; see `reference.dequantize_rows`. Kernel on CPU tensors without a recorded gradient,
     the reference elsewhere."""
-    if _use_kernels() and product.device.type == "cpu" and not _records_gradient(product, scale, bias, residual):
+    if kernels_enabled() and product.device.type == "cpu" and not _records_gradient(product, scale, bias, residual):
         return torch.ops.dtb.dequantize_rows(product, scale, bias, residual, activation, dtype)
     return reference.dequantize_rows(product, scale, bias, residual, activation, dtype)
 
@@ -151,7 +153,7 @@ def dequantize_quantize_rows(product: Tensor, scale: Tensor, bias: Tensor | None
     """An int8 matmul's epilogue quantized for the next int8 matmul: `quantize_rows(dequantize_rows(product, scale,
     bias, None, activation, dtype), divisor)` ([M, N] float32, [M] -> [M, N] uint8, [M] float32), bit for bit, in
     one pass per row (kernel on CPU tensors; quantization records no gradient)."""
-    if _use_kernels() and product.device.type == "cpu":
+    if kernels_enabled() and product.device.type == "cpu":
         return torch.ops.dtb.dequantize_quantize_rows(product, scale, bias, activation, dtype, divisor)
     return reference.quantize_rows(reference.dequantize_rows(product, scale, bias, None, activation, dtype), divisor)
 
@@ -164,7 +166,7 @@ def dequantize_layer_norm_rows(product: Tensor, scale: Tensor, bias: Tensor | No
     scale + bias + residual) as [M, N] `dtype`, and with `quantize` that output quantized for the next int8 Linear
     ([M, N] uint8, [M] float32; else None, None); see `reference.dequantize_layer_norm_rows`. Kernel on CPU tensors
     without a recorded gradient, the reference elsewhere."""
-    if (_use_kernels() and product.device.type == "cpu"
+    if (kernels_enabled() and product.device.type == "cpu"
             and not _records_gradient(product, scale, bias, residual, weight, layer_norm_bias)):
         out, quantized, quantized_scale = torch.ops.dtb.dequantize_layer_norm_rows(
             product, scale, bias, residual, weight, layer_norm_bias, eps, dtype, quantize, divisor)
@@ -181,7 +183,7 @@ def int8_linear(quantized: Tensor, scale: Tensor, weight: Tensor, weight_scale: 
     `dequantize_rows` of oneDNN's int8 matmul, [M, N] `dtype`. The kernel runs the matmul and the epilogue block of
     rows by block of rows, so the [M, N] float32 product is never in memory; the reference (also where a gradient
     is recorded) computes the product whole and `reference.dequantize_rows`."""
-    if _use_kernels() and not _records_gradient(scale, bias, residual):
+    if kernels_enabled() and not _records_gradient(scale, bias, residual):
         return torch.ops.dtb.int8_linear(quantized, scale, weight, weight_scale, weight_zero_points, bias, residual,
                                          activation, dtype)
     product = reference.int8_matmul(quantized, weight, weight_scale, weight_zero_points)
@@ -194,7 +196,7 @@ def int8_linear_quantize(quantized: Tensor, scale: Tensor, weight: Tensor, weigh
     """`int8_linear` (no residual) quantized for the next int8 Linear: `dequantize_quantize_rows` of the int8
     matmul ([M, N] uint8, [M] float32), bit for bit, the matmul and the epilogue in blocks of rows as
     `int8_linear` (quantization records no gradient)."""
-    if _use_kernels():
+    if kernels_enabled():
         return torch.ops.dtb.int8_linear_quantize(quantized, scale, weight, weight_scale, weight_zero_points, bias,
                                                   activation, dtype, divisor)
     product = reference.int8_matmul(quantized, weight, weight_scale, weight_zero_points)
@@ -209,7 +211,7 @@ def int8_linear_layer_norm(quantized: Tensor, scale: Tensor, weight: Tensor, wei
     """An int8 output block from its quantized input: `dequantize_layer_norm_rows` of the int8 matmul ([M, N]
     `dtype`, and with `quantize` that output quantized for the next int8 Linear, else None, None), the matmul and
     the epilogue in blocks of rows as `int8_linear`; the reference where a gradient is recorded."""
-    if _use_kernels() and not _records_gradient(scale, bias, residual, layer_norm_weight, layer_norm_bias):
+    if kernels_enabled() and not _records_gradient(scale, bias, residual, layer_norm_weight, layer_norm_bias):
         out, next_quantized, next_scale = torch.ops.dtb.int8_linear_layer_norm(
             quantized, scale, weight, weight_scale, weight_zero_points, bias, residual, layer_norm_weight,
             layer_norm_bias, eps, dtype, quantize, divisor)
@@ -223,8 +225,13 @@ def native_bf16_attention(query: Tensor) -> bool:
     """True when `attention` on `query` [B, H, n, d] runs the kernel's AVX512-BF16 dot products: a bf16 CPU tensor
     with d a multiple of 16, the AVX512 kernels chosen and a CPU with AVX512-BF16. Elsewhere the kernel computes in
     float32 FMAs, which is not faster than torch's SDPA."""
-    return (_use_kernels() and bool(_BUILD_INFO.get("cpu_bf16_dot_products", False)) and query.device.type == "cpu"
-            and query.dtype == torch.bfloat16 and query.shape[-1] % 16 == 0)
+    return native_bf16_attention_applies(query.dtype, query.device.type, query.shape[-1])
+
+
+def native_bf16_attention_applies(dtype: torch.dtype, device_type: str, head_size: int) -> bool:
+    """`native_bf16_attention` for a query of `dtype` on `device_type` with heads of `head_size`."""
+    return (kernels_enabled() and bool(_BUILD_INFO.get("cpu_bf16_dot_products", False)) and device_type == "cpu"
+            and dtype == torch.bfloat16 and head_size % 16 == 0)
 
 
 _ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -232,7 +239,7 @@ _ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def _attention_kernel_applies(query: Tensor, key: Tensor, value: Tensor) -> bool:
     """The attention kernels take CPU tensors of their dtypes and have no backward."""
-    return (_use_kernels() and query.device.type == "cpu" and query.dtype in _ATTENTION_DTYPES
+    return (kernels_enabled() and query.device.type == "cpu" and query.dtype in _ATTENTION_DTYPES
             and not _records_gradient(query, key, value))
 
 

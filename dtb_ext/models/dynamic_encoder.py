@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
+from dtb_ext.models.layer_plan import LayerPlan, LayerPlans
 from dtb_ext.models.packed_linear import PackedLinears
 from dtb_ext.models.padding_mask import padding_mask_from_hf
 from dtb_ext.models.relevance import (
@@ -58,6 +59,7 @@ class DynamicEncoder(nn.Module):
         self.significance = ATTENTION
         self.relevance: RelevanceScorer | None = None
         self._linears = PackedLinears()
+        self._plans = LayerPlans()
 
     @property
     def num_layers(self) -> int:
@@ -189,17 +191,22 @@ class DynamicEncoder(nn.Module):
             ([B, K, D] output, [B, K] mask, [B, K] kept slots into n, or None when nothing was gathered).
         """
         ranking = active_ranking(self, positions, hidden.shape[1]) if drops_real else None
+        plan = self._plans.plan(index, self.layer[index], self._linears, hidden)
+        handoff = None
         if not drops_real or self.significance == SCORER or ranking is not None:
             # No attention significance is needed, so the fused SDPA kernel can run.
-            attention_output = self._attention_all_kept(index, hidden, mask if padded else None,
-                                                        feeds_forward=not drops_real and keep is None)
+            feeds_forward = not drops_real and keep is None
+            if plan is not None:
+                attention_output, handoff = plan.attention(hidden, mask if padded else None, feeds_forward)
+            else:
+                attention_output = self._attention_all_kept(index, hidden, mask if padded else None, feeds_forward)
             attention_significance = None
         else:
             attention_output, attention_significance = self._attention_with_significance(index, hidden, mask)
         scorer_logits = self._scorer_logits(index, attention_output, mask, drops_real and ranking is None, positions)
         if not drops_real:
             if keep is None:
-                return self._feed_forward(index, attention_output), mask, None
+                return self._feed_forward(index, attention_output, plan, handoff), mask, None
             # Only padding goes: every real token outranks every padding slot, so they are all kept, in order.
             significance = mask.to(torch.float32)
         elif ranking is not None:
@@ -209,7 +216,7 @@ class DynamicEncoder(nn.Module):
         kept_hidden, kept_mask, kept_positions = ops.select_and_gather(
             attention_output, significance, mask, keep, width, self.keep_first
         )
-        return self._feed_forward(index, kept_hidden), kept_mask, kept_positions
+        return self._feed_forward(index, kept_hidden, plan), kept_mask, kept_positions
 
     def _scorer_logits(self, index: int, attention_output: Tensor, mask: Tensor, drops_real: bool,
                        positions: Tensor | None) -> Tensor | None:
@@ -285,8 +292,13 @@ class DynamicEncoder(nn.Module):
         context = context.transpose(1, 2).reshape(hidden.shape)
         return self._linears.output((index, "attention"), layer.attention.output, context, hidden), significance
 
-    def _feed_forward(self, index: int, hidden: Tensor) -> Tensor:
-        """Layer `index`'s intermediate + output blocks: [B, K, D] -> [B, K, D] (packed_linear.py at inference)."""
+    def _feed_forward(self, index: int, hidden: Tensor, plan: LayerPlan | None,
+                      handoff: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Layer `index`'s intermediate + output blocks: [B, K, D] -> [B, K, D], through the layer's `plan`
+        (with `handoff`: `hidden` quantized by the plan's attention block) where there is one, else
+        packed_linear.py at inference."""
+        if plan is not None:
+            return plan.feed_forward(hidden, handoff)
         layer = self.layer[index]
         return self._linears.feed_forward(index, layer.intermediate, layer.output, hidden)
 

@@ -73,13 +73,13 @@ class PackedLinears:
     def projections(self, key: Hashable, linears: Sequence[nn.Module], hidden: Tensor) -> tuple[Tensor, ...]:
         """[B, n, D] -> one [B, n, N_i] output per Linear of `linears` (all on the same input: query, key, value),
         from a single matmul at inference, else from the modules themselves."""
-        if (not torch.is_grad_enabled() and all(_is_plain_int8(linear) for linear in linears)
-                and _same_divisor(linears)):
-            output = int8_linear(hidden, self._int8_entry(key, linears))
+        if (not torch.is_grad_enabled() and all(is_plain_int8(linear) for linear in linears)
+                and same_divisor(linears)):
+            output = int8_linear(hidden, self.int8_entry(key, linears))
             return output.split([linear.out_features for linear in linears], dim=-1)
-        if torch.is_grad_enabled() or not all(_is_plain_linear(linear) for linear in linears):
+        if torch.is_grad_enabled() or not all(is_plain_linear(linear) for linear in linears):
             return tuple(linear(hidden) for linear in linears)
-        entry = self._entry(key, linears, packed=_packs(hidden, linears[0]))
+        entry = self.entry(key, linears, packed=_packs(hidden, linears[0]))
         if entry.weight.is_mkldnn:
             output = _pointwise(hidden, entry)
         else:
@@ -88,14 +88,14 @@ class PackedLinears:
 
     def intermediate(self, key: Hashable, block: nn.Module, hidden: Tensor) -> Tensor:
         """A BERT intermediate block, act(dense(hidden)): [B, K, D] -> [B, K, I]; GELU fused where packed."""
-        if self._runs_int8(block) and _gelu_algorithm(block.intermediate_act_fn) is not None:
-            activation = _INT8_GELU[_gelu_algorithm(block.intermediate_act_fn)]
+        if self._runs_int8(block) and gelu_algorithm(block.intermediate_act_fn) is not None:
+            activation = INT8_GELU[gelu_algorithm(block.intermediate_act_fn)]
             return int8_linear(hidden, block.dense, activation)
         if not (isinstance(block, _INTERMEDIATE_BLOCKS) and type(block).forward in _FORWARDS
                 and self._packable(block, block.dense, hidden)):
             return block(hidden)
-        entry = self._entry(key, (block.dense,), packed=True)
-        gelu = _gelu_algorithm(block.intermediate_act_fn)
+        entry = self.entry(key, (block.dense,), packed=True)
+        gelu = gelu_algorithm(block.intermediate_act_fn)
         if gelu is None:
             return block.intermediate_act_fn(_pointwise(hidden, entry))
         return _pointwise(hidden, entry, "gelu", gelu)
@@ -111,9 +111,9 @@ class PackedLinears:
         itself (`output(..., feeds=intermediate)`)."""
         handoff, self._handoff = self._handoff, None
         if (self._runs_int8(intermediate) and self._runs_int8(output)
-                and _gelu_algorithm(intermediate.intermediate_act_fn) is not None
-                and _fusable_layer_norm(output, hidden) and _is_plain(output.dropout)):
-            activation = _INT8_GELU[_gelu_algorithm(intermediate.intermediate_act_fn)]
+                and gelu_algorithm(intermediate.intermediate_act_fn) is not None
+                and fusable_layer_norm(output, hidden) and is_plain(output.dropout)):
+            activation = INT8_GELU[gelu_algorithm(intermediate.intermediate_act_fn)]
             if handoff is not None and handoff[0] is hidden and handoff[1] is intermediate.dense:
                 quantized, scale = handoff[2], handoff[3]
             else:
@@ -133,21 +133,21 @@ class PackedLinears:
         `feeds`: the intermediate block that takes this output as is (no tokens gathered in between), or None.
         With int8 layers the LayerNorm runs in the matmul's epilogue, which also quantizes the output for `feeds`'
         int8 Linear (`feed_forward` picks it up)."""
-        if (self._runs_int8(block) and _fusable_layer_norm(block, residual) and _is_plain(block.dropout)
+        if (self._runs_int8(block) and fusable_layer_norm(block, residual) and is_plain(block.dropout)
                 and residual.dtype == hidden.dtype):
             consumer = feeds.dense if feeds is not None and self._runs_int8(feeds) else None
             quantized, scale = quantize_input(hidden, block.dense)
             out, handoff = int8_linear_layer_norm(quantized, scale, block.dense, residual, block.LayerNorm, consumer)
             self._handoff = None if handoff is None else (out, consumer, *handoff)
             return out
-        if (self._runs_int8(block) and _is_plain(block.LayerNorm) and _is_plain(block.dropout)
+        if (self._runs_int8(block) and is_plain(block.LayerNorm) and is_plain(block.dropout)
                 and residual.dtype == hidden.dtype):
             return block.LayerNorm(int8_linear(hidden, block.dense, residual=residual))
         if not (isinstance(block, _OUTPUT_BLOCKS) and type(block).forward in _FORWARDS
-                and self._packable(block, block.dense, hidden) and _is_plain(block.LayerNorm)
-                and _is_plain(block.dropout) and residual.dtype == hidden.dtype):
+                and self._packable(block, block.dense, hidden) and is_plain(block.LayerNorm)
+                and is_plain(block.dropout) and residual.dtype == hidden.dtype):
             return block(hidden, residual)
-        entry = self._entry(key, (block.dense,), packed=True)
+        entry = self.entry(key, (block.dense,), packed=True)
         summed = torch.ops.mkldnn._linear_pointwise.binary(
             hidden.contiguous(), residual.contiguous(), entry.weight, entry.bias, "add"
         )
@@ -156,11 +156,21 @@ class PackedLinears:
     @staticmethod
     def _runs_int8(block: nn.Module) -> bool:
         """Whether `block` (an exact HF intermediate or output block) runs its int8 dense layer fused here."""
-        return (not torch.is_grad_enabled() and not block.training
-                and isinstance(block, _OUTPUT_BLOCKS + _INTERMEDIATE_BLOCKS) and type(block).forward in _FORWARDS
-                and _is_plain(block) and _is_plain_int8(block.dense))
+        return (not torch.is_grad_enabled() and not block.training and PackedLinears.is_exact_block(block)
+                and is_plain(block) and is_plain_int8(block.dense))
 
-    def _int8_entry(self, key: Hashable, linears: Sequence[Int8Linear]) -> Int8Linear:
+    @staticmethod
+    def is_exact_block(block: nn.Module) -> bool:
+        """Whether `block` is a Hugging Face BERT/RoBERTa intermediate or output block with HF's own forward (the
+        computation the fused paths stand in for)."""
+        return isinstance(block, _OUTPUT_BLOCKS + _INTERMEDIATE_BLOCKS) and type(block).forward in _FORWARDS
+
+    @staticmethod
+    def can_prepack() -> bool:
+        """Whether float CPU Linears can run with prepacked oneDNN weights here (the ops exist, oneDNN is usable)."""
+        return _MKLDNN_OPS and torch.backends.mkldnn.is_available()
+
+    def int8_entry(self, key: Hashable, linears: Sequence[Int8Linear]) -> Int8Linear:
         """The int8 layers of `linears` concatenated into one (cached until one of their buffers changes)."""
         tensors = tuple(t for linear in linears for t in (linear.weight_int8, linear.weight_scale, linear.bias)
                         if t is not None)
@@ -173,10 +183,10 @@ class PackedLinears:
 
     @staticmethod
     def _packable(block: nn.Module, linear: nn.Module, hidden: Tensor) -> bool:
-        return (not torch.is_grad_enabled() and not block.training and _is_plain(block)
-                and _is_plain_linear(linear) and _packs(hidden, linear))
+        return (not torch.is_grad_enabled() and not block.training and is_plain(block)
+                and is_plain_linear(linear) and _packs(hidden, linear))
 
-    def _entry(self, key: Hashable, linears: Sequence[nn.Linear], packed: bool) -> _Entry:
+    def entry(self, key: Hashable, linears: Sequence[nn.Linear], packed: bool) -> _Entry:
         tensors = tuple(t for linear in linears for t in (linear.weight, linear.bias))
         entry = self._entries.get(key)
         if entry is None or entry.weight.is_mkldnn != packed or not _same(entry, tensors):
@@ -208,36 +218,35 @@ _MKLDNN_OPS = hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.o
 
 def _packs(hidden: Tensor, linear: nn.Linear) -> bool:
     """Whether `linear` on `hidden` runs with a prepacked oneDNN weight (CPU, fp32/bf16, oneDNN present)."""
-    return (_MKLDNN_OPS and hidden.device.type == "cpu" and linear.weight.device.type == "cpu"
-            and hidden.dtype in _PACKED_DTYPES and linear.weight.dtype == hidden.dtype
-            and torch.backends.mkldnn.is_available())
+    return (PackedLinears.can_prepack() and hidden.device.type == "cpu" and linear.weight.device.type == "cpu"
+            and hidden.dtype in _PACKED_DTYPES and linear.weight.dtype == hidden.dtype)
 
 
-def _is_plain(module: nn.Module) -> bool:
+def is_plain(module: nn.Module) -> bool:
     """No forward hooks on `module` or globally (a hook must see its module run)."""
     return not (module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
                 or nn.modules.module._global_forward_pre_hooks)
 
 
-def _fusable_layer_norm(block: nn.Module, residual: Tensor) -> bool:
+def fusable_layer_norm(block: nn.Module, residual: Tensor) -> bool:
     """Whether an output block's LayerNorm can run in its int8 epilogue: a plain nn.LayerNorm over the last
     dimension whose parameters (if any) have the activations' dtype."""
     norm = block.LayerNorm
-    return (type(norm) is nn.LayerNorm and _is_plain(norm) and tuple(norm.normalized_shape) == (residual.shape[-1],)
+    return (type(norm) is nn.LayerNorm and is_plain(norm) and tuple(norm.normalized_shape) == (residual.shape[-1],)
             and all(p is None or p.dtype == residual.dtype for p in (norm.weight, norm.bias)))
 
 
-def _is_plain_linear(module: nn.Module) -> bool:
+def is_plain_linear(module: nn.Module) -> bool:
     """A biased nn.Linear (not a subclass or wrapper such as an int8 or LoRA layer) without hooks."""
-    return type(module) is nn.Linear and module.bias is not None and _is_plain(module)
+    return type(module) is nn.Linear and module.bias is not None and is_plain(module)
 
 
-def _is_plain_int8(module: nn.Module) -> bool:
+def is_plain_int8(module: nn.Module) -> bool:
     """An `Int8Linear` without hooks."""
-    return type(module) is Int8Linear and _is_plain(module)
+    return type(module) is Int8Linear and is_plain(module)
 
 
-def _same_divisor(linears: Sequence[nn.Module]) -> bool:
+def same_divisor(linears: Sequence[nn.Module]) -> bool:
     """Whether int8 `linears` share their input (none smoothed, or all with the same factors), so one quantized
     input serves them all."""
     divisors = [linear.input_divisor for linear in linears]
@@ -246,11 +255,11 @@ def _same_divisor(linears: Sequence[nn.Module]) -> bool:
     return all(divisor is not None and torch.equal(divisor, divisors[0]) for divisor in divisors)
 
 
-# oneDNN's GELU algorithm names (`_gelu_algorithm`) -> the int8 epilogue's activation names.
-_INT8_GELU = {"none": "gelu", "tanh": "gelu_tanh"}
+# oneDNN's GELU algorithm names (`gelu_algorithm`) -> the int8 epilogue's activation names.
+INT8_GELU = {"none": "gelu", "tanh": "gelu_tanh"}
 
 
-def _gelu_algorithm(activation: nn.Module) -> str | None:
+def gelu_algorithm(activation: nn.Module) -> str | None:
     """oneDNN's GELU algorithm equal to `activation` ("none": erf, "tanh": the tanh approximation), else None."""
     if type(activation) is GELUActivation and activation.act is nn.functional.gelu:
         return "none"

@@ -131,17 +131,17 @@ class _PackedInt8Weight:
 
     def __init__(self, weight_int8: Tensor) -> None:
         self.source = weight_int8.detach()  # keeps the storage alive, so an equal data_ptr means the same tensor
-        self.version = _version(weight_int8)
+        self.version = tensor_version(weight_int8)
         self.weight = (torch.ops.onednn.qlinear_prepack(weight_int8, None)
                        if _onednn_int8_matmul(weight_int8) else None)
         self.zero_points = torch.zeros(weight_int8.shape[0], dtype=torch.int64)
 
     def matches(self, weight_int8: Tensor) -> bool:
-        return (weight_int8.data_ptr() == self.source.data_ptr() and _version(weight_int8) == self.version
+        return (weight_int8.data_ptr() == self.source.data_ptr() and tensor_version(weight_int8) == self.version
                 and weight_int8.shape == self.source.shape)
 
 
-def _version(tensor: Tensor) -> int | None:
+def tensor_version(tensor: Tensor) -> int | None:
     """The in-place update counter of `tensor`; None for a tensor made under torch.inference_mode, which has none
     (the concatenated query/key/value layer `PackedLinears` builds at inference: it is remade, never updated, when
     its source layers change)."""
@@ -277,7 +277,9 @@ def quantize_int8(model: nn.Module, keep_float: Iterable[str] = (),
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
             continue
         parent_name, _, attribute = name.rpartition(".")
-        setattr(quantized.get_submodule(parent_name), attribute, Int8Linear.from_linear(linear, smoothing.get(name)))
+        # In the mode of the layer it replaces (a new module starts in training mode, unlike the eval copy).
+        replacement = Int8Linear.from_linear(linear, smoothing.get(name)).train(linear.training)
+        setattr(quantized.get_submodule(parent_name), attribute, replacement)
     return quantized
 
 
