@@ -2,8 +2,8 @@
 
 At batch 1 on the CPU, most of a layer's fixed cost was Python: module attribute lookups, the packed-linear cache's
 checks (packed_linear.py) and the op wrappers' kernel-or-reference choice (dtb_ext/ops.py), made again for every
-Linear of every layer of every forward. On the default model (int8, 2 threads, AMX Xeon) the same ops called
-directly took the encoder from 6.64 to 5.48 ms at 182 tokens (2.45 to 1.47 ms at 8 tokens; bench/REPORT-layer-plan.md).
+Linear of every layer of every forward. With plans, the default model at batch 1 on 48 dev-a features ran 1.14x
+(bf16) and 1.07x (int8) faster than on the generic path, interleaved in one run (bench/REPORT-qa-plans.md).
 
 A plan applies where the dynamic encoder runs the fused bf16 attention kernel and packed Linears: inference (no
 gradient recorded) on the CPU with the compiled kernels, bf16 activations, exact Hugging Face BERT/RoBERTa blocks
