@@ -146,7 +146,17 @@ void store_products(const int32_t* sums, int64_t rows, int column_tiles, const i
 
 }  // namespace
 
-AmxInt8Scratch::AmxInt8Scratch(int64_t in_features) : padded_rows(static_cast<size_t>(kRows * in_features)) {}
+AmxInt8Scratch& amx_int8_scratch(int64_t in_features, int64_t product_elements) {
+  thread_local AmxInt8Scratch scratch;
+  const auto padded = static_cast<size_t>(kRows * in_features);
+  if (scratch.padded_rows.size() < padded) {
+    scratch.padded_rows.resize(padded);
+  }
+  if (scratch.product.size() < static_cast<size_t>(product_elements)) {
+    scratch.product.resize(static_cast<size_t>(product_elements));
+  }
+  return scratch;
+}
 
 void amx_int8_product(const uint8_t* a, int64_t rows, int64_t in_features, const int8_t* packed,
                       int64_t out_features, const float* weight_scale, float* out, AmxInt8Scratch& scratch) {

@@ -22,12 +22,16 @@ namespace dtb::CPU_CAPABILITY {
 #if defined(CPU_CAPABILITY_AVX512)
 
 // A thread's buffers for amx_int8_product: a 16-row tile of zero-padded input rows (the last rows of a block that
-// are not a whole tile) and the int32 sums of one 32 x 32 block of the product.
+// are not a whole tile), the int32 sums of one 32 x 32 block of the product, and the caller's float32 product block.
 struct AmxInt8Scratch {
-  explicit AmxInt8Scratch(int64_t in_features);
   std::vector<uint8_t> padded_rows;  // [16, K]
+  std::vector<float> product;        // the product block the caller hands the epilogue
   alignas(64) int32_t sums[32 * 32];
 };
+
+// This thread's scratch, grown to hold `in_features` and a product block of `product_elements` floats: kept from
+// call to call (the threads of ATen's pool live on), so that its pages are not faulted in again on every call.
+AmxInt8Scratch& amx_int8_scratch(int64_t in_features, int64_t product_elements);
 
 // Inside an amx::TileScope: out[r * N + n] = float(sum_k (a[r][k] - 128) w[n][k]) * weight_scale[n] for r < rows,
 // with `a` [rows, K] uint8 rows (row stride K) and `packed` the weight as described above: the int32 sums are exact
