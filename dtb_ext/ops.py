@@ -196,9 +196,9 @@ def int8_linear(quantized: Tensor, scale: Tensor, weight: Tensor, weight_scale: 
     """An int8 Linear from its quantized input: [M, K] uint8 rows and [M] scales (`quantize_rows`), a weight
     prepacked by `torch.ops.onednn.qlinear_prepack` or by `int8_amx_pack_weight` (the GEMM on AMX tiles, where
     `int8_amx_usable()`) with its [N] float32 scales and [N] int64 zero points (zeros) -> `dequantize_rows` of the
-    int8 matmul, [M, N] `dtype` (the same bits from either packing). The kernel runs the matmul and the epilogue block of
-    rows by block of rows, so the [M, N] float32 product is never in memory; the reference (also where a gradient
-    is recorded) computes the product whole and `reference.dequantize_rows`."""
+    int8 matmul, [M, N] `dtype` (the same bits from either packing). The kernel runs the matmul and the epilogue
+    block of rows by block of rows, so the [M, N] float32 product is never in memory; the reference (also where a
+    gradient is recorded) computes the product whole and `reference.dequantize_rows`."""
     if _use_kernels() and not _records_gradient(scale, bias, residual):
         return torch.ops.dtb.int8_linear(quantized, scale, weight, weight_scale, weight_zero_points, bias, residual,
                                          activation, dtype)

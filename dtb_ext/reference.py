@@ -169,7 +169,7 @@ def int8_amx_pack_weight(weight: Tensor) -> Tensor:
     blocks = out_features // AMX_PACK_COLUMNS
     tiles = (weight.reshape(blocks, AMX_PACK_COLUMNS, in_features // 4, 4).permute(0, 2, 1, 3)
              .reshape(blocks, AMX_PACK_COLUMNS * in_features))
-    correction = (weight.to(torch.int32).sum(dim=1) * INT8_ZERO_POINT).reshape(blocks, AMX_PACK_COLUMNS)
+    correction = (weight.sum(dim=1, dtype=torch.int32) * INT8_ZERO_POINT).reshape(blocks, AMX_PACK_COLUMNS)
     return torch.cat([tiles, correction.contiguous().view(torch.int8)], dim=1)
 
 
