@@ -54,8 +54,8 @@ def kernel_info() -> dict[str, Any]:
     when it was), "cuda_built": whether the CUDA kernels were compiled, "cpu_bf16_dot_products": whether the bf16
     attention kernel uses AVX512-BF16, "cpu_amx_attention": whether it computes its products on AMX tiles (CPUs
     with AMX-BF16 unless DTB_ATTENTION_AMX=0; head sizes that are multiples of 32), "cpu_amx_int8": whether the
-    int8 Linear ops can run their GEMM on AMX tiles (CPUs with AMX-INT8; `int8_amx_usable`)}. Without the extension: {"kernels":
-    False, "error": why it did not load}."""
+    int8 Linear ops can run their GEMM on AMX tiles (CPUs with AMX-INT8; `int8_amx_usable`)}. Without the
+    extension: {"kernels": False, "error": why it did not load}."""
     return {"kernels": _HAS_KERNELS, **_BUILD_INFO}
 
 

@@ -8,16 +8,17 @@ whose single activation scale spans the whole batch.
 A call is two ops (`int8_linear`): the fused per-row quantize (`ops.quantize_rows`: uint8 with zero point 128), and
 `ops.int8_linear`: an int8 matmul on a weight prepacked once (its int32 sums are exact and come back times the
 weight scales in float32) and the fused epilogue (`ops.dequantize_rows`: the token scales, the bias, a GELU or a
-residual add, rounded once to the activations' dtype), block of rows by block of rows on each thread, so the
-float32 product never leaves the core's cache. The matmul is the kernels' own on AMX tiles (TDPBUSD;
+residual add, rounded once to the activations' dtype), block of rows by block of rows on each thread, so the float32
+product never leaves the core's cache. The matmul is the kernels' own on AMX tiles (TDPBUSD;
 `ops.int8_amx_pack_weight`) where `ops.int8_amx_usable()` (CPUs with AMX-INT8) and the weight's shape allows (N a
 multiple of 16, K of 64), unless DTB_INT8_AMX=0 or `gemm_packing("onednn")`; else oneDNN's
 (`torch.ops.onednn.qlinear_prepack`, run through `torch.ops.onednn.qlinear_pointwise`), whose fixed cost per call
-(~33 us) the AMX one does not have. Both give the same bits (while the sums stay below 2^24 in magnitude, as they
-do by far in practice: tests/ops/test_int8_amx_gemm.py). Where oneDNN's int8 ops are missing, `torch._int_mm` computes the same int32 sums and the
-epilogue runs on the whole product. Where an int8 Linear feeds another directly (the intermediate block's GELU
-feeds the output Linear), `int8_linear_quantized_for` quantizes the epilogue's rows for the next layer in the same
-pass (`ops.int8_linear_quantize`): the same values, bit for bit, without the activations written and read back.
+(~33 us) the AMX one does not have. Both give the same bits (while the sums stay below 2^24 in magnitude, as they do
+by far in practice: tests/ops/test_int8_amx_gemm.py). Where oneDNN's int8 ops are missing, `torch._int_mm` computes
+the same int32 sums and the epilogue runs on the whole product. Where an int8 Linear feeds another directly (the
+intermediate block's GELU feeds the output Linear), `int8_linear_quantized_for` quantizes the epilogue's rows for
+the next layer in the same pass (`ops.int8_linear_quantize`): the same values, bit for bit, without the activations
+written and read back.
 
 Two optional refinements, measured in `dtb_ext/experiments/int8_study.py`:
 - `keep_float`: Linear layers left in float (the ones whose quantization costs the most F1);
