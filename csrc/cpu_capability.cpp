@@ -103,6 +103,23 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
+bool cpu_amx_tiles_permitted() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool permitted = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("amx-tile")) {
+      return false;
+    }
+    // Linux hands out the 8 KiB of tile state only to processes that ask (oneDNN asks the same way); the
+    // permission is process-wide. 0x1023 = ARCH_REQ_XCOMP_PERM, 18 = XFEATURE_XTILEDATA.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return permitted;
+#else
+  return false;
+#endif
+}
+
 bool cpu_amx_attention() {
 #if defined(__linux__) && defined(__x86_64__)
   static const bool usable = [] {
@@ -110,12 +127,25 @@ bool cpu_amx_attention() {
     if (setting != nullptr && std::strcmp(setting, "0") == 0) {
       return false;
     }
-    if (!cpu_has_avx512_bf16() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) {
+    if (!cpu_has_avx512_bf16() || !__builtin_cpu_supports("amx-bf16")) {
       return false;
     }
-    // Linux hands out the 8 KiB of tile state only to processes that ask (oneDNN asks the same way); the
-    // permission is process-wide. 0x1023 = ARCH_REQ_XCOMP_PERM, 18 = XFEATURE_XTILEDATA.
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    return cpu_amx_tiles_permitted();
+  }();
+  return usable;
+#else
+  return false;
+#endif
+}
+
+bool cpu_amx_int8() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool usable = [] {
+    __builtin_cpu_init();
+    if (active_capability().chosen != Capability::AVX512 || !__builtin_cpu_supports("amx-int8")) {
+      return false;
+    }
+    return cpu_amx_tiles_permitted();
   }();
   return usable;
 #else

@@ -39,10 +39,20 @@ Capability cpu_best_capability();
 // Whether this CPU has the AVX512-BF16 dot products (VDPBF16PS), which the AVX512 attention kernel uses for bf16.
 bool cpu_has_avx512_bf16();
 
+// Whether Linux granted this process the AMX tile registers (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, asked
+// once per process on first use; oneDNN asks the same way) on a CPU with AMX-TILE. Every AMX path needs it.
+bool cpu_amx_tiles_permitted();
+
 // Whether the AVX512 attention kernel computes its bf16 products on AMX tiles (TDPBF16PS): the CPU has AMX-TILE and
 // AMX-BF16 besides AVX512-BF16, Linux granted this process the tile registers (arch_prctl ARCH_REQ_XCOMP_PERM,
 // requested here on first use), and DTB_ATTENTION_AMX is not "0" (which keeps the AVX512-BF16 dot products).
 bool cpu_amx_attention();
+
+// Whether the int8 Linear ops can run a weight packed by dtb::int8_amx_pack_weight on AMX tiles (TDPBUSD): the
+// AVX512 kernels are the chosen set, the CPU has AMX-TILE and AMX-INT8, and cpu_amx_tiles_permitted(). This is the
+// hardware and the operating system only: DTB_INT8_AMX=0 is read where the weights are packed
+// (dtb_ext/precision/int8.py), which then packs for oneDNN.
+bool cpu_amx_int8();
 
 // The sets compiled into this library, in increasing order.
 std::vector<Capability> built_capabilities();

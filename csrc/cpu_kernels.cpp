@@ -17,10 +17,14 @@
     (m).impl("dequantize_rows", &::dtb::set::dequantize_rows_cpu);                            \
     (m).impl("dequantize_quantize_rows", &::dtb::set::dequantize_quantize_rows_cpu);          \
     (m).impl("dequantize_layer_norm_rows", &::dtb::set::dequantize_layer_norm_rows_cpu);      \
+    (m).impl("int8_amx_pack_weight", &::dtb::set::int8_amx_pack_weight_cpu);                  \
+    DTB_REGISTER_INT8_LINEAR_KERNELS(m, set);                                                 \
   } while (false)
 
-// The int8 Linear ops take a weight prepacked by oneDNN, a MkldnnCPU tensor, which makes MkldnnCPU their dispatch key.
-#define DTB_REGISTER_MKLDNN_CPU_KERNELS(m, set)                                               \
+// The int8 Linear ops take a prepacked weight: oneDNN's is a MkldnnCPU tensor, which makes MkldnnCPU their dispatch
+// key; dtb::int8_amx_pack_weight's is a plain CPU tensor (CPU key). The same kernels serve both keys and tell the
+// two layouts apart themselves (../op_checks.h int8_weight_shape).
+#define DTB_REGISTER_INT8_LINEAR_KERNELS(m, set)                                              \
   do {                                                                                        \
     (m).impl("int8_linear", &::dtb::set::int8_linear_cpu);                                    \
     (m).impl("int8_linear_quantize", &::dtb::set::int8_linear_quantize_cpu);                  \
@@ -58,4 +62,4 @@
 
 TORCH_LIBRARY_IMPL(dtb, CPU, m) { DTB_REGISTER_CHOSEN_SET(m, DTB_REGISTER_CPU_KERNELS); }
 
-TORCH_LIBRARY_IMPL(dtb, MkldnnCPU, m) { DTB_REGISTER_CHOSEN_SET(m, DTB_REGISTER_MKLDNN_CPU_KERNELS); }
+TORCH_LIBRARY_IMPL(dtb, MkldnnCPU, m) { DTB_REGISTER_CHOSEN_SET(m, DTB_REGISTER_INT8_LINEAR_KERNELS); }

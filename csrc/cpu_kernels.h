@@ -51,6 +51,7 @@
       const at::Tensor& residual, const std::optional<at::Tensor>& weight_ln,                                     \
       const std::optional<at::Tensor>& layer_norm_bias, double eps, at::ScalarType dtype, bool quantize,         \
       const std::optional<at::Tensor>& divisor);                                                                 \
+  at::Tensor int8_amx_pack_weight_cpu(const at::Tensor& weight);                                                 \
   }
 
 DTB_DECLARE_CPU_KERNELS(DEFAULT)

@@ -237,28 +237,78 @@ inline void check_layer_norm_parameter(const at::Tensor& product, const std::opt
   }
 }
 
+// The two layouts an int8 Linear's weight may come in, told apart by the tensor's layout:
+// - kOneDnn: prepacked by onednn::qlinear_prepack, a MkldnnCPU int8 tensor of shape [K, N] (oneDNN's int8 GEMM);
+// - kAmx: prepacked by dtb::int8_amx_pack_weight, a strided (plain) CPU int8 tensor of shape [N / 16, 16 K + 64]
+//   (csrc/cpu/int8_amx_gemm.h: AMX tiles; K a multiple of 64).
+enum class Int8WeightFormat { kOneDnn, kAmx };
+
+// Bytes of an AMX-packed weight's row (one block of 16 output channels) past its K / 4 tile rows of 64 bytes: the
+// block's 16 int32 zero-point corrections.
+constexpr int64_t kAmxPackedCorrectionBytes = 64;
+constexpr int64_t kAmxPackedDepth = 64;  // K is a multiple of this (one tile's depth, in int8 values)
+
+// N, K and the layout of an int8 Linear's weight, checked to be one of the two (the message names both).
+struct Int8WeightShape {
+  Int8WeightFormat format;
+  int64_t in_features;   // K
+  int64_t out_features;  // N
+};
+
+inline Int8WeightShape int8_weight_shape(const at::Tensor& weight, const char* op) {
+  const bool int8 = weight.scalar_type() == at::kChar && weight.dim() == 2;
+  if (int8 && weight.is_mkldnn()) {
+    return {Int8WeightFormat::kOneDnn, weight.size(0), weight.size(1)};
+  }
+  const bool amx = int8 && weight.layout() == at::kStrided && weight.device().is_cpu() && weight.is_contiguous() &&
+                   weight.size(1) >= kAmxPackedCorrectionBytes + 16 * kAmxPackedDepth &&
+                   (weight.size(1) - kAmxPackedCorrectionBytes) % (16 * kAmxPackedDepth) == 0;
+  const bool strided_not_contiguous = weight.layout() == at::kStrided && !weight.is_contiguous();
+  TORCH_CHECK(amx, op,
+              ": weight must be an int8 weight prepacked either by onednn::qlinear_prepack (a MkldnnCPU int8 tensor "
+              "[K, N]) or by dtb::int8_amx_pack_weight (a contiguous CPU int8 tensor [N / 16, 16 K + 64], K a "
+              "multiple of 64), got a ", weight.scalar_type(), " tensor of layout ", weight.layout(), " on ",
+              weight.device(), " and shape ", weight.sizes(), strided_not_contiguous ? " (not contiguous)" : "");
+  return {Int8WeightFormat::kAmx, (weight.size(1) - kAmxPackedCorrectionBytes) / 16, 16 * weight.size(0)};
+}
+
 // The int8 Linear ops' own inputs: quantized [M, K] uint8 rows on the CPU, weight: an int8 weight prepacked by
-// onednn::qlinear_prepack (MkldnnCPU, shape [K, N]), weight_scale [N] float32, weight_zero_points [N] int64. The
-// epilogue's inputs are checked as the epilogue ops check them, against int8_linear_product_shape.
-inline void check_int8_linear_inputs(const at::Tensor& quantized, const at::Tensor& weight,
-                                     const at::Tensor& weight_scale, const at::Tensor& weight_zero_points,
-                                     const char* op) {
+// onednn::qlinear_prepack or dtb::int8_amx_pack_weight (int8_weight_shape), weight_scale [N] float32,
+// weight_zero_points [N] int64. The epilogue's inputs are checked as the epilogue ops check them, against
+// int8_linear_product_shape. Returns the weight's layout.
+inline Int8WeightFormat check_int8_linear_inputs(const at::Tensor& quantized, const at::Tensor& weight,
+                                                 const at::Tensor& weight_scale, const at::Tensor& weight_zero_points,
+                                                 const char* op) {
   TORCH_CHECK(quantized.dim() == 2 && quantized.scalar_type() == at::kByte && quantized.device().is_cpu(), op,
               ": quantized must be [M, K] uint8 on the CPU, got ", quantized.scalar_type(), " of shape ",
               quantized.sizes(), " on ", quantized.device());
-  TORCH_CHECK(weight.is_mkldnn() && weight.scalar_type() == at::kChar && weight.dim() == 2, op,
-              ": weight must be an int8 weight prepacked by onednn::qlinear_prepack, got a ", weight.scalar_type(),
-              " tensor of layout ", weight.layout(), " and shape ", weight.sizes());
-  TORCH_CHECK(weight.size(0) == quantized.size(1), op, ": weight takes K = ", weight.size(0),
+  const Int8WeightShape shape = int8_weight_shape(weight, op);
+  TORCH_CHECK(shape.in_features == quantized.size(1), op, ": weight takes K = ", shape.in_features,
               " input features, quantized has ", quantized.size(1));
-  TORCH_CHECK(weight_scale.dim() == 1 && weight_scale.size(0) == weight.size(1) &&
-                  weight_scale.scalar_type() == at::kFloat && weight_scale.device().is_cpu(),
-              op, ": weight_scale must be [N] = [", weight.size(1), "] float32 on the CPU, got ",
-              weight_scale.scalar_type(), " of shape ", weight_scale.sizes());
-  TORCH_CHECK(weight_zero_points.dim() == 1 && weight_zero_points.size(0) == weight.size(1) &&
+  const int64_t n = shape.out_features;
+  TORCH_CHECK(weight_scale.dim() == 1 && weight_scale.size(0) == n && weight_scale.scalar_type() == at::kFloat &&
+                  weight_scale.device().is_cpu(),
+              op, ": weight_scale must be [N] = [", n, "] float32 on the CPU, got ", weight_scale.scalar_type(),
+              " of shape ", weight_scale.sizes());
+  TORCH_CHECK(weight_zero_points.dim() == 1 && weight_zero_points.size(0) == n &&
                   weight_zero_points.scalar_type() == at::kLong,
-              op, ": weight_zero_points must be [N] = [", weight.size(1), "] int64, got ",
-              weight_zero_points.scalar_type(), " of shape ", weight_zero_points.sizes());
+              op, ": weight_zero_points must be [N] = [", n, "] int64, got ", weight_zero_points.scalar_type(),
+              " of shape ", weight_zero_points.sizes());
+  return shape.format;
+}
+
+// dtb::int8_amx_pack_weight's input: an [N, K] int8 CPU tensor, N a multiple of 16 and K a positive multiple of 64.
+inline void check_int8_amx_pack_weight_input(const at::Tensor& weight) {
+  constexpr const char* op = "dtb::int8_amx_pack_weight";
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.layout() == at::kStrided &&
+                  weight.device().is_cpu(),
+              op, ": weight must be an [N, K] int8 CPU tensor, got a ", weight.scalar_type(), " tensor of layout ",
+              weight.layout(), " on ", weight.device(), " with shape ", weight.sizes());
+  TORCH_CHECK(weight.size(0) > 0 && weight.size(0) % 16 == 0 && weight.size(1) > 0 &&
+                  weight.size(1) % kAmxPackedDepth == 0,
+              op, ": weight [N, K] must have N a positive multiple of 16 and K a positive multiple of ",
+              kAmxPackedDepth, " (the AMX tile's 16 columns and 64-deep products), got N = ", weight.size(0),
+              " and K = ", weight.size(1));
 }
 
 // A [M, N] float32 view of one element on quantized's device: stands for an int8 Linear's product in the epilogue

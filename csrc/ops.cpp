@@ -42,11 +42,15 @@ TORCH_LIBRARY(dtb, m) {
       "dequantize_layer_norm_rows(Tensor product, Tensor scale, Tensor? bias, Tensor residual, Tensor? weight, "
       "Tensor? layer_norm_bias, float eps, ScalarType dtype, bool quantize, Tensor? divisor) -> "
       "(Tensor out, Tensor quantized, Tensor quantized_scale)");
+  // weight [N, K] int8 (N a multiple of 16, K of 64) -> the same weight packed for the int8 Linear ops' GEMM on AMX
+  // tiles: a new contiguous int8 tensor [N / 16, 16 K + 64] (layout: csrc/cpu/int8_amx_gemm.h). CPU only.
+  m.def("int8_amx_pack_weight(Tensor weight) -> Tensor");
   // The int8 Linear from its quantized input: quantized [M, K] uint8 and scale [M] as quantize_rows gives them,
-  // weight an [N, K] int8 weight prepacked by onednn::qlinear_prepack (MkldnnCPU, shape [K, N]), weight_scale [N]
-  // float32, weight_zero_points [N] int64 zeros -> what dequantize_rows, dequantize_quantize_rows and
-  // dequantize_layer_norm_rows give of the int8 matmul's product (oneDNN's int8 GEMM), the rest of the arguments
-  // as theirs. CPU only.
+  // weight an [N, K] int8 weight prepacked either by onednn::qlinear_prepack (MkldnnCPU, shape [K, N]: oneDNN's int8
+  // GEMM) or by int8_amx_pack_weight (a CPU int8 tensor [N / 16, 16 K + 64]: the GEMM on AMX tiles, on CPUs and
+  // systems that allow AMX-INT8; elsewhere refused), weight_scale [N] float32, weight_zero_points [N] int64 zeros ->
+  // what dequantize_rows, dequantize_quantize_rows and dequantize_layer_norm_rows give of the int8 matmul's product
+  // (both GEMMs give the same float32 product, bit for bit), the rest of the arguments as theirs. CPU only.
   m.def(
       "int8_linear(Tensor quantized, Tensor scale, Tensor weight, Tensor weight_scale, Tensor weight_zero_points, "
       "Tensor? bias, Tensor? residual, str activation, ScalarType dtype) -> Tensor");

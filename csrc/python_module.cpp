@@ -27,19 +27,23 @@ PyObject* build_info(PyObject*, PyObject*) {
   // The bf16 attention kernel's dot products run only in the AVX512 kernels, on a CPU that has them.
   const bool bf16_dot_products = choice.chosen == dtb::cpu::Capability::AVX512 && dtb::cpu::cpu_has_avx512_bf16();
   const bool amx_attention = bf16_dot_products && dtb::cpu::cpu_amx_attention();
-  return Py_BuildValue("{s:s,s:N,s:s,s:s,s:s,s:O,s:O,s:O}", "cpu_capability", dtb::cpu::capability_name(choice.chosen),
+  // The int8 Linear ops' GEMM on AMX tiles (for weights packed by dtb::int8_amx_pack_weight).
+  const bool amx_int8 = dtb::cpu::cpu_amx_int8();
+  return Py_BuildValue("{s:s,s:N,s:s,s:s,s:s,s:O,s:O,s:O,s:O}", "cpu_capability", dtb::cpu::capability_name(choice.chosen),
                        "cpu_capabilities_built", built_names, "cpu_supports", dtb::cpu::capability_name(choice.cpu_best),
                        "requested", choice.requested.c_str(), "warning", choice.warning.c_str(), "cuda_built",
                        kCudaBuilt ? Py_True : Py_False, "cpu_bf16_dot_products",
-                       bf16_dot_products ? Py_True : Py_False, "cpu_amx_attention", amx_attention ? Py_True : Py_False);
+                       bf16_dot_products ? Py_True : Py_False, "cpu_amx_attention", amx_attention ? Py_True : Py_False,
+                       "cpu_amx_int8", amx_int8 ? Py_True : Py_False);
 }
 
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
      "{cpu_capability, cpu_capabilities_built, cpu_supports, requested, warning, cuda_built, cpu_bf16_dot_products, "
-     "cpu_amx_attention}: the instruction set whose CPU kernels are registered, the sets compiled in, the widest "
-     "this CPU runs, ATEN_CPU_CAPABILITY, why it was not followed, whether the CUDA kernels were compiled, whether "
-     "the bf16 attention kernel uses AVX512-BF16 dot products, and whether it runs them on AMX tiles"},
+     "cpu_amx_attention, cpu_amx_int8}: the instruction set whose CPU kernels are registered, the sets compiled in, "
+     "the widest this CPU runs, ATEN_CPU_CAPABILITY, why it was not followed, whether the CUDA kernels were "
+     "compiled, whether the bf16 attention kernel uses AVX512-BF16 dot products, whether it runs them on AMX tiles, "
+     "and whether the int8 Linear ops can run their GEMM on AMX tiles (AMX-INT8)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

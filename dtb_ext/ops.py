@@ -53,8 +53,9 @@ def kernel_info() -> dict[str, Any]:
     this CPU runs, "requested": ATEN_CPU_CAPABILITY ("" when unset), "warning": why it was not followed (""
     when it was), "cuda_built": whether the CUDA kernels were compiled, "cpu_bf16_dot_products": whether the bf16
     attention kernel uses AVX512-BF16, "cpu_amx_attention": whether it computes its products on AMX tiles (CPUs
-    with AMX-BF16 unless DTB_ATTENTION_AMX=0; head sizes that are multiples of 32)}. Without the extension: {"kernels":
-    False, "error": why it did not load}."""
+    with AMX-BF16 unless DTB_ATTENTION_AMX=0; head sizes that are multiples of 32), "cpu_amx_int8": whether the
+    int8 Linear ops can run their GEMM on AMX tiles (CPUs with AMX-INT8; `int8_amx_usable`)}. Without the
+    extension: {"kernels": False, "error": why it did not load}."""
     return {"kernels": _HAS_KERNELS, **_BUILD_INFO}
 
 
@@ -175,14 +176,31 @@ def dequantize_layer_norm_rows(product: Tensor, scale: Tensor, bias: Tensor | No
                                                 quantize, divisor)
 
 
+def int8_amx_usable() -> bool:
+    """Whether the int8 Linear ops can run a weight packed by `int8_amx_pack_weight` (their GEMM on AMX tiles): the
+    compiled kernels with the AVX512 set chosen, a CPU with AMX-INT8 and Linux's permission for the tile registers
+    (`kernel_info()["cpu_amx_int8"]`). DTB_INT8_AMX is not read here (dtb_ext/precision/int8.py reads it)."""
+    return _HAS_KERNELS and bool(_BUILD_INFO.get("cpu_amx_int8", False))
+
+
+def int8_amx_pack_weight(weight: Tensor) -> Tensor:
+    """[N, K] int8 weight (N a multiple of 16, K of 64) -> the weight packed for the int8 Linear ops' GEMM on AMX
+    tiles, [N / 16, 16 K + 64] int8 (layout: `reference.int8_amx_pack_weight`); the ops run it where
+    `int8_amx_usable()`. A layout only: the kernel packs on any CPU, the reference where the kernels are missing."""
+    if _HAS_KERNELS:
+        return torch.ops.dtb.int8_amx_pack_weight(weight)
+    return reference.int8_amx_pack_weight(weight)
+
+
 def int8_linear(quantized: Tensor, scale: Tensor, weight: Tensor, weight_scale: Tensor,
                 weight_zero_points: Tensor, bias: Tensor | None, residual: Tensor | None, activation: str,
                 dtype: torch.dtype) -> Tensor:
     """An int8 Linear from its quantized input: [M, K] uint8 rows and [M] scales (`quantize_rows`), a weight
-    prepacked by `torch.ops.onednn.qlinear_prepack` with its [N] float32 scales and [N] int64 zero points (zeros) ->
-    `dequantize_rows` of oneDNN's int8 matmul, [M, N] `dtype`. The kernel runs the matmul and the epilogue block of
-    rows by block of rows, so the [M, N] float32 product is never in memory; the reference (also where a gradient
-    is recorded) computes the product whole and `reference.dequantize_rows`."""
+    prepacked by `torch.ops.onednn.qlinear_prepack` or by `int8_amx_pack_weight` (the GEMM on AMX tiles, where
+    `int8_amx_usable()`) with its [N] float32 scales and [N] int64 zero points (zeros) -> `dequantize_rows` of the
+    int8 matmul, [M, N] `dtype` (the same bits from either packing). The kernel runs the matmul and the epilogue
+    block of rows by block of rows, so the [M, N] float32 product is never in memory; the reference (also where a
+    gradient is recorded) computes the product whole and `reference.dequantize_rows`."""
     if kernels_enabled() and not _records_gradient(scale, bias, residual):
         return torch.ops.dtb.int8_linear(quantized, scale, weight, weight_scale, weight_zero_points, bias, residual,
                                          activation, dtype)
@@ -296,6 +314,12 @@ def _register_fake_and_autograd() -> None:
         return (product.new_empty(product.shape, dtype=dtype),
                 product.new_empty((rows, product.shape[1]), dtype=torch.uint8),
                 product.new_empty((rows,), dtype=torch.float32))
+
+    @torch.library.register_fake("dtb::int8_amx_pack_weight")
+    def _(weight):
+        out_features, in_features = weight.shape
+        return weight.new_empty((out_features // reference.AMX_PACK_COLUMNS,
+                                 reference.AMX_PACK_COLUMNS * in_features + reference.AMX_PACK_CORRECTION_BYTES))
 
     @torch.library.register_fake("dtb::restore")
     def _(base, src, positions):

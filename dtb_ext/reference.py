@@ -153,10 +153,43 @@ def quantize_rows(x: Tensor, divisor: Tensor | None = None) -> tuple[Tensor, Ten
     return quantized, scale
 
 
+# The int8 Linears' weight packed for their GEMM on AMX tiles (`int8_amx_pack_weight`; csrc/cpu/int8_amx_gemm.h):
+# per block of 16 output channels, the VNNI tiles and then 16 int32 zero-point corrections (64 bytes).
+AMX_PACK_COLUMNS = 16
+AMX_PACK_DEPTH = 64
+AMX_PACK_CORRECTION_BYTES = 64
+
+
+def int8_amx_pack_weight(weight: Tensor) -> Tensor:
+    """What `torch.ops.dtb.int8_amx_pack_weight` gives: [N, K] int8 (N a multiple of 16, K of 64) -> [N / 16,
+    16 K + 64] int8. Row b: bytes 64 g + 4 c + j = weight[16 b + c, 4 g + j] for g < K / 4, c < 16, j < 4 (the VNNI
+    layout of TDPBUSD's B operand), then 16 int32 in native byte order, 128 * the sum of each channel's weights
+    (the uint8 rows' zero point times the channel's sum, subtracted from each AMX sum)."""
+    out_features, in_features = weight.shape
+    blocks = out_features // AMX_PACK_COLUMNS
+    tiles = (weight.reshape(blocks, AMX_PACK_COLUMNS, in_features // 4, 4).permute(0, 2, 1, 3)
+             .reshape(blocks, AMX_PACK_COLUMNS * in_features))
+    correction = (weight.sum(dim=1, dtype=torch.int32) * INT8_ZERO_POINT).reshape(blocks, AMX_PACK_COLUMNS)
+    return torch.cat([tiles, correction.contiguous().view(torch.int8)], dim=1)
+
+
+def int8_amx_unpack_weight(packed: Tensor) -> Tensor:
+    """The [N, K] int8 weight of an `int8_amx_pack_weight` result (its corrections are not read)."""
+    blocks = packed.shape[0]
+    in_features = (packed.shape[1] - AMX_PACK_CORRECTION_BYTES) // AMX_PACK_COLUMNS
+    tiles = packed[:, :AMX_PACK_COLUMNS * in_features].reshape(blocks, in_features // 4, AMX_PACK_COLUMNS, 4)
+    return tiles.permute(0, 2, 1, 3).reshape(blocks * AMX_PACK_COLUMNS, in_features)
+
+
 def int8_matmul(quantized: Tensor, weight: Tensor, weight_scale: Tensor, weight_zero_points: Tensor) -> Tensor:
-    """The int8 Linears' matmul whole, through PyTorch's oneDNN op (`torch.ops.onednn.qlinear_pointwise`): [M, K]
-    uint8 rows (zero point 128), a weight prepacked by `torch.ops.onednn.qlinear_prepack`, its [N] float32 scales and
-    [N] int64 zero points -> [M, N] float32, the exact int32 sums of (quantized - 128) * weight times the scales."""
+    """The int8 Linears' matmul whole: [M, K] uint8 rows (zero point 128), a weight prepacked by
+    `torch.ops.onednn.qlinear_prepack` (run by that op, `torch.ops.onednn.qlinear_pointwise`) or by
+    `int8_amx_pack_weight` (unpacked, and the int32 sums computed by torch), its [N] float32 scales and [N] int64
+    zero points -> [M, N] float32, the exact int32 sums of (quantized - 128) * weight times the scales."""
+    if not weight.is_mkldnn:
+        centred = quantized.to(torch.int32) - INT8_ZERO_POINT
+        sums = centred @ int8_amx_unpack_weight(weight).to(torch.int32).t()
+        return sums.float() * weight_scale
     # x_scale 1 and zero point 128: the sums of the int8 values themselves, times the weight scales, in float32.
     return torch.ops.onednn.qlinear_pointwise(quantized, 1.0, INT8_ZERO_POINT, weight, weight_scale,
                                               weight_zero_points, None, 1.0, 0, torch.float32, "none", [], "")

@@ -36,6 +36,8 @@
 
 #if defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
+
+#include "amx.h"
 #endif
 
 #include "../cpu_kernels.h"
@@ -590,25 +592,14 @@ void attend_bf16(const at::Tensor& query, const at::Tensor& key, const at::Tenso
 // which are exactly AMX's pair-interleaved ("VNNI") B operands. Between the products, the scaling, masking,
 // softmax and bf16 rounding are the AVX-512 code above, so both paths compute the same quantities.
 
-#define DTB_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16")))
+#define DTB_AMX_TARGET DTB_AMX_BF16_TARGET
 
-constexpr int64_t kAmxBytes = 64;   // bytes of one tile row: 32 bf16 or 16 float32
+// The shared tile configuration (amx.h), every register 16 rows x 64 bytes (32 bf16 or 16 float32). Tile register
+// use here: 0, 1 accumulators (C); 2 the A operand (query or probability rows); 3, 4 B operands.
+using amx::TileScope;
+
 constexpr int64_t kAmxDepth = 32;   // bf16 elements one TDPBF16PS sums over (16 pairs)
-
-// Tile register use: 0, 1 accumulators (C); 2 the A operand (query or probability rows); 3, 4 B operands.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-  TileConfig() {
-    for (int tile = 0; tile < 5; ++tile) {
-      bytes_per_row[tile] = kAmxBytes;
-      rows[tile] = kAmxRows;
-    }
-  }
-};
+static_assert(kAmxRows == amx::kTileRows, "the AMX path's row tile is the shared configuration's tile rows");
 
 // Scales one row's raw scores [0, stop) in place, adds the hole bias, sets keys at or past `end` to -inf (as
 // scores_bf16 does) and returns the row's maximum.
@@ -623,15 +614,6 @@ float finish_scores(float* row, int64_t end, int64_t stop, float scale, const fl
   }
   return _mm512_reduce_max_ps(running_max);
 }
-
-// Per thread: the tile configuration is loaded for one parallel_for chunk and released after it.
-struct TileScope {
-  DTB_AMX_TARGET TileScope() {
-    static const TileConfig config;
-    _tile_loadconfig(&config);
-  }
-  DTB_AMX_TARGET ~TileScope() { _tile_release(); }
-};
 
 // One 16 x 32 float32 block of a product, out[r][n] (row stride `out_stride` floats) = sum over k < depth of
 // a[r][k] b(k, n): `a` is 16 rows of bf16 (row stride `a_stride` elements), `b` pair-interleaved, row k/2 at

@@ -33,6 +33,8 @@
 
 #if defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
+
+#include "amx.h"
 #endif
 
 #include <algorithm>
@@ -45,6 +47,7 @@
 #include "../cpu_kernels.h"
 #include "../int8_matmul.h"
 #include "../op_checks.h"
+#include "int8_amx_gemm.h"
 
 // Compiled once per instruction set, into dtb::DEFAULT, dtb::AVX2 and dtb::AVX512 (see ../cpu_capability.h).
 namespace dtb::CPU_CAPABILITY {
@@ -373,23 +376,75 @@ int64_t product_block_rows(int64_t rows, int64_t columns) {
   return std::max<int64_t>(1, std::min(share_rounded_up, std::max(kBlockRowMultiple, in_cache)));
 }
 
-// The prepacked int8 weight of an int8 Linear: weight [K, N] (MkldnnCPU), scale [N] float32, zero points [N].
+// Rows per block of the AMX GEMM (a weight packed by dtb::int8_amx_pack_weight): one pair of 16-row tiles. Each
+// block is computed across all N columns and handed to the epilogue at once, so its two input tiles stay in L1
+// while the weight streams from L2, and its float32 product (at most 192 KiB at N = 1536) is still in L1/L2 when
+// the epilogue reads it. Measured on the 2-core AMX host (one thread, K x N = 384 x 1536, 384 x 1152 and
+// 1536 x 384, M = 182 and 3072): 930-1230 GMAC/s against 690-1120 with blocks of 64 KiB of input rows and 220-1090
+// with the oneDNN path's blocks (up to 1 MiB of product).
+constexpr int64_t kAmxBlockRows = 32;
+
+// The prepacked int8 weight of an int8 Linear, in one of the two layouts (../op_checks.h Int8WeightFormat):
+// oneDNN's (weight [K, N] MkldnnCPU) or dtb::int8_amx_pack_weight's (int8_amx_gemm.h); scale [N] float32, zero
+// points [N] (zeros).
 struct Int8Weight {
   const at::Tensor& packed;
   const at::Tensor& scale;
   const at::Tensor& zero_points;
+  Int8WeightFormat format;
 };
 
+// An AMX-packed weight runs on AMX tiles only: the AVX512 kernels, a CPU with AMX-INT8 and the tile registers
+// granted by Linux (cpu_amx_int8). Elsewhere such a weight is refused with a message rather than run.
+void check_weight_runs_here(Int8WeightFormat format, const char* op) {
+  if (format != Int8WeightFormat::kAmx) {
+    return;
+  }
+#if defined(CPU_CAPABILITY_AVX512)
+  const bool runs = ::dtb::cpu::cpu_amx_int8();
+#else
+  const bool runs = false;
+#endif
+  TORCH_CHECK(runs, op, ": weight is packed by dtb::int8_amx_pack_weight for AMX tiles, which this process cannot "
+              "use (it needs the avx512 kernels, a CPU with AMX-INT8 and Linux's permission for the tile registers; "
+              "dtb_ext.kernel_info()['cpu_amx_int8'] is False here): pack the weight with onednn::qlinear_prepack");
+}
+
 // Calls epilogue(product, first_row, row_count) on blocks of quantized's rows, `product` being the block's
-// [row_count, N] float32 GEMM result (int8_matmul). The blocks are split among the threads and each thread runs the
-// GEMM (oneDNN runs it on the calling thread inside a parallel region) and then the epilogue of its own blocks, so
-// a block's product goes from one to the other through that core's cache and the [M, N] product is never in
-// memory. At batch 32 that product was a fresh 15-63 MB allocation on every call, each of its pages faulted in by
-// the GEMM and read back by the epilogue.
+// [row_count, N] float32 GEMM result (int8_matmul, or amx_int8_product for an AMX-packed weight). The blocks are
+// split among the threads and each thread runs the GEMM (oneDNN runs it on the calling thread inside a parallel
+// region) and then the epilogue of its own blocks, so a block's product goes from one to the other through that
+// core's cache and the [M, N] product is never in memory. At batch 32 that product was a fresh 15-63 MB allocation
+// on every call, each of its pages faulted in by the GEMM and read back by the epilogue.
 template <typename Epilogue>
 void for_each_product_block(const at::Tensor& quantized, const Int8Weight& weight, const Epilogue& epilogue) {
   const int64_t rows = quantized.size(0);
-  const int64_t block = product_block_rows(rows, weight.scale.size(0));
+  const int64_t columns = weight.scale.size(0);
+#if defined(CPU_CAPABILITY_AVX512)
+  if (weight.format == Int8WeightFormat::kAmx) {
+    const int64_t in_features = quantized.size(1);
+    const uint8_t* rows_data = quantized.const_data_ptr<uint8_t>();
+    const int8_t* packed = weight.packed.const_data_ptr<int8_t>();
+    const float* scale = weight.scale.const_data_ptr<float>();
+    // Each thread: its tile configuration, and its scratch (the GEMM's buffers and the product block, reused for
+    // each of its blocks and kept for the thread's next call: a fresh block would be page-faulted in each time).
+    at::parallel_for(0, (rows + kAmxBlockRows - 1) / kAmxBlockRows, 1, [&](int64_t first, int64_t last) {
+      const amx::TileScope tiles;
+      AmxInt8Scratch& scratch = amx_int8_scratch(in_features, std::min(kAmxBlockRows, rows) * columns);
+      for (int64_t index = first; index < last; ++index) {
+        const int64_t begin = index * kAmxBlockRows;
+        const int64_t count = std::min(kAmxBlockRows, rows - begin);
+        amx_int8_product(rows_data + begin * in_features, count, in_features, packed, columns, scale,
+                         scratch.product.data(), scratch);
+        epilogue(scratch.product.data(), begin, count);
+      }
+    });
+    return;
+  }
+#endif
+  TORCH_CHECK(weight.format == Int8WeightFormat::kOneDnn, "dtb int8 Linear: an AMX-packed weight reached the ",
+              "oneDNN path (check_weight_runs_here should have refused it)");
+  const int64_t block = product_block_rows(rows, columns);
   const int64_t blocks = (rows + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t index = first; index < last; ++index) {
@@ -550,7 +605,9 @@ at::Tensor int8_linear_cpu(const at::Tensor& quantized_in, const at::Tensor& sca
                            const std::optional<at::Tensor>& bias_in, const std::optional<at::Tensor>& residual_in,
                            c10::string_view activation_name, at::ScalarType dtype) {
   constexpr const char* op = "dtb::int8_linear";
-  check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  const Int8WeightFormat format =
+      check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  check_weight_runs_here(format, op);
   check_dequantize_rows_inputs(int8_linear_product_shape(quantized_in, weight_scale_in), scale_in, bias_in,
                                residual_in, dtype, op);
   const Activation activation = parse_activation(std::string(activation_name));
@@ -568,7 +625,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& quantized_in, const at::Tensor& sca
     const scalar_t* residual_data = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     dispatch_activation(activation, [&](auto chosen) {
-      for_each_product_block(quantized, {weight, weight_scale, weight_zero_points},
+      for_each_product_block(quantized, {weight, weight_scale, weight_zero_points, format},
                              [&](const float* product, int64_t begin, int64_t count) {
         dequantize_rows_kernel<scalar_t, decltype(chosen)::value>(
             product, scale_data + begin, bias_data,
@@ -585,7 +642,9 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_quantize_cpu(
     const at::Tensor& weight_scale_in, const at::Tensor& weight_zero_points, const std::optional<at::Tensor>& bias_in,
     c10::string_view activation_name, at::ScalarType dtype, const std::optional<at::Tensor>& divisor_in) {
   constexpr const char* op = "dtb::int8_linear_quantize";
-  check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  const Int8WeightFormat format =
+      check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  check_weight_runs_here(format, op);
   const at::Tensor product_shape = int8_linear_product_shape(quantized_in, weight_scale_in);
   check_dequantize_rows_inputs(product_shape, scale_in, bias_in, std::nullopt, dtype, op);
   check_divisor(product_shape, divisor_in, op);
@@ -607,7 +666,7 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_quantize_cpu(
   dispatch_float_or_bfloat16(dtype, [&](auto element) {
     using scalar_t = decltype(element);
     dispatch_activation(activation, [&](auto chosen) {
-      for_each_product_block(quantized, {weight, weight_scale, weight_zero_points},
+      for_each_product_block(quantized, {weight, weight_scale, weight_zero_points, format},
                              [&](const float* product, int64_t begin, int64_t count) {
         dequantize_quantize_rows_kernel<scalar_t, decltype(chosen)::value>(
             product, scale_data + begin, bias_data, divisor_data, out_data + begin * columns,
@@ -625,7 +684,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_linear_layer_norm_cpu(
     const std::optional<at::Tensor>& beta_in, double eps, at::ScalarType dtype, bool quantize,
     const std::optional<at::Tensor>& divisor_in) {
   constexpr const char* op = "dtb::int8_linear_layer_norm";
-  check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  const Int8WeightFormat format =
+      check_int8_linear_inputs(quantized_in, weight, weight_scale_in, weight_zero_points, op);
+  check_weight_runs_here(format, op);
   const at::Tensor product_shape = int8_linear_product_shape(quantized_in, weight_scale_in);
   check_dequantize_rows_inputs(product_shape, scale_in, bias_in, residual_in, dtype, op);
   check_layer_norm_parameter(product_shape, gamma_in, "weight", dtype, op);
@@ -657,7 +718,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_linear_layer_norm_cpu(
     const scalar_t* gamma_data = gamma.defined() ? gamma.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* beta_data = beta.defined() ? beta.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    for_each_product_block(quantized, {weight, weight_scale, weight_zero_points},
+    for_each_product_block(quantized, {weight, weight_scale, weight_zero_points, format},
                            [&](const float* product, int64_t begin, int64_t count) {
       dequantize_layer_norm_rows_kernel<scalar_t>(
           product, scale_data + begin, bias_data, residual_data + begin * columns, gamma_data, beta_data,

@@ -6,14 +6,19 @@ tokens of the batch, so batch invariance (docs/design.md §2.5) holds exactly, u
 whose single activation scale spans the whole batch.
 
 A call is two ops (`int8_linear`): the fused per-row quantize (`ops.quantize_rows`: uint8 with zero point 128), and
-`ops.int8_linear`: oneDNN's int8 matmul on a weight prepacked once into its blocked layout
-(`torch.ops.onednn.qlinear_pointwise`, VNNI/AMX; its int32 sums are exact and come back times the weight scales in
-float32) and the fused epilogue (`ops.dequantize_rows`: the token scales, the bias, a GELU or a residual add, rounded
-once to the activations' dtype), block of rows by block of rows on each thread, so the float32 product never
-leaves the core's cache. Where oneDNN's int8 ops are missing, `torch._int_mm` computes the same int32 sums and the
-epilogue runs on the whole product. Where an int8 Linear feeds another directly (the intermediate block's GELU
-feeds the output Linear), `int8_linear_quantized_for` quantizes the epilogue's rows for the next layer in the same
-pass (`ops.int8_linear_quantize`): the same values, bit for bit, without the activations written and read back.
+`ops.int8_linear`: an int8 matmul on a weight prepacked once (its int32 sums are exact and come back times the
+weight scales in float32) and the fused epilogue (`ops.dequantize_rows`: the token scales, the bias, a GELU or a
+residual add, rounded once to the activations' dtype), block of rows by block of rows on each thread, so the float32
+product never leaves the core's cache. The matmul is the kernels' own on AMX tiles (TDPBUSD;
+`ops.int8_amx_pack_weight`) where `ops.int8_amx_usable()` (CPUs with AMX-INT8) and the weight's shape allows (N a
+multiple of 16, K of 64), unless DTB_INT8_AMX=0 or `gemm_packing("onednn")`; else oneDNN's
+(`torch.ops.onednn.qlinear_prepack`, run through `torch.ops.onednn.qlinear_pointwise`), whose fixed cost per call
+(~33 us) the AMX one does not have. Both give the same bits (while the sums stay below 2^24 in magnitude, as they do
+by far in practice: tests/ops/test_int8_amx_gemm.py). Where oneDNN's int8 ops are missing, `torch._int_mm` computes
+the same int32 sums and the epilogue runs on the whole product. Where an int8 Linear feeds another directly (the
+intermediate block's GELU feeds the output Linear), `int8_linear_quantized_for` quantizes the epilogue's rows for
+the next layer in the same pass (`ops.int8_linear_quantize`): the same values, bit for bit, without the activations
+written and read back.
 
 Two optional refinements, measured in `dtb_ext/experiments/int8_study.py`:
 - `keep_float`: Linear layers left in float (the ones whose quantization costs the most F1);
@@ -26,8 +31,10 @@ dropping tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -98,7 +105,8 @@ class Int8Linear(nn.Module):
         return int8_linear(x, self)
 
     def packed_weight(self) -> _PackedInt8Weight:
-        """The weight in oneDNN's int8 matmul layout, made once and remade when `weight_int8` changes."""
+        """The weight in the int8 matmul's layout (AMX tiles or oneDNN: `_PackedInt8Weight`), made once and remade
+        when `weight_int8` changes."""
         weight = self.weight_int8
         if self._packed is None or not self._packed.matches(weight):
             self._packed = _PackedInt8Weight(weight)
@@ -114,7 +122,8 @@ class Int8Linear(nn.Module):
                 self._buffers[name] = before.to(after.device)
         return self
 
-    # A copied or pickled layer starts without the packed weight: oneDNN-packed tensors have no storage to copy.
+    # A copied or pickled layer starts without the packed weight: oneDNN-packed tensors have no storage to copy, and
+    # the copy packs its own weight for the GEMM chosen where it runs (AMX-packed ones are dropped too).
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_packed"] = None
@@ -125,15 +134,56 @@ class Int8Linear(nn.Module):
                 f"smoothed={self.input_divisor is not None}")
 
 
+# Which GEMM new packed weights are made for: "auto" (AMX where usable, unless DTB_INT8_AMX=0), "amx" (AMX where
+# usable, whatever DTB_INT8_AMX says) or "onednn". Set by `gemm_packing()`; a plain module global, as
+# ops.reference_ops() keeps its flag.
+GEMM_PACKINGS = ("auto", "amx", "onednn")
+_gemm_packing = "auto"
+AMX_VARIABLE = "DTB_INT8_AMX"
+
+
+@contextlib.contextmanager
+def gemm_packing(choice: str) -> Iterator[None]:
+    """Inside the block, int8 layers that pack their weight (the first call after quantization or after a weight
+    change; a layer keeps its packed weight afterwards) pack it for `choice`: "amx" (the kernels' GEMM on AMX tiles
+    where `ops.int8_amx_usable()` and the shape allows, else oneDNN), "onednn", or "auto" (the default: "amx"
+    unless the environment variable DTB_INT8_AMX is "0"). For A/B comparisons of the two GEMMs in one process;
+    process-wide, like `ops.reference_ops()`."""
+    global _gemm_packing
+    if choice not in GEMM_PACKINGS:
+        raise ValueError(f"gemm_packing must be one of {', '.join(GEMM_PACKINGS)}; got {choice!r}")
+    previous, _gemm_packing = _gemm_packing, choice
+    try:
+        yield
+    finally:
+        _gemm_packing = previous
+
+
+def _packs_for_amx(weight_int8: Tensor) -> bool:
+    """Whether a weight packed now goes to the AMX GEMM: the packing choice allows it, the ops can run it here, and
+    its shape is one the AMX GEMM takes ([N, K] with N a multiple of 16 and K of 64; others go to oneDNN)."""
+    if _gemm_packing == "onednn" or (_gemm_packing == "auto" and os.environ.get(AMX_VARIABLE) == "0"):
+        return False
+    out_features, in_features = weight_int8.shape
+    return (weight_int8.device.type == "cpu" and ops.int8_amx_usable() and out_features > 0 and in_features > 0
+            and out_features % reference.AMX_PACK_COLUMNS == 0 and in_features % reference.AMX_PACK_DEPTH == 0)
+
+
 class _PackedInt8Weight:
-    """An [N, K] int8 weight prepacked for `torch.ops.onednn.qlinear_pointwise` (None where that op is missing),
-    with the zero points it takes, and what it was made from."""
+    """An [N, K] int8 weight prepacked for the int8 Linear ops: for their GEMM on AMX tiles
+    (`ops.int8_amx_pack_weight`, a plain int8 tensor) where `_packs_for_amx`, else for
+    `torch.ops.onednn.qlinear_pointwise` (`qlinear_prepack`, a MkldnnCPU tensor; None where that op is missing), with
+    the zero points the ops take, and what it was made from."""
 
     def __init__(self, weight_int8: Tensor) -> None:
         self.source = weight_int8.detach()  # keeps the storage alive, so an equal data_ptr means the same tensor
         self.version = tensor_version(weight_int8)
-        self.weight = (torch.ops.onednn.qlinear_prepack(weight_int8, None)
-                       if _onednn_int8_matmul(weight_int8) else None)
+        if _packs_for_amx(weight_int8):
+            self.weight = ops.int8_amx_pack_weight(weight_int8.detach())
+        elif _onednn_int8_matmul(weight_int8):
+            self.weight = torch.ops.onednn.qlinear_prepack(weight_int8, None)
+        else:
+            self.weight = None
         self.zero_points = torch.zeros(weight_int8.shape[0], dtype=torch.int64)
 
     def matches(self, weight_int8: Tensor) -> bool:

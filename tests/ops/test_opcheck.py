@@ -96,6 +96,11 @@ def dequantize_layer_norm_rows_case(dtype: torch.dtype, device: str, quantize: b
     return product, scale, bias, residual, weight, layer_norm_bias, 1e-12, dtype, quantize, None
 
 
+def int8_amx_pack_weight_case(dtype: torch.dtype, device: str) -> Case:
+    # a layout op on int8 weights: dtype plays no part (the CPU kernel packs on any CPU)
+    return (torch.randint(-127, 128, (32, 128), generator=_generator(), dtype=torch.int8).to(device),)
+
+
 CASES: dict[str, Callable[[torch.dtype, str], Case]] = {
     "softmax_with_significance": softmax_with_significance_case,
     "select_and_gather": select_and_gather_case,
@@ -106,6 +111,7 @@ CASES: dict[str, Callable[[torch.dtype, str], Case]] = {
     "dequantize_rows": dequantize_rows_case,
     "dequantize_quantize_rows": dequantize_quantize_rows_case,
     "dequantize_layer_norm_rows": dequantize_layer_norm_rows_case,
+    "int8_amx_pack_weight": int8_amx_pack_weight_case,
 }
 
 
