@@ -135,6 +135,22 @@ void store_levels(const Vec& levels, uint8_t* out, int64_t count) {
 #endif
 }
 
+// The second pass of quantize_row: quantizes `values` (float32, divided by the divisor) whose largest magnitude is
+// `highest`; writes `quantized` and returns the row's scale.
+float quantize_row_with_max(const float* values, float highest, uint8_t* quantized, int64_t columns) {
+  const float row_scale = std::max(highest / kQuantMax, kMinScale);
+  // v / scale lies in [-127, 127] by construction of the scale, so no clamp is needed. Vectorized::round rounds
+  // half to even, as torch.round does.
+  const Vec scale_vec(row_scale);
+  const Vec zero_point(kZeroPoint);
+  for (int64_t k = 0; k < columns; k += Vec::size()) {
+    const int64_t count = std::min<int64_t>(Vec::size(), columns - k);
+    const Vec v = count == Vec::size() ? Vec::loadu(values + k) : Vec::loadu(values + k, count);
+    store_levels((v / scale_vec).round() + zero_point, quantized + k, count);
+  }
+  return row_scale;
+}
+
 // Quantizes one row already in float32 (`values`, divided by the divisor): writes `quantized` and returns the
 // row's scale.
 float quantize_row(const float* values, uint8_t* quantized, int64_t columns) {
@@ -147,17 +163,7 @@ float quantize_row(const float* values, uint8_t* quantized, int64_t columns) {
   for (; k < columns; ++k) {
     highest = std::max(highest, std::abs(values[k]));
   }
-  const float row_scale = std::max(highest / kQuantMax, kMinScale);
-  // v / scale lies in [-127, 127] by construction of the scale, so no clamp is needed. Vectorized::round rounds
-  // half to even, as torch.round does.
-  const Vec scale_vec(row_scale);
-  const Vec zero_point(kZeroPoint);
-  for (k = 0; k < columns; k += Vec::size()) {
-    const int64_t count = std::min<int64_t>(Vec::size(), columns - k);
-    const Vec v = count == Vec::size() ? Vec::loadu(values + k) : Vec::loadu(values + k, count);
-    store_levels((v / scale_vec).round() + zero_point, quantized + k, count);
-  }
-  return row_scale;
+  return quantize_row_with_max(values, highest, quantized, columns);
 }
 
 // values = row / divisor in float32 (row alone when divisor is null).
@@ -268,20 +274,63 @@ void dequantize_rows_kernel(const float* product, const float* scale, const floa
   });
 }
 
-// dequantize_rows then quantize_rows, row by row: the dequantized row (rounded to scalar_t, as the two ops give
-// it) stays in a row buffer instead of a [M, N] tensor written and read back.
+// A chunk rounded to scalar_t and back to float32: the values a store to scalar_t and a load give (exact for float).
+Chunk rounded_to(const Chunk& chunk, float) { return chunk; }
+
+Chunk rounded_to(const Chunk& chunk, c10::BFloat16) {
+  auto [low, high] = at::vec::convert_to_float<c10::BFloat16>(
+      at::vec::convert_from_float<c10::BFloat16>(chunk.low, chunk.high));
+  return {low, high};
+}
+
+// dequantize_rows then quantize_rows, row by row, in two passes over the row: the first computes each chunk of
+// act(product * scale + bias), rounds it to scalar_t in registers (as the two ops' [M, N] scalar_t tensor holds
+// it), divides it by the divisor, stores it to a float32 row buffer and tracks the largest magnitude; the second
+// quantizes the buffer. The same operations in the same order as the two ops, so the same bits; the
+// dequantized row is never stored as scalar_t and read back, and no separate pass finds the maximum.
 template <typename scalar_t, Activation activation>
 void dequantize_quantize_rows_kernel(const float* product, const float* scale, const float* bias,
                                      const float* divisor, uint8_t* quantized, float* quantized_scale, int64_t rows,
                                      int64_t columns) {
   at::parallel_for(0, rows, row_grain(columns), [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> dequantized(columns);
     std::vector<float> values(columns);
     for (int64_t m = begin; m < end; ++m) {
-      dequantize_row<scalar_t, activation>(product + m * columns, scale[m], bias, nullptr, dequantized.data(),
-                                           columns);
-      load_divided_row(dequantized.data(), divisor, values.data(), columns);
-      quantized_scale[m] = quantize_row(values.data(), quantized + m * columns, columns);
+      const float* row = product + m * columns;
+      const Vec scale_vec(scale[m]);
+      Vec running(0.0f);
+      int64_t scalar_from = columns;  // the maximum's scalar tail, where quantize_row's also starts
+      for (int64_t k = 0; k < columns; k += kChunk) {
+        const int64_t count = std::min(kChunk, columns - k);
+        Chunk chunk = load_chunk(row + k, count);
+        chunk = {chunk.low * scale_vec, chunk.high * scale_vec};
+        if (bias != nullptr) {
+          const Chunk added = load_chunk(bias + k, count);
+          chunk = {chunk.low + added.low, chunk.high + added.high};
+        }
+        chunk = rounded_to({apply_activation<activation>(chunk.low), apply_activation<activation>(chunk.high)},
+                           scalar_t{});
+        if (divisor != nullptr) {
+          // Lanes past `count` divide 0 by 0; they are neither stored nor counted in the maximum.
+          const Chunk factors = load_chunk(divisor + k, count);
+          chunk = {chunk.low / factors.low, chunk.high / factors.high};
+        }
+        store_chunk(chunk, values.data() + k, count);
+        // Whole vectors into the running maximum, the rest one by one after them, exactly as quantize_row does.
+        if (count >= Vec::size()) {
+          running = at::vec::maximum(running, chunk.low.abs());
+        }
+        if (count == kChunk) {
+          running = at::vec::maximum(running, chunk.high.abs());
+        } else {
+          scalar_from = k + (count >= Vec::size() ? Vec::size() : 0);
+        }
+      }
+      float highest =
+          at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running);
+      for (int64_t k = scalar_from; k < columns; ++k) {
+        highest = std::max(highest, std::abs(values[k]));
+      }
+      quantized_scale[m] = quantize_row_with_max(values.data(), highest, quantized + m * columns, columns);
     }
   });
 }

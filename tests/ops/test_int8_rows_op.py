@@ -91,7 +91,7 @@ def test_dequantize_rows_accepts_non_contiguous_and_empty_inputs() -> None:
 @pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("smoothed", [False, True])
-@pytest.mark.parametrize("columns", [7, 37, 384, 1536])
+@pytest.mark.parametrize("columns", [7, 37, 50, 384, 1536])
 def test_dequantize_quantize_rows_is_the_two_kernels_bit_for_bit(activation: str, dtype: torch.dtype,
                                                                  smoothed: bool, columns: int) -> None:
     generator = torch.Generator().manual_seed(columns + 1)
