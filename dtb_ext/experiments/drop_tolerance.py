@@ -10,6 +10,10 @@ sample, and reported as full length / config. Prints a Markdown table and writes
 question segment first, then the context tokens by the full-length model's own answer distribution (start plus
 end probabilities). No source can know the answer better, so the oracle's F1 bounds what a better scorer could
 keep with this encoder; what the oracle still loses is the encoder's own intolerance to missing tokens.
+
+`--keep-question` keeps the model's significance source but has every dropping layer keep the question segment
+first (`keep_tokens_first`), the oracle's rule for the question alone: the part of the gap between the source and
+the oracle that comes from dropping question tokens.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from dtb_ext.config import LengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
 from dtb_ext.macs import macs_ratio
 from dtb_ext.models.patching import dynamic_encoder
-from dtb_ext.models.relevance import rank_tokens_by
+from dtb_ext.models.relevance import keep_tokens_first, rank_tokens_by
 from dtb_ext.precision import PRECISION_CHOICES
 from dtb_ext.qa.data import default_squad_file, load_squad
 from dtb_ext.qa.evaluate import evaluate_qa
@@ -78,16 +82,39 @@ class AnswerOracle(nn.Module):
             return self.model(**inputs)
 
 
+class QuestionKept(nn.Module):
+    """A patched QA model that runs `length_config` with its own significance source, every dropping layer keeping
+    the question segment (token type 0) before any context token."""
+
+    def __init__(self, model: nn.Module, length_config: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.length_config = length_config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Any:
+        """[B, L0] inputs -> the model's outputs under the length config, the question kept first."""
+        question = (token_type_ids == 0) & attention_mask.bool()
+        with dtb_ext.length_config(self.model, self.length_config), \
+                keep_tokens_first(dynamic_encoder(self.model), question):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
 def drop_tolerance(model: Any, features: Any, configs: Sequence[tuple[str, Sequence[float]]] = DROP_CONFIGS,
-                   batch_size: int = 32, progress: bool = True, answer_oracle: bool = False) -> list[dict[str, Any]]:
+                   batch_size: int = 32, progress: bool = True, answer_oracle: bool = False,
+                   keep_question: bool = False) -> list[dict[str, Any]]:
     """Rows {"label", "ratios", "f1", "exact_match", "f1_drop_percent", "macs_ratio"}, full length first; with
-    `answer_oracle`, the reduced configs select tokens by `AnswerOracle`'s ranking."""
+    `answer_oracle`, the reduced configs select tokens by `AnswerOracle`'s ranking, with `keep_question` by the
+    model's source with the question kept first (`QuestionKept`)."""
+    if answer_oracle and keep_question:
+        raise ValueError("answer_oracle already keeps the question first; choose one of answer_oracle and "
+                         "keep_question")
     rows = []
     full_f1 = None
     for label, ratios in (("full length", None), *configs):
         config = None if ratios is None else LengthConfig.ratios(ratios)
-        if answer_oracle and config is not None:
-            result = evaluate_qa(AnswerOracle(model, config), features, batch_size=batch_size, progress=progress)
+        if (answer_oracle or keep_question) and config is not None:
+            wrapper = AnswerOracle if answer_oracle else QuestionKept
+            result = evaluate_qa(wrapper(model, config), features, batch_size=batch_size, progress=progress)
         else:
             result = evaluate_qa(model, features, length_config=config, batch_size=batch_size, progress=progress)
         full_f1 = result["f1"] if full_f1 is None else full_f1
@@ -132,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--answer-oracle", action="store_true",
                         help="select the tokens by the full-length model's own answer distribution (question first) "
                              "instead of the significance source: an upper bound for any source with this encoder")
+    parser.add_argument("--keep-question", action="store_true",
+                        help="select by the significance source, but keep the question segment first at every "
+                             "dropping layer (what dropping question tokens costs the source)")
     parser.add_argument("--config", action="append", default=None, metavar="R1,...,R6",
                         help="score these per-layer ratios (repeatable) instead of the fixed rows, e.g. for a "
                              "training curve")
@@ -139,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
+    if args.answer_oracle and args.keep_question:
+        parser.error("--answer-oracle already keeps the question first; give one of --answer-oracle and "
+                     "--keep-question")
     try:
         configs = DROP_CONFIGS if args.config is None else [(text, _ratios(text)) for text in args.config]
         model, tokenizer = load_qa_model(args.model or DEFAULT_MODEL_DIR)
@@ -159,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drop_tolerance: error: {error}", file=sys.stderr)
         return 2
     features = prepare_eval_features(examples, tokenizer)
-    rows = drop_tolerance(model, features, configs, progress=not args.no_progress, answer_oracle=args.answer_oracle)
+    rows = drop_tolerance(model, features, configs, progress=not args.no_progress, answer_oracle=args.answer_oracle,
+                          keep_question=args.keep_question)
     print(format_table(rows))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
@@ -167,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "questions": len(examples),
                        "seed": args.seed, "precision": args.precision,
                        "significance": dynamic_encoder(model).significance,
-                       "selection": "answer oracle" if args.answer_oracle else "significance source", "rows": rows},
+                       "selection": ("answer oracle" if args.answer_oracle else
+                                     "significance source, question kept first" if args.keep_question else
+                                     "significance source"), "rows": rows},
                       handle, indent=2)
     return 0
 

@@ -33,6 +33,7 @@ from dtb_ext.models.relevance import (
     active_ranking,
     active_records,
     combine_significance,
+    protect_significance,
 )
 
 # Per-call overrides, {encoder: LengthConfig or None}. A ContextVar gives each thread (and asyncio task) its own
@@ -212,7 +213,8 @@ class DynamicEncoder(nn.Module):
         elif ranking is not None:
             significance = ranking
         else:
-            significance = combine_significance(self.significance, attention_significance, scorer_logits, mask)
+            significance = protect_significance(
+                self, combine_significance(self.significance, attention_significance, scorer_logits, mask), positions)
         kept_hidden, kept_mask, kept_positions = ops.select_and_gather(
             attention_output, significance, mask, keep, width, self.keep_first
         )

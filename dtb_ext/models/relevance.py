@@ -162,6 +162,40 @@ def active_ranking(encoder: nn.Module, positions: Tensor | None, width: int) -> 
     return values_at_slots(scores, positions, width)
 
 
+# Per-position masks of tokens each layer keeps before any other inside `keep_tokens_first` (diagnostics only).
+_PROTECTED: ContextVar[dict[nn.Module, Tensor] | None] = ContextVar("dtb_protected_tokens", default=None)
+
+
+@contextmanager
+def keep_tokens_first(encoder: nn.Module, protected: Tensor) -> Iterator[None]:
+    """Within the block, every layer of `encoder` that drops real tokens ranks the `protected` ones above all
+    others (a token it keeps is still chosen by its significance within each group): e.g. the question segment,
+    to measure how much F1 the significance source loses by dropping question tokens.
+
+    protected: [B, L0] bool, one flag per original position of the batch about to run.
+    """
+    if protected.dim() != 2 or protected.dtype != torch.bool:
+        raise ValueError(f"keep_tokens_first expects a [batch, positions] bool mask, got {protected.dtype} of shape "
+                         f"{tuple(protected.shape)}")
+    token = _PROTECTED.set({**(_PROTECTED.get() or {}), encoder: protected})
+    try:
+        yield
+    finally:
+        _PROTECTED.reset(token)
+
+
+def protect_significance(encoder: nn.Module, significance: Tensor, positions: Tensor | None) -> Tensor:
+    """`significance` [B, n] with the slots `keep_tokens_first` protects for `encoder` raised above every other
+    slot of the batch (order within protected and unprotected slots unchanged); as is outside it."""
+    protected = _PROTECTED.get()
+    if protected is None or encoder not in protected:
+        return significance
+    slots = values_at_slots(protected[encoder], positions, significance.shape[1])
+    significance = significance.float()
+    lift = significance.max() - significance.min() + 1.0
+    return significance + lift * slots.float()
+
+
 def values_at_slots(values: Tensor, positions: Tensor | None, width: int) -> Tensor:
     """Per-position values [B, L0] read at a layer's slots: [B, width], the slots' original `positions` ([B, width],
     PAD_POSITION for padding, which reads position 0: callers mask padding), or None while slot = position."""
