@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "length_config": "dtb_ext.models.patching",
     "is_patched": "dtb_ext.models.patching",
     "add_relevance_scorer": "dtb_ext.models.patching",
+    "widen_relevance_scorer": "dtb_ext.models.patching",
     "set_significance": "dtb_ext.models.patching",
     "save_patched_model": "dtb_ext.models.patching",
     "count_macs": "dtb_ext.macs",

@@ -36,6 +36,7 @@ from dtb_ext.models.dynamic_encoder import _OVERRIDES, _SKIPPED_LAYERS, DynamicE
 from dtb_ext.models.relevance import (
     ATTENTION,
     ATTENTION_AND_SCORER,
+    INNER_SIZE_ATTRIBUTE,
     SCORER_FILE,
     SCORER_MODULE,
     SIGNIFICANCE_ATTRIBUTE,
@@ -87,8 +88,11 @@ def patch(model: PreTrainedModel, keep_first: bool | None = None) -> PreTrainedM
     return model
 
 
-def add_relevance_scorer(model: PreTrainedModel, significance: str = ATTENTION_AND_SCORER) -> RelevanceScorer:
-    """Give a patched model a new (untrained) relevance scorer and select tokens by `significance`.
+def add_relevance_scorer(model: PreTrainedModel, significance: str = ATTENTION_AND_SCORER,
+                         inner_size: int = 0) -> RelevanceScorer:
+    """Give a patched model a new (untrained) relevance scorer and select tokens by `significance`; with
+    `inner_size` > 0 each layer's scorer has a hidden layer of that width beside its linear map
+    (`RelevanceScorer`; recorded in `model.config.dtb_scorer_inner_size`).
 
     The scorer's parameters take the dtype and device of the model's; they are saved with the model
     (`<base>.encoder.relevance.layers.N.*`) and `model.config.dtb_significance` records the source, so that
@@ -103,11 +107,30 @@ def add_relevance_scorer(model: PreTrainedModel, significance: str = ATTENTION_A
             f"a relevance scorer is used by the sources 'scorer' and '{ATTENTION_AND_SCORER}', got {significance!r}"
         )
     reference = next(encoder.layer.parameters())
-    encoder.relevance = RelevanceScorer(encoder.num_layers, model.config.hidden_size).to(
+    encoder.relevance = RelevanceScorer(encoder.num_layers, model.config.hidden_size, inner_size).to(
         reference.device, reference.dtype
     )
+    _record_inner_size(model, encoder.relevance)
     set_significance(model, significance)
     return encoder.relevance
+
+
+def widen_relevance_scorer(model: PreTrainedModel, inner_size: int) -> RelevanceScorer:
+    """Give a patched model's relevance scorer a hidden layer of `inner_size` per layer (`RelevanceScorer.widen`:
+    its logits are unchanged until the hidden layer is trained); recorded in `model.config`. ValueError when the
+    model has no scorer."""
+    encoder = dynamic_encoder(model)
+    if encoder.relevance is None:
+        raise ValueError("this model has no relevance scorer to widen (add one with dtb_ext.add_relevance_scorer)")
+    encoder.relevance.widen(inner_size)
+    _record_inner_size(model, encoder.relevance)
+    return encoder.relevance
+
+
+def _record_inner_size(model: PreTrainedModel, scorer: RelevanceScorer) -> None:
+    """config.json records a scorer's hidden layer (a plain linear scorer leaves the config as it was)."""
+    if scorer.inner_size:
+        setattr(model.config, INNER_SIZE_ATTRIBUTE, scorer.inner_size)
 
 
 def set_significance(model: PreTrainedModel, significance: str) -> None:
@@ -157,7 +180,8 @@ def _saved_relevance_scorer(model: PreTrainedModel, base: PreTrainedModel) -> Re
         state = _read_safetensors([own_file], "")
     else:
         state = _read_safetensors(_safetensors_files(directory) if in_directory else [], f"encoder.{SCORER_MODULE}.")
-    scorer = RelevanceScorer(base.config.num_hidden_layers, base.config.hidden_size)
+    scorer = RelevanceScorer(base.config.num_hidden_layers, base.config.hidden_size,
+                             int(getattr(model.config, INNER_SIZE_ATTRIBUTE, 0) or 0))
     expected = set(scorer.state_dict())
     if set(state) != expected:
         raise ValueError(

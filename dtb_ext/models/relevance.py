@@ -2,7 +2,8 @@
 
 Attention received says little about where a span-QA answer is in the first layers (dropping 20 % of the real
 tokens at layer 1 by it costs about as much F1 as dropping a random 20 %). A relevance scorer is one linear map
-per layer, `[B, n, D] attention output -> [B, n]` logits (D MACs per token), trained by ranking distillation:
+per layer, `[B, n, D] attention output -> [B, n]` logits (D MACs per token; optionally with a hidden layer beside
+it, `inner_size`, recorded in config.json as `dtb_scorer_inner_size`), trained by ranking distillation:
 at every layer its softmax over the tokens present is pulled toward a target distribution built from the full
 model's answer distribution (`dtb_ext.train.lengthdrop.relevance_targets`).
 
@@ -35,6 +36,9 @@ SIGNIFICANCE_SOURCES = (ATTENTION, SCORER, ATTENTION_AND_SCORER)
 SIGNIFICANCE_ATTRIBUTE = "dtb_significance"
 # Prefix of the scorer's weights inside the base model's state dict (e.g. bert.encoder.relevance.0.weight).
 SCORER_MODULE = "relevance"
+# config.json field giving the width of the scorer's hidden layer (RelevanceScorer's `inner_size`); absent or 0 for
+# the plain linear scorer.
+INNER_SIZE_ATTRIBUTE = "dtb_scorer_inner_size"
 # The file beside model.safetensors that holds the scorer's weights (keys as in RelevanceScorer.state_dict()).
 # They stay out of model.safetensors, whose keys a plain Hugging Face from_pretrained must all know: there they
 # were reported as UNEXPECTED on every load.
@@ -49,11 +53,32 @@ def check_source(source: str) -> str:
 
 
 class RelevanceScorer(nn.Module):
-    """One linear relevance scorer per encoder layer."""
+    """One relevance scorer per encoder layer: a linear map, plus with `inner_size` > 0 a hidden layer of that width
+    beside it (`up`, GELU, `down`: D * inner_size + inner_size more MACs per token), whose output is added to the
+    linear map's. `down` starts at zero, so a scorer widened from a trained linear one (`widen`) starts out
+    computing exactly the linear scorer's logits."""
 
-    def __init__(self, num_layers: int, hidden_size: int) -> None:
+    def __init__(self, num_layers: int, hidden_size: int, inner_size: int = 0) -> None:
         super().__init__()
+        if not (isinstance(inner_size, int) and inner_size >= 0):
+            raise ValueError(f"inner_size (width of the scorer's hidden layer) must be an int >= 0, got {inner_size!r}")
         self.layers = nn.ModuleList(nn.Linear(hidden_size, 1) for _ in range(num_layers))
+        self.inner_size = 0
+        self.inner: nn.ModuleList | None = None
+        self.widen(inner_size)
+
+    def widen(self, inner_size: int) -> None:
+        """Give every layer's scorer a hidden layer of `inner_size` (zero-initialised output: the logits do not
+        change); no-op for 0. ValueError when the scorer already has a hidden layer of another width."""
+        if inner_size == self.inner_size or inner_size == 0:
+            return
+        if self.inner is not None:
+            raise ValueError(f"this scorer already has a hidden layer of {self.inner_size} units; cannot make it "
+                             f"{inner_size}")
+        reference = self.layers[0].weight
+        self.inner = nn.ModuleList(_HiddenLayer(reference.shape[1], inner_size) for _ in self.layers).to(
+            reference.device, reference.dtype)
+        self.inner_size = inner_size
 
     def forward(self, index: int, hidden: Tensor) -> Tensor:
         """Layer `index`'s logits: [B, n, D] attention output -> [B, n] float32.
@@ -63,7 +88,26 @@ class RelevanceScorer(nn.Module):
         the CPU than widening the input (60 vs 27 us for 184 tokens, D = 384).
         """
         layer = self.layers[index]
-        return nn.functional.linear(hidden.float(), layer.weight.float(), layer.bias.float()).squeeze(-1).float()
+        wide = hidden.float()
+        logits = nn.functional.linear(wide, layer.weight.float(), layer.bias.float()).squeeze(-1).float()
+        if self.inner is not None:
+            logits = logits + self.inner[index](wide)
+        return logits
+
+
+class _HiddenLayer(nn.Module):
+    """[..., D] float32 -> [...] float32: down(GELU(up(x))), in float32 whatever the parameters' dtype."""
+
+    def __init__(self, hidden_size: int, inner_size: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(hidden_size, inner_size)
+        self.down = nn.Linear(inner_size, 1)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        inner = nn.functional.gelu(nn.functional.linear(x, self.up.weight.float(), self.up.bias.float()))
+        return nn.functional.linear(inner, self.down.weight.float(), self.down.bias.float()).squeeze(-1)
 
 
 def standardise(values: Tensor, mask: Tensor) -> Tensor:

@@ -107,6 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     length_drop.add_argument("--relevance-only", action="store_true",
                              help="train the relevance scorer alone, every other weight frozen: the model's "
                                   "full-length outputs stay exactly as they were")
+    length_drop.add_argument("--relevance-inner-size", type=int, default=defaults.relevance_inner_size, metavar="H",
+                             help="give each layer's scorer a hidden layer of H units beside its linear map (0: the "
+                                  "linear map alone; a trained linear scorer is widened with its logits unchanged)")
     distill = parser.add_argument_group("distillation", "learn from a teacher QA model (TinyBERT-style)")
     distill.add_argument("--teacher", default=None, metavar="DIR",
                          help="teacher question-answering model directory (same vocabulary)")
@@ -145,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, relevance_scorer=args.relevance_scorer,
         relevance_weight=args.relevance_weight, relevance_temperature=args.relevance_temperature,
         relevance_question_share=args.relevance_question_share, relevance_only=args.relevance_only,
+        relevance_inner_size=args.relevance_inner_size,
         teacher=args.teacher, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
         kd_hidden_weight=args.kd_hidden_weight, kd_attention_weight=args.kd_attention_weight,
         kd_layer_map=args.kd_layer_map,

@@ -29,7 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from dtb_ext.config import LengthConfig
-from dtb_ext.models.patching import add_relevance_scorer, dynamic_encoder, length_config, set_significance, skip_layers
+from dtb_ext.models.patching import (
+    add_relevance_scorer,
+    dynamic_encoder,
+    length_config,
+    set_significance,
+    skip_layers,
+    widen_relevance_scorer,
+)
 from dtb_ext.models.relevance import (
     ATTENTION,
     ScorerRecord,
@@ -82,6 +89,7 @@ class RelevanceSettings:
     temperature: float = 2.0
     question_share: float = 0.5
     only: bool = False  # train the scorer alone (every other parameter frozen)
+    inner_size: int = 0  # width of each layer scorer's hidden layer (0: a linear map alone)
 
     def __post_init__(self) -> None:
         if check_source(self.significance) == ATTENTION:
@@ -90,6 +98,9 @@ class RelevanceSettings:
             raise ValueError(f"relevance_weight (weight of the scorer's loss) must be > 0, got {self.weight!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"relevance_temperature must be > 0, got {self.temperature!r}")
+        if not (isinstance(self.inner_size, int) and self.inner_size >= 0):
+            raise ValueError(f"relevance_inner_size (width of the scorer's hidden layer) must be an int >= 0, got "
+                             f"{self.inner_size!r}")
         if not (isinstance(self.question_share, (int, float)) and 0.0 <= self.question_share < 1.0):
             raise ValueError(f"relevance_question_share must lie in [0, 1), got {self.question_share!r}")
 
@@ -263,9 +274,10 @@ def prepare_relevance_scorer(model: nn.Module, settings: RelevanceSettings) -> N
     """Give a patched model a new relevance scorer unless it has one (loaded from --init-from or a checkpoint),
     and select by `settings.significance`."""
     if dynamic_encoder(model).relevance is None:
-        add_relevance_scorer(model, settings.significance)
+        add_relevance_scorer(model, settings.significance, settings.inner_size)
     else:
         set_significance(model, settings.significance)
+        widen_relevance_scorer(model, settings.inner_size)
     if settings.only:
         scorer = set(map(id, dynamic_encoder(model).relevance.parameters()))
         for parameter in model.parameters():

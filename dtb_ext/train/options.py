@@ -52,6 +52,7 @@ class TrainOptions:
     relevance_temperature: float = 2.0
     relevance_question_share: float = 0.5
     relevance_only: bool = False  # train the scorer alone: every other parameter frozen (full length unchanged)
+    relevance_inner_size: int = 0  # width of the scorer's hidden layer per layer (0: one linear map per layer)
     # knowledge distillation (distill.py)
     teacher: str | None = None
     kd_temperature: float = 2.0

@@ -26,7 +26,7 @@ def relevance_settings(options: TrainOptions) -> RelevanceSettings | None:
             raise ValueError("--relevance-only trains the relevance scorer: give --relevance-scorer too")
         return None
     return RelevanceSettings(options.relevance_scorer, options.relevance_weight, options.relevance_temperature,
-                             options.relevance_question_share, options.relevance_only)
+                             options.relevance_question_share, options.relevance_only, options.relevance_inner_size)
 
 
 def recipe_settings(options: TrainOptions) -> tuple[LengthDropSettings | None, DistillSettings | None]:
@@ -34,7 +34,8 @@ def recipe_settings(options: TrainOptions) -> tuple[LengthDropSettings | None, D
     option that would be ignored, such as --num-sandwich without --length-drop."""
     defaults = TrainOptions(output="")
     length_names = ("num_sandwich", "length_drop_ratio_bound", "layer_drop", "full_loss_weight", "relevance_scorer",
-                    "relevance_weight", "relevance_temperature", "relevance_question_share", "relevance_only")
+                    "relevance_weight", "relevance_temperature", "relevance_question_share", "relevance_only",
+                    "relevance_inner_size")
     kd_names = ("kd_temperature", "kd_alpha", "kd_hidden_weight", "kd_attention_weight", "kd_layer_map")
     for enabled, names, switch in ((options.length_drop, length_names, "--length-drop"),
                                    (options.teacher is not None, kd_names, "--teacher")):

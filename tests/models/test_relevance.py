@@ -15,8 +15,14 @@ import dtb_ext
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig
 from dtb_ext.data_paths import DEFAULT_MODEL_DIR
-from dtb_ext.models.patching import dynamic_encoder
-from dtb_ext.models.relevance import SCORER_FILE, rank_tokens_by, record_scorer_logits, standardise
+from dtb_ext.models.patching import dynamic_encoder, widen_relevance_scorer
+from dtb_ext.models.relevance import (
+    SCORER_FILE,
+    RelevanceScorer,
+    rank_tokens_by,
+    record_scorer_logits,
+    standardise,
+)
 from dtb_ext.train.lengthdrop import (
     LengthDropSettings,
     LengthDropTrainer,
@@ -280,6 +286,58 @@ def test_bad_significance_choices_are_refused():
 
 
 # --- training -----------------------------------------------------------------------------------------------
+
+
+# --- a scorer with a hidden layer --------------------------------------------------------------------------------
+
+
+def test_widening_a_scorer_keeps_its_logits_until_the_hidden_layer_trains(tmp_path):
+    model = _scored_model("scorer")
+    batch = _batch()
+    with dtb_ext.length_config(model, RATIOS):
+        before = _logits(model, batch)
+        scorer = widen_relevance_scorer(model, 8)
+        assert scorer.inner_size == 8 and model.config.dtb_scorer_inner_size == 8
+        torch.testing.assert_close(_logits(model, batch), before, rtol=0, atol=0)
+        with torch.no_grad():
+            for parameter in scorer.inner.parameters():
+                parameter.normal_(0, 1)
+        trained = _logits(model, batch)
+    assert not torch.equal(trained, before)  # the hidden layer's logits now change the selection
+    dtb_ext.save_patched_model(model, tmp_path)
+    loaded = dtb_ext.patch(AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval())
+    assert dynamic_encoder(loaded).relevance.inner_size == 8
+    assert {key for key in loaded.state_dict() if "relevance.inner" in key} == {
+        f"bert.encoder.relevance.inner.{i}.{part}.{name}" for i in range(3) for part in ("up", "down")
+        for name in ("weight", "bias")}
+    with dtb_ext.length_config(loaded, RATIOS):
+        torch.testing.assert_close(_logits(loaded, batch), trained, rtol=0, atol=0)
+
+
+def test_a_new_scorer_with_a_hidden_layer_and_bad_widths():
+    model = dtb_ext.patch(_model())
+    scorer = dtb_ext.add_relevance_scorer(model, "scorer", inner_size=4)
+    assert scorer.inner_size == 4 and model.config.dtb_scorer_inner_size == 4
+    assert torch.equal(scorer.inner[0].down.weight, torch.zeros(1, 4))
+    widen_relevance_scorer(model, 4)  # the width it has: nothing changes
+    with pytest.raises(ValueError, match="already has a hidden layer of 4 units; cannot make it 6"):
+        widen_relevance_scorer(model, 6)
+    with pytest.raises(ValueError, match="inner_size .* must be an int >= 0, got -1"):
+        RelevanceScorer(3, 32, -1)
+    with pytest.raises(ValueError, match="no relevance scorer to widen"):
+        widen_relevance_scorer(dtb_ext.patch(_model()), 4)
+    with pytest.raises(ValueError, match="relevance_inner_size .* must be an int >= 0, got 2.5"):
+        RelevanceSettings(inner_size=2.5)
+
+
+def test_lengthdrop_widens_a_loaded_linear_scorer(tmp_path):
+    model = _scored_model("scorer")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", seed=5, use_cpu=True)
+    LengthDropTrainer(model=model, args=args, length_drop=LengthDropSettings(num_sandwich=1),
+                      relevance=RelevanceSettings("scorer", only=True, inner_size=8))
+    scorer = dynamic_encoder(model).relevance
+    assert scorer.inner_size == 8
+    assert all(parameter.requires_grad for parameter in scorer.inner.parameters())
 
 
 def test_lengthdrop_trains_the_scorer_by_ranking_distillation(tmp_path):
