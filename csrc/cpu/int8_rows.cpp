@@ -240,6 +240,18 @@ Vec apply_activation(Vec x) {
   }
 }
 
+// act(product * row_scale + bias) in float32 for the chunk of a row's product at column k (count columns).
+template <Activation activation>
+Chunk activated_chunk(const float* product, const Vec& scale_vec, const float* bias, int64_t k, int64_t count) {
+  Chunk chunk = load_chunk(product + k, count);
+  chunk = {chunk.low * scale_vec, chunk.high * scale_vec};
+  if (bias != nullptr) {
+    const Chunk added = load_chunk(bias + k, count);
+    chunk = {chunk.low + added.low, chunk.high + added.high};
+  }
+  return {apply_activation<activation>(chunk.low), apply_activation<activation>(chunk.high)};
+}
+
 // One row of the epilogue: out = act(product * row_scale + bias) + residual, rounded once to scalar_t.
 template <typename scalar_t, Activation activation>
 void dequantize_row(const float* product, float row_scale, const float* bias, const scalar_t* residual,
@@ -247,13 +259,7 @@ void dequantize_row(const float* product, float row_scale, const float* bias, co
   const Vec scale_vec(row_scale);
   for (int64_t k = 0; k < columns; k += kChunk) {
     const int64_t count = std::min(kChunk, columns - k);
-    Chunk chunk = load_chunk(product + k, count);
-    chunk = {chunk.low * scale_vec, chunk.high * scale_vec};
-    if (bias != nullptr) {
-      const Chunk added = load_chunk(bias + k, count);
-      chunk = {chunk.low + added.low, chunk.high + added.high};
-    }
-    chunk = {apply_activation<activation>(chunk.low), apply_activation<activation>(chunk.high)};
+    Chunk chunk = activated_chunk<activation>(product, scale_vec, bias, k, count);
     if (residual != nullptr) {
       const Chunk added = load_chunk(residual + k, count);
       chunk = {chunk.low + added.low, chunk.high + added.high};
@@ -301,14 +307,7 @@ void dequantize_quantize_rows_kernel(const float* product, const float* scale, c
       int64_t scalar_from = columns;  // the maximum's scalar tail, where quantize_row's also starts
       for (int64_t k = 0; k < columns; k += kChunk) {
         const int64_t count = std::min(kChunk, columns - k);
-        Chunk chunk = load_chunk(row + k, count);
-        chunk = {chunk.low * scale_vec, chunk.high * scale_vec};
-        if (bias != nullptr) {
-          const Chunk added = load_chunk(bias + k, count);
-          chunk = {chunk.low + added.low, chunk.high + added.high};
-        }
-        chunk = rounded_to({apply_activation<activation>(chunk.low), apply_activation<activation>(chunk.high)},
-                           scalar_t{});
+        Chunk chunk = rounded_to(activated_chunk<activation>(row, scale_vec, bias, k, count), scalar_t{});
         if (divisor != nullptr) {
           // Lanes past `count` divide 0 by 0; they are neither stored nor counted in the maximum.
           const Chunk factors = load_chunk(divisor + k, count);

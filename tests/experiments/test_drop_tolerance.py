@@ -79,18 +79,26 @@ def test_command_reports_bad_input(capsys):
     assert "give one of --answer-oracle and --keep-question" in capsys.readouterr().err
 
 
-def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens(monkeypatch):
+def _tiny_patched_model():
+    """A patched 2-layer, 16-wide random BERT QA model (seed 0), in eval mode."""
     import torch
     from transformers import BertConfig, BertForQuestionAnswering
 
     import dtb_ext
+
+    torch.manual_seed(0)
+    return dtb_ext.patch(BertForQuestionAnswering(BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32)).eval())
+
+
+def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens(monkeypatch):
+    import torch
+
     from dtb_ext.experiments import drop_tolerance
     from dtb_ext.experiments.drop_tolerance import AnswerOracle
 
-    torch.manual_seed(0)
-    model = dtb_ext.patch(BertForQuestionAnswering(BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32)).eval())
+    model = _tiny_patched_model()
     ids = torch.randint(1, 50, (1, 12))
     mask = torch.ones(1, 12, dtype=torch.long)
     types = torch.tensor([[0] * 4 + [1] * 8])
@@ -112,16 +120,11 @@ def test_the_answer_oracle_keeps_the_question_and_the_likeliest_answer_tokens(mo
 
 def test_keep_question_keeps_the_question_segment_first_at_every_dropping_layer(monkeypatch):
     import torch
-    from transformers import BertConfig, BertForQuestionAnswering
 
-    import dtb_ext
     from dtb_ext import ops
     from dtb_ext.experiments.drop_tolerance import QuestionKept
 
-    torch.manual_seed(0)
-    model = dtb_ext.patch(BertForQuestionAnswering(BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32)).eval())
+    model = _tiny_patched_model()
     ids = torch.randint(1, 50, (2, 12))
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, 10:] = 0
