@@ -3,17 +3,18 @@
 At batch 1 on the CPU, most of a layer's fixed cost was Python: module attribute lookups, the packed-linear cache's
 checks (packed_linear.py) and the op wrappers' kernel-or-reference choice (dtb_ext/ops.py), made again for every
 Linear of every layer of every forward. With plans, the default model at batch 1 on 48 dev-a features ran 1.14x
-(bf16) and 1.07x (int8) faster than on the generic path, interleaved in one run (bench/REPORT-qa-plans.md).
+(bf16) and 1.07x (int8) faster than on the generic path, interleaved in one run (bench/REPORT-qa-plans.md), and
+1.10-1.16x and 1.11-1.20x in three runs with the AMX int8 GEMM (bench/REPORT-qa-kernels.md).
 
 A plan applies where the dynamic encoder runs the fused bf16 attention kernel and packed Linears: inference (no
 gradient recorded) on the CPU with the compiled kernels, bf16 activations, exact Hugging Face BERT/RoBERTa blocks
-in eval mode without hooks, and either the model's int8 layers (`Int8Linear` with oneDNN-packed weights) or bf16
-`nn.Linear`s. It calls the very ops the generic path calls, with the same arguments, so its outputs are the generic
-path's bit for bit. A plan remembers what it was made from (`_Watch`): every submodule and tensor of the layer,
-their versions, hooks and training flags; when any of them changed, `LayerPlans.plan` makes a new one (or none, and
-the generic path runs).
+in eval mode without hooks, and either the model's int8 layers (`Int8Linear` with packed weights, for the AMX or
+the oneDNN GEMM) or bf16 `nn.Linear`s. It calls the very ops the generic path calls, with the same arguments, so its
+outputs are the generic path's bit for bit. A plan remembers what it was made from (`_Watch`): every submodule and
+tensor of the layer, their versions, hooks and training flags; when any of them changed, `LayerPlans.plan` makes a
+new one (or none, and the generic path runs).
 
-Shapes: B batch, n tokens (padded width), D hidden size, H heads, d head size.
+Shapes: B batch, n tokens (padded width), K kept width, D hidden size.
 """
 from __future__ import annotations
 
@@ -105,8 +106,8 @@ class Int8LayerPlan:
     attention kernel, the attention-output block with its LayerNorm (quantized for the intermediate Linear when no
     token is gathered in between), the intermediate block quantized for the output Linear, and the output block."""
 
-    def __init__(self, layer: nn.Module, qkv: Int8Linear, heads: int, head_size: int, scaling: float) -> None:
-        self.heads, self.head_size, self.scaling = heads, head_size, scaling
+    def __init__(self, layer: nn.Module, qkv: Int8Linear, head_size: int, scaling: float) -> None:
+        self.head_size, self.scaling = head_size, scaling
         attention_output, intermediate, output = layer.attention.output, layer.intermediate, layer.output
         self.qkv = _Int8Weights.of(qkv)
         self.attention_output = _Int8Weights.of(attention_output.dense)
@@ -157,9 +158,9 @@ class Bf16LayerPlan:
     kernel, the attention-output matmul with the residual added in it and the LayerNorm, the intermediate matmul
     with its GELU, and the output matmul with the residual and the LayerNorm."""
 
-    def __init__(self, layer: nn.Module, linears: PackedLinears, index: int, heads: int, head_size: int,
+    def __init__(self, layer: nn.Module, linears: PackedLinears, index: int, head_size: int,
                  scaling: float) -> None:
-        self.heads, self.head_size, self.scaling = heads, head_size, scaling
+        self.head_size, self.scaling = head_size, scaling
         attention = layer.attention.self
         self.split = [linear.out_features for linear in (attention.query, attention.key, attention.value)]
         self.qkv = _packed(linears, (index, "qkv"), (attention.query, attention.key, attention.value))
@@ -234,7 +235,7 @@ def _make_plan(index: int, layer: nn.Module, linears: PackedLinears) -> LayerPla
         return None
     projections = (attention.query, attention.key, attention.value)
     dense = (layer.attention.output.dense, layer.intermediate.dense, layer.output.dense)
-    arguments = (attention.num_attention_heads, attention.attention_head_size, attention.scaling)
+    arguments = (attention.attention_head_size, attention.scaling)
     if all(is_plain_int8(linear) for linear in projections + dense) and same_divisor(projections):
         if any(linear.packed_weight().weight is None for linear in dense):
             return None
