@@ -30,7 +30,9 @@ from dtb_ext import ops
 from dtb_ext.models.packed_linear import (
     INT8_GELU,
     PackedLinears,
+    fusable_layer_norm,
     gelu_algorithm,
+    global_hooks,
     is_plain,
     is_plain_int8,
     is_plain_linear,
@@ -209,7 +211,7 @@ class LayerPlans:
         """Layer `index`'s plan for `hidden` [B, n, D], or None where the generic path must run."""
         if not (hidden.dtype == torch.bfloat16 and hidden.device.type == "cpu" and _INT8_OPS is not None
                 and not _generic_only
-                and ops.kernels_enabled() and not torch.is_grad_enabled() and not _global_hooks()):
+                and ops.kernels_enabled() and not torch.is_grad_enabled() and not global_hooks()):
             return None
         cached = self._plans.get(index)
         if cached is not None and cached[1].holds():
@@ -231,7 +233,8 @@ def _make_plan(index: int, layer: nn.Module, linears: PackedLinears) -> LayerPla
     if not (PackedLinears.is_exact_block(layer.attention.output) and PackedLinears.is_exact_block(layer.output)
             and PackedLinears.is_exact_block(layer.intermediate)
             and gelu_algorithm(layer.intermediate.intermediate_act_fn) is not None
-            and all(_fusable_norm(block) for block in (layer.attention.output, layer.output))):
+            and all(fusable_layer_norm(block, block.dense.out_features, torch.bfloat16)
+                    for block in (layer.attention.output, layer.output))):
         return None
     projections = (attention.query, attention.key, attention.value)
     dense = (layer.attention.output.dense, layer.intermediate.dense, layer.output.dense)
@@ -285,16 +288,3 @@ def _packed(linears: PackedLinears, key: Hashable, modules: tuple[nn.Linear, ...
     """The (packed weight, bias) of `modules` concatenated, from the packed-linear cache."""
     entry = linears.entry(key, modules, packed=True)
     return entry.weight, entry.bias
-
-
-def _fusable_norm(block: nn.Module) -> bool:
-    """Whether an output block's LayerNorm is a plain nn.LayerNorm over its dense layer's outputs with bf16
-    parameters (or none): what both plans apply."""
-    norm = block.LayerNorm
-    return (type(norm) is nn.LayerNorm and tuple(norm.normalized_shape) == (block.dense.out_features,)
-            and all(p is None or p.dtype == torch.bfloat16 for p in (norm.weight, norm.bias)))
-
-
-def _global_hooks() -> bool:
-    module = nn.modules.module
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)

@@ -112,7 +112,7 @@ class PackedLinears:
         handoff, self._handoff = self._handoff, None
         if (self._runs_int8(intermediate) and self._runs_int8(output)
                 and gelu_algorithm(intermediate.intermediate_act_fn) is not None
-                and fusable_layer_norm(output, hidden) and is_plain(output.dropout)):
+                and fusable_layer_norm(output, hidden.shape[-1], hidden.dtype) and is_plain(output.dropout)):
             activation = INT8_GELU[gelu_algorithm(intermediate.intermediate_act_fn)]
             if handoff is not None and handoff[0] is hidden and handoff[1] is intermediate.dense:
                 quantized, scale = handoff[2], handoff[3]
@@ -133,8 +133,8 @@ class PackedLinears:
         `feeds`: the intermediate block that takes this output as is (no tokens gathered in between), or None.
         With int8 layers the LayerNorm runs in the matmul's epilogue, which also quantizes the output for `feeds`'
         int8 Linear (`feed_forward` picks it up)."""
-        if (self._runs_int8(block) and fusable_layer_norm(block, residual) and is_plain(block.dropout)
-                and residual.dtype == hidden.dtype):
+        if (self._runs_int8(block) and fusable_layer_norm(block, residual.shape[-1], residual.dtype)
+                and is_plain(block.dropout) and residual.dtype == hidden.dtype):
             consumer = feeds.dense if feeds is not None and self._runs_int8(feeds) else None
             quantized, scale = quantize_input(hidden, block.dense)
             out, handoff = int8_linear_layer_norm(quantized, scale, block.dense, residual, block.LayerNorm, consumer)
@@ -222,18 +222,22 @@ def _packs(hidden: Tensor, linear: nn.Linear) -> bool:
             and hidden.dtype in _PACKED_DTYPES and linear.weight.dtype == hidden.dtype)
 
 
+def global_hooks() -> bool:
+    """Whether forward hooks are registered for every module (`register_module_forward_hook` and its pre-hook)."""
+    return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+
+
 def is_plain(module: nn.Module) -> bool:
     """No forward hooks on `module` or globally (a hook must see its module run)."""
-    return not (module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)
+    return not (module._forward_hooks or module._forward_pre_hooks or global_hooks())
 
 
-def fusable_layer_norm(block: nn.Module, residual: Tensor) -> bool:
-    """Whether an output block's LayerNorm can run in its int8 epilogue: a plain nn.LayerNorm over the last
-    dimension whose parameters (if any) have the activations' dtype."""
+def fusable_layer_norm(block: nn.Module, width: int, dtype: torch.dtype) -> bool:
+    """Whether an output block's LayerNorm can run fused after its matmul: a plain nn.LayerNorm over the last
+    dimension, of `width` features, whose parameters (if any) have the activations' `dtype`."""
     norm = block.LayerNorm
-    return (type(norm) is nn.LayerNorm and is_plain(norm) and tuple(norm.normalized_shape) == (residual.shape[-1],)
-            and all(p is None or p.dtype == residual.dtype for p in (norm.weight, norm.bias)))
+    return (type(norm) is nn.LayerNorm and is_plain(norm) and tuple(norm.normalized_shape) == (width,)
+            and all(p is None or p.dtype == dtype for p in (norm.weight, norm.bias)))
 
 
 def is_plain_linear(module: nn.Module) -> bool:
