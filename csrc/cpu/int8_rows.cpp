@@ -135,9 +135,15 @@ void store_levels(const Vec& levels, uint8_t* out, int64_t count) {
 #endif
 }
 
-// The second pass of quantize_row: quantizes `values` (float32, divided by the divisor) whose largest magnitude is
-// `highest`; writes `quantized` and returns the row's scale.
-float quantize_row_with_max(const float* values, float highest, uint8_t* quantized, int64_t columns) {
+// The end of quantize_row: the row's largest magnitude from `running` (the maximum of |values| over whole vectors
+// up to `scalar_from`) and values[scalar_from:columns] one by one, then the quantized row of `values` (float32,
+// divided by the divisor) into `quantized`; returns the row's scale.
+float quantize_row_from_max(const float* values, const Vec& running, int64_t scalar_from, uint8_t* quantized,
+                            int64_t columns) {
+  float highest = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running);
+  for (int64_t k = scalar_from; k < columns; ++k) {
+    highest = std::max(highest, std::abs(values[k]));
+  }
   const float row_scale = std::max(highest / kQuantMax, kMinScale);
   // v / scale lies in [-127, 127] by construction of the scale, so no clamp is needed. Vectorized::round rounds
   // half to even, as torch.round does.
@@ -159,11 +165,7 @@ float quantize_row(const float* values, uint8_t* quantized, int64_t columns) {
   for (; k + Vec::size() <= columns; k += Vec::size()) {
     running = at::vec::maximum(running, Vec::loadu(values + k).abs());
   }
-  float highest = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running);
-  for (; k < columns; ++k) {
-    highest = std::max(highest, std::abs(values[k]));
-  }
-  return quantize_row_with_max(values, highest, quantized, columns);
+  return quantize_row_from_max(values, running, k, quantized, columns);
 }
 
 // values = row / divisor in float32 (row alone when divisor is null).
@@ -324,12 +326,7 @@ void dequantize_quantize_rows_kernel(const float* product, const float* scale, c
           scalar_from = k + (count >= Vec::size() ? Vec::size() : 0);
         }
       }
-      float highest =
-          at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, running);
-      for (int64_t k = scalar_from; k < columns; ++k) {
-        highest = std::max(highest, std::abs(values[k]));
-      }
-      quantized_scale[m] = quantize_row_with_max(values.data(), highest, quantized + m * columns, columns);
+      quantized_scale[m] = quantize_row_from_max(values.data(), running, scalar_from, quantized + m * columns, columns);
     }
   });
 }
