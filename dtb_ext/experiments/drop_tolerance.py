@@ -58,14 +58,18 @@ DROP_CONFIGS: tuple[tuple[str, tuple[float, ...]], ...] = (
 _QUESTION_BONUS = 3.0
 
 
-class AnswerOracle(nn.Module):
-    """A patched QA model that runs `length_config` with the tokens ranked by the full-length model's own answer
-    distribution (see the module docstring): each call runs the model twice, at full length and then reduced."""
+class _ReducedRun(nn.Module):
+    """A patched QA model and the length config its calls run under, with some other selection rule (subclasses)."""
 
     def __init__(self, model: nn.Module, length_config: Any) -> None:
         super().__init__()
         self.model = model
         self.length_config = length_config
+
+
+class AnswerOracle(_ReducedRun):
+    """A patched QA model that runs `length_config` with the tokens ranked by the full-length model's own answer
+    distribution (see the module docstring): each call runs the model twice, at full length and then reduced."""
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Any:
         """[B, L0] inputs -> the model's outputs under the length config, selection by the oracle ranking."""
@@ -82,14 +86,9 @@ class AnswerOracle(nn.Module):
             return self.model(**inputs)
 
 
-class QuestionKept(nn.Module):
+class QuestionKept(_ReducedRun):
     """A patched QA model that runs `length_config` with its own significance source, every dropping layer keeping
     the question segment (token type 0) before any context token."""
-
-    def __init__(self, model: nn.Module, length_config: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.length_config = length_config
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Any:
         """[B, L0] inputs -> the model's outputs under the length config, the question kept first."""
