@@ -63,9 +63,13 @@ class RelevanceScorer(nn.Module):
         if not (isinstance(inner_size, int) and inner_size >= 0):
             raise ValueError(f"inner_size (width of the scorer's hidden layer) must be an int >= 0, got {inner_size!r}")
         self.layers = nn.ModuleList(nn.Linear(hidden_size, 1) for _ in range(num_layers))
-        self.inner_size = 0
         self.inner: nn.ModuleList | None = None
         self.widen(inner_size)
+
+    @property
+    def inner_size(self) -> int:
+        """The width of each layer's hidden layer; 0 for a linear scorer."""
+        return 0 if self.inner is None else self.inner[0].up.out_features
 
     def widen(self, inner_size: int) -> None:
         """Give every layer's scorer a hidden layer of `inner_size` (zero-initialised output: the logits do not
@@ -78,7 +82,6 @@ class RelevanceScorer(nn.Module):
         reference = self.layers[0].weight
         self.inner = nn.ModuleList(_HiddenLayer(reference.shape[1], inner_size) for _ in self.layers).to(
             reference.device, reference.dtype)
-        self.inner_size = inner_size
 
     def forward(self, index: int, hidden: Tensor) -> Tensor:
         """Layer `index`'s logits: [B, n, D] attention output -> [B, n] float32.
@@ -150,6 +153,17 @@ class ScorerRecord:
     positions: Tensor | None
 
 
+@contextmanager
+def _set_for(variable: ContextVar, encoder: nn.Module, value: object) -> Iterator[None]:
+    """Within the block, `variable` (a {encoder: value} ContextVar) maps `encoder` to `value`, other encoders'
+    entries kept; restored on exit."""
+    token = variable.set({**(variable.get() or {}), encoder: value})
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
 # The records of the forward passes run inside `record_scorer_logits`, per encoder (training only).
 _RECORDS: ContextVar[dict[nn.Module, list[ScorerRecord]] | None] = ContextVar("dtb_scorer_records", default=None)
 
@@ -159,11 +173,8 @@ def record_scorer_logits(encoder: nn.Module) -> Iterator[list[ScorerRecord]]:
     """Within the block, every layer of `encoder` computes its scorer logits (even where nothing is dropped) and
     appends them to the yielded list."""
     records: list[ScorerRecord] = []
-    token = _RECORDS.set({**(_RECORDS.get() or {}), encoder: records})
-    try:
+    with _set_for(_RECORDS, encoder, records):
         yield records
-    finally:
-        _RECORDS.reset(token)
 
 
 def active_records(encoder: nn.Module) -> list[ScorerRecord] | None:
@@ -187,11 +198,8 @@ def rank_tokens_by(encoder: nn.Module, scores: Tensor) -> Iterator[None]:
     """
     if scores.dim() != 2:
         raise ValueError(f"rank_tokens_by expects [batch, positions] scores, got shape {tuple(scores.shape)}")
-    token = _RANKINGS.set({**(_RANKINGS.get() or {}), encoder: scores.float()})
-    try:
+    with _set_for(_RANKINGS, encoder, scores.float()):
         yield
-    finally:
-        _RANKINGS.reset(token)
 
 
 def active_ranking(encoder: nn.Module, positions: Tensor | None, width: int) -> Tensor | None:
@@ -221,11 +229,8 @@ def keep_tokens_first(encoder: nn.Module, protected: Tensor) -> Iterator[None]:
     if protected.dim() != 2 or protected.dtype != torch.bool:
         raise ValueError(f"keep_tokens_first expects a [batch, positions] bool mask, got {protected.dtype} of shape "
                          f"{tuple(protected.shape)}")
-    token = _PROTECTED.set({**(_PROTECTED.get() or {}), encoder: protected})
-    try:
+    with _set_for(_PROTECTED, encoder, protected):
         yield
-    finally:
-        _PROTECTED.reset(token)
 
 
 def protect_significance(encoder: nn.Module, significance: Tensor, positions: Tensor | None) -> Tensor:
