@@ -1,9 +1,10 @@
 """A/B timing of the int8 Linear ops' two GEMMs (issue 28): the same op on the same inputs with the weight packed for
 AMX tiles (`dtb::int8_amx_pack_weight`) and for oneDNN (`onednn::qlinear_prepack`), alternated call by call in one
-process; medians. bench/REPORT-int8-amx-gemm.md has the numbers and the command.
+process; medians. bench/REPORT-int8-amx-gemm.md has the numbers and the command. Run it alone on the cores (no
+other heavy job), as every timing here.
 
-    flock /tmp/dtb-cpu.lock .venv/bin/python bench/int8_amx_gemm.py ops    # the three ops, M x (K, N) grid
-    flock /tmp/dtb-cpu.lock .venv/bin/python bench/int8_amx_gemm.py model  # the default QA model, B=1 and B=32
+    .venv/bin/python bench/int8_amx_gemm.py ops    # the three ops, M x (K, N) grid
+    .venv/bin/python bench/int8_amx_gemm.py model  # the default QA model, B=1 and B=32
 
 Not a test: no timing is asserted. Needs the compiled kernels and a CPU where `kernel_info()["cpu_amx_int8"]`.
 """
