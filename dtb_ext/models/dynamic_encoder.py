@@ -12,6 +12,8 @@ H heads, d head size.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -21,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
 from dtb_ext import ops
-from dtb_ext.config import LengthConfig
+from dtb_ext.config import LengthConfig, MixedLengthConfig
 from dtb_ext.models.layer_plan import LayerPlan, LayerPlans
 from dtb_ext.models.packed_linear import PackedLinears
 from dtb_ext.models.padding_mask import padding_mask_from_hf
@@ -35,12 +37,37 @@ from dtb_ext.models.relevance import (
     combine_significance,
     protect_significance,
 )
+from dtb_ext.models.static_counts import KeepTables, StaticKeepCounts
 
 # Per-call overrides, {encoder: LengthConfig or None}. A ContextVar gives each thread (and asyncio task) its own
 # value, so concurrent calls on one model with different configurations do not see each other's.
 _OVERRIDES: ContextVar[dict[nn.Module, LengthConfig | None]] = ContextVar("dtb_length_overrides", default={})
 # Per-call LayerDrop, {encoder: frozenset of layer indices to skip}; set by `patching.skip_layers` (training only).
 _SKIPPED_LAYERS: ContextVar[dict[nn.Module, frozenset[int]]] = ContextVar("dtb_skipped_layers", default={})
+# Set by `static_shapes`: every patched encoder takes the static-shape path in this context.
+_STATIC_SHAPES: ContextVar[bool] = ContextVar("dtb_static_shapes", default=False)
+
+
+@contextmanager
+def static_shapes() -> Iterator[None]:
+    """Within the block, every patched model runs its static-shape path (docs/design.md §2, "Static shapes"):
+    keep counts computed on the device, every layer's gathered width fixed by the length configuration and the
+    padded input length, no host synchronisation, so the forward pass can be captured whole in a CUDA graph and
+    replayed on new inputs of the same shape. Real tokens' outputs equal the default path's (to float tolerance);
+    an example without a real token gives NaN instead of ValueError. A stream being captured takes this path
+    even outside the block; warm up under the block first (it builds the keep-count tables the capture reads).
+    """
+    token = _STATIC_SHAPES.set(True)
+    try:
+        yield
+    finally:
+        _STATIC_SHAPES.reset(token)
+
+
+def runs_static(hidden: Tensor) -> bool:
+    """Whether a forward pass on `hidden` takes the static-shape path: inside `static_shapes`, or while the current
+    CUDA stream is being captured into a graph (where the default path's host reads would fail)."""
+    return _STATIC_SHAPES.get() or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 class DynamicEncoder(nn.Module):
@@ -61,6 +88,7 @@ class DynamicEncoder(nn.Module):
         self.relevance: RelevanceScorer | None = None
         self._linears = PackedLinears()
         self._plans = LayerPlans()
+        self._keep_tables = KeepTables()
 
     @property
     def num_layers(self) -> int:
@@ -104,25 +132,30 @@ class DynamicEncoder(nn.Module):
                 f"the model needs a batch of at least one example, got an empty batch (input shape "
                 f"{tuple(hidden_states.shape[:2])})"
             )
-        mask = padding_mask_from_hf(attention_mask, hidden_states)
-        output = self.encode(hidden_states, mask, self.active_length_config())
+        static = runs_static(hidden_states)
+        # The all-padding-row check reads the mask on the host; the static path poisons such rows instead.
+        mask = padding_mask_from_hf(attention_mask, hidden_states, check_rows=not static)
+        output = self.encode(hidden_states, mask, self.active_length_config(), static)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=output)
 
-    def encode(self, hidden: Tensor, mask: Tensor, length_config: LengthConfig | None) -> Tensor:
+    def encode(self, hidden: Tensor, mask: Tensor, length_config: LengthConfig | MixedLengthConfig | None,
+               static: bool = False) -> Tensor:
         """Run the layer stack under `length_config`, skipping the layers `skip_layers` names in this context
         (LayerDrop: a skipped layer is the identity and drops no token; later layers keep their own counts).
 
         Args:
             hidden: [B, L0, D] embeddings.
             mask: [B, L0] bool, True for real tokens.
-            length_config: per-layer keep rule, or None for full length.
+            length_config: per-layer keep rule (one per example for a MixedLengthConfig), or None for full length.
+            static: take the static-shape path (`static_shapes`): keep counts on the device, every width from
+                the configuration and L0 alone, no host synchronisation; an example without a real token comes
+                out as NaN instead of raising.
 
         Returns:
             [B, L0, D] sequence output, dropped tokens restored.
         """
-        entering = mask.sum(dim=1).tolist()
-        keep_counts = None if length_config is None else length_config.keep_counts(entering)
-        width = hidden.shape[1]
+        schedule = (self._static_schedule(mask, length_config) if static
+                    else _HostSchedule(mask, length_config, hidden.device))
         # `restored` holds, at original positions, each dropped token's last full output; `positions` [B, n]
         # maps the current slots to original positions (None while no token has been dropped).
         restored: Tensor | None = None
@@ -136,16 +169,8 @@ class DynamicEncoder(nn.Module):
                 if observed:
                     _call_forward_hooks(layer, full_input, full_input)
                 continue
-            kept = entering if keep_counts is None else keep_counts[index]
+            keep, width, padded, drops_real = schedule.step(index)
             layer_input = hidden
-            drops_real = kept != entering
-            # Under a length config the gathered width is the largest keep count (docs/design.md §2.1), so padding
-            # beyond it goes even at a layer that keeps every real token. Without a config (the unpatched
-            # model's behaviour) nothing is gathered.
-            gathers = drops_real or (keep_counts is not None and max(kept) < width)
-            keep = torch.tensor(kept, dtype=torch.int64, device=hidden.device) if gathers else None
-            padded = any(count < width for count in entering)
-            width = max(kept)
             if getattr(layer, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
                 # What HF's GradientCheckpointingLayer does for its own forward, which this encoder bypasses.
                 hidden, mask, kept_positions = checkpoint(
@@ -163,10 +188,14 @@ class DynamicEncoder(nn.Module):
                 full_output = hidden if positions is None else ops.restore(restored, hidden, positions)
                 _call_forward_hooks(layer, full_input, full_output)
                 full_input = full_output
-            entering = kept
-        if positions is None:
-            return hidden
-        return ops.restore(restored, hidden, positions)
+        output = hidden if positions is None else ops.restore(restored, hidden, positions)
+        return schedule.finish(output)
+
+    def _static_schedule(self, mask: Tensor, length_config: LengthConfig | MixedLengthConfig | None
+                         ) -> _StaticSchedule:
+        """The static path's schedule for a [B, L0] bool `mask` (keep counts from the cached tables)."""
+        counts = None if length_config is None else self._keep_tables.counts(length_config, mask, self.num_layers)
+        return _StaticSchedule(mask, counts)
 
     def _layer(
         self,
@@ -334,6 +363,67 @@ def _compose_positions(positions: Tensor, kept_positions: Tensor) -> Tensor:
     """
     original = torch.gather(positions, 1, kept_positions.clamp(min=0))
     return torch.where(kept_positions >= 0, original, torch.full_like(original, ops.PAD_POSITION))
+
+
+class _HostSchedule:
+    """The default path's per-layer decisions: keep counts on the host from each example's real length (one
+    device-to-host copy per forward, one host-to-device copy per gathering layer), each gathered width the
+    largest keep count of the batch (docs/design.md §2.1)."""
+
+    def __init__(self, mask: Tensor, length_config: LengthConfig | MixedLengthConfig | None,
+                 device: torch.device) -> None:
+        self._entering: list[int] = mask.sum(dim=1).tolist()
+        self._keep_counts = None if length_config is None else length_config.keep_counts(self._entering)
+        self._width = mask.shape[1]
+        self._device = device
+
+    def step(self, index: int) -> tuple[Tensor | None, int, bool, bool]:
+        """Layer `index`'s ([B] keep counts or None when nothing is gathered, gathered width K, whether some
+        example is padded, whether some example drops real tokens): `DynamicEncoder._layer`'s arguments."""
+        entering = self._entering
+        kept = entering if self._keep_counts is None else self._keep_counts[index]
+        drops_real = kept != entering
+        # Under a length config the gathered width is the largest keep count (docs/design.md §2.1), so padding
+        # beyond it goes even at a layer that keeps every real token. Without a config (the unpatched
+        # model's behaviour) nothing is gathered.
+        gathers = drops_real or (self._keep_counts is not None and max(kept) < self._width)
+        keep = torch.tensor(kept, dtype=torch.int64, device=self._device) if gathers else None
+        padded = any(count < self._width for count in entering)
+        self._width = max(kept)
+        self._entering = kept
+        return keep, self._width, padded, drops_real
+
+    def finish(self, output: Tensor) -> Tensor:
+        """The [B, L0, D] sequence output, as is."""
+        return output
+
+
+class _StaticSchedule:
+    """The static path's per-layer decisions, from the configuration and the padded length alone: every example
+    counts as padded, a layer drops real tokens iff its rule can at some real length up to L0, and its gathered
+    width is the most any example could keep there (static_counts.py). Examples keeping fewer tokens carry masked
+    padding slots, which never change a real token's output."""
+
+    def __init__(self, mask: Tensor, counts: StaticKeepCounts | None) -> None:
+        self._counts = counts
+        self._width = mask.shape[1]
+        self._previous = -1  # the last layer run (skipped layers keep no tokens of their own)
+        self._has_real = mask.any(dim=1)
+
+    def step(self, index: int) -> tuple[Tensor | None, int, bool, bool]:
+        """As `_HostSchedule.step`, every value from shapes and the configuration except the counts' tensor."""
+        if self._counts is None:
+            return None, self._width, True, False
+        drops_real = self._counts.drops_between(self._previous, index)
+        width = self._counts.widths[index]
+        gathers = drops_real or width < self._width
+        self._previous, self._width = index, width
+        return (self._counts.counts[index] if gathers else None), width, True, drops_real
+
+    def finish(self, output: Tensor) -> Tensor:
+        """The [B, L0, D] sequence output with NaN for every example without a real token: the host path raises
+        ValueError there, which needs a host read; NaN is what the CUDA ops make of such an example in a graph."""
+        return torch.where(self._has_real[:, None, None], output, torch.nan)
 
 
 def _call_forward_hooks(layer: nn.Module, full_input: Tensor, full_output: Tensor) -> None:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 
-def padding_mask_from_hf(attention_mask: Tensor | None, hidden_states: Tensor) -> Tensor:
+def padding_mask_from_hf(attention_mask: Tensor | None, hidden_states: Tensor, check_rows: bool = True) -> Tensor:
     """The keys each example may attend to, as a [B, L] bool mask (True for real tokens).
 
     Args:
@@ -13,6 +13,8 @@ def padding_mask_from_hf(attention_mask: Tensor | None, hidden_states: Tensor) -
             (True = attend, sdpa), a [B, 1|H, L, L] additive float mask (0 = attend, large negative = masked,
             eager), or a plain [B, L] mask (nonzero = real token).
         hidden_states: [B, L, D] encoder input, for the shape and device.
+        check_rows: raise ValueError for an example without a real token. The check reads the mask on the host
+            (a device synchronisation), so the static-shape path turns it off and poisons such examples instead.
 
     Returns:
         [B, L] bool.
@@ -49,6 +51,6 @@ def padding_mask_from_hf(attention_mask: Tensor | None, hidden_states: Tensor) -
             f"the attention mask covers {tuple(valid.shape)} (batch, keys) but the hidden states are "
             f"{(batch, length)}"
         )
-    if not bool(valid.any(dim=1).all()):
+    if check_rows and not bool(valid.any(dim=1).all()):
         raise ValueError("every example needs at least one real token; the attention mask has an all-padding row")
     return valid

@@ -2,13 +2,22 @@
 rule; the path equals the default one at every real position; it reads no tensor value on the host."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import dtb_ext
+from dtb_ext import ops
 from dtb_ext.config import LengthConfig, MixedLengthConfig
+from dtb_ext.models.dynamic_encoder import static_shapes
+from dtb_ext.models.packed_linear import PackedLinears
+from dtb_ext.models.patching import dynamic_encoder, skip_layers
 from dtb_ext.models.static_counts import KeepTables
+from tiny_qa import alone, padded_qa_batch, tiny_qa_model
 
 NUM_LAYERS = 6
 # Ratios whose float product with a length lands just above an integer (0.7 * 10 = 7.000000000000001), or that are
@@ -88,3 +97,169 @@ def test_a_mixed_batch_needs_one_configuration_per_example():
     mixed = MixedLengthConfig([None, [5] * NUM_LAYERS])
     with pytest.raises(ValueError, match="got 2 configurations for a batch of 3 examples"):
         KeepTables().counts(mixed, _mask([3, 4, 5], 5), NUM_LAYERS)
+
+
+# --- the static path against the default path, on a tiny QA model ----------------------------------------------
+
+VOCAB = 1000
+MODEL_LAYERS = 4
+LENGTHS = [37, 40, 23, 11, 40, 29, 1]  # padding in most rows, and an example of one token
+MODEL_CONFIGS = {
+    "ratios": LengthConfig.ratios([0.8, 0.6, 0.4, 0.2]),
+    "absolute": LengthConfig.absolute([30, 20, 12, 5]),
+    "absolute-late": LengthConfig.absolute([40, 40, 9, 1]),  # layers 0-1 drop nothing here, only padding goes
+    "mixed": MixedLengthConfig([None, LengthConfig.absolute([30, 20, 12, 5]), LengthConfig.ratios([0.5] * 4),
+                                LengthConfig.absolute([9, 9, 4, 1]), None, LengthConfig.ratios([0.8, 0.6, 0.4, 0.2]),
+                                LengthConfig.absolute([2, 1, 1, 1])]),
+    "full": None,
+}
+SOURCES = ["attention", "scorer", "attention+scorer"]
+
+
+def _model(source: str) -> torch.nn.Module:
+    """A patched 4-layer tiny QA model with a wide initialisation (dropping tokens visibly moves the logits) and,
+    for the scorer sources, a scorer with random weights."""
+    model = dtb_ext.patch(tiny_qa_model(VOCAB, initializer_range=0.5, num_hidden_layers=MODEL_LAYERS))
+    if source != "attention":
+        scorer = dtb_ext.add_relevance_scorer(model, source)
+        with torch.no_grad():
+            for parameter in scorer.parameters():
+                parameter.normal_(0, 1)
+    return model
+
+
+@pytest.fixture(scope="module", params=SOURCES)
+def model(request) -> torch.nn.Module:
+    return _model(request.param)
+
+
+def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], static: bool) -> torch.Tensor:
+    """[2, B, L] start and end logits, on the static path or the default one."""
+    with torch.no_grad(), static_shapes() if static else contextlib.nullcontext():
+        output = model(**inputs)
+    return torch.stack([output.start_logits, output.end_logits])
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_static_path_equals_the_default_path_at_every_real_position(model, name):
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    real = inputs["attention_mask"].bool()
+    with dtb_ext.length_config(model, MODEL_CONFIGS[name]):
+        expected = _logits(model, inputs, static=False)
+        actual = _logits(model, inputs, static=True)
+    torch.testing.assert_close(actual[:, real], expected[:, real], atol=1e-5, rtol=1e-4)
+    if name != "full":  # the config really drops tokens, so a wrong selection would show
+        assert not torch.allclose(expected[:, real], _logits(model, inputs, static=False)[:, real], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["ratios", "absolute", "mixed"])
+def test_static_path_restores_the_default_full_length_sequence_output(model, name):
+    """The encoder's [B, L0, D] output, dropped tokens restored, at every real position."""
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    mask = inputs["attention_mask"].bool()
+    encoder = dynamic_encoder(model)
+    with torch.no_grad():
+        hidden = model.bert.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"])
+        expected = encoder.encode(hidden, mask, MODEL_CONFIGS[name])
+        actual = encoder.encode(hidden, mask, MODEL_CONFIGS[name], static=True)
+    torch.testing.assert_close(actual[mask], expected[mask], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ratios", "absolute"])
+def test_each_example_on_the_static_path_equals_it_alone(model, name):
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    with dtb_ext.length_config(model, MODEL_CONFIGS[name]):
+        batched = _logits(model, inputs, static=True)
+        for row, length in enumerate(LENGTHS):
+            single = alone(inputs, row, length)
+            for static in (True, False):
+                torch.testing.assert_close(batched[:, row, :length], _logits(model, single, static)[:, 0],
+                                           atol=1e-5, rtol=1e-4)
+
+
+def test_static_path_equals_the_default_path_with_skipped_layers():
+    model = _model("attention")
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    real = inputs["attention_mask"].bool()
+    with dtb_ext.length_config(model, MODEL_CONFIGS["absolute"]), skip_layers(model, [1, 2]):
+        expected = _logits(model, inputs, static=False)
+        actual = _logits(model, inputs, static=True)
+    torch.testing.assert_close(actual[:, real], expected[:, real], atol=1e-5, rtol=1e-4)
+
+
+def test_static_path_equals_the_default_path_on_the_reference_ops():
+    model = _model("attention+scorer")
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    real = inputs["attention_mask"].bool()
+    with ops.reference_ops(), dtb_ext.length_config(model, MODEL_CONFIGS["ratios"]):
+        expected = _logits(model, inputs, static=False)
+        actual = _logits(model, inputs, static=True)
+    torch.testing.assert_close(actual[:, real], expected[:, real], atol=1e-5, rtol=1e-4)
+
+
+def test_an_example_without_a_real_token_is_nan_on_the_static_path_and_the_others_are_unchanged():
+    model = _model("attention")
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    inputs["attention_mask"][2] = 0
+    for name in ("ratios", "full"):
+        with dtb_ext.length_config(model, MODEL_CONFIGS[name]):
+            logits = _logits(model, inputs, static=True)
+            with pytest.raises(ValueError, match="all-padding row"):
+                _logits(model, inputs, static=False)
+            others = [row for row in range(len(LENGTHS)) if row != 2]
+            subset = {key: value[others] for key, value in inputs.items()}
+            expected = _logits(model, subset, static=False)
+        assert logits[:, 2].isnan().all()
+        real = subset["attention_mask"].bool()
+        torch.testing.assert_close(logits[:, others][:, real], expected[:, real], atol=1e-5, rtol=1e-4)
+
+
+# --- no host reads: the static path under fake tensors ---------------------------------------------------------
+
+
+class _NoHostData(TorchDispatchMode):
+    """Raises on `torch.tensor(python data)` (aten.lift_fresh): on CUDA a host-to-device copy, which a stream being
+    captured into a CUDA graph does not allow. Reads of tensor values (`.tolist()`, `.item()`, `bool()`) raise
+    under FakeTensorMode itself (DataDependentOutputException)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default):
+            raise AssertionError(f"a tensor made from host data during the forward pass ({func})")
+        return func(*args, **(kwargs or {}))
+
+
+def _fake_forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's start logits with `inputs` as fake tensors (no data: any read of a value raises)."""
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = {name: mode.from_tensor(tensor) for name, tensor in inputs.items()}
+        with _NoHostData():
+            return model(**fake).start_logits
+
+
+@pytest.fixture
+def without_onednn_packing(monkeypatch):
+    """The CPU-only prepacked oneDNN Linears (packed_linear.py) have no fake kernels; this runs their plain
+    nn.Linear equivalent. They never run on CUDA, so nothing a CUDA graph captures is left out."""
+    monkeypatch.setattr(PackedLinears, "can_prepack", staticmethod(lambda: False))
+
+
+@pytest.mark.parametrize("name", ["ratios", "absolute", "mixed", "full"])
+def test_static_path_reads_no_tensor_value_on_the_host(model, name, without_onednn_packing):
+    """The CPU proxy of "capturable in a CUDA graph": the whole patched model (HF's embeddings and mask code
+    included) runs on fake tensors. Hugging Face's sdpa mask builder skips its `padding_mask.all()` on fake tensors,
+    as it does while a CUDA stream is being captured (transformers' `is_tracing`)."""
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    with torch.no_grad(), dtb_ext.length_config(model, MODEL_CONFIGS[name]), static_shapes():
+        model(**inputs)  # the warm-up: builds the keep-count tables (a host-to-device copy, once per shape)
+        logits = _fake_forward(model, inputs)
+    assert isinstance(logits, FakeTensor) and logits.shape == inputs["input_ids"].shape
+
+
+def test_default_path_reads_tensor_values_on_the_host(without_onednn_packing):
+    """The proxy above catches the default path's host reads (keep counts from `mask.sum(dim=1).tolist()`)."""
+    model = _model("attention")
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    with torch.no_grad(), dtb_ext.length_config(model, MODEL_CONFIGS["ratios"]):
+        model(**inputs)
+        with pytest.raises(DataDependentOutputException):
+            _fake_forward(model, inputs)
