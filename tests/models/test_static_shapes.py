@@ -177,11 +177,14 @@ def test_each_example_on_the_static_path_equals_it_alone(model, name):
                                            atol=1e-5, rtol=1e-4)
 
 
-def test_static_path_equals_the_default_path_with_skipped_layers():
+@pytest.mark.parametrize("skipped", [[1], [1, 2]])
+def test_static_path_equals_the_default_path_with_skipped_layers(skipped):
+    """LayerDrop: a layer after a skipped one drops what the skipped one would have (40 -> 20 at layer 2 when
+    layer 1 is skipped), although its own rule keeps as many tokens as layer 1's."""
     model = _model("attention")
     inputs = padded_qa_batch(LENGTHS, VOCAB)
     real = inputs["attention_mask"].bool()
-    with dtb_ext.length_config(model, MODEL_CONFIGS["absolute"]), skip_layers(model, [1, 2]):
+    with dtb_ext.length_config(model, LengthConfig.absolute([40, 20, 20, 5])), skip_layers(model, skipped):
         expected = _logits(model, inputs, static=False)
         actual = _logits(model, inputs, static=True)
     torch.testing.assert_close(actual[:, real], expected[:, real], atol=1e-5, rtol=1e-4)
