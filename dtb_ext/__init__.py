@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "set_length_config": "dtb_ext.models.patching",
     "get_length_config": "dtb_ext.models.patching",
     "length_config": "dtb_ext.models.patching",
+    "static_shapes": "dtb_ext.models.dynamic_encoder",
     "is_patched": "dtb_ext.models.patching",
     "add_relevance_scorer": "dtb_ext.models.patching",
     "widen_relevance_scorer": "dtb_ext.models.patching",

@@ -1,12 +1,16 @@
 """The patched model on a GPU (skipped without one; see conftest.py): the dynamic encoder's contract of
-tests/models/test_encoder.py and tests/models/test_mixed_configs.py, on the CUDA kernels and SDPA's CUDA kernels.
+tests/models/test_encoder.py and tests/models/test_mixed_configs.py, on the CUDA kernels and SDPA's CUDA kernels,
+and the whole model captured in a CUDA graph (the static-shape path).
 
-Random-weight models only (no weights package needed), so this file runs on a bare GPU machine with torch and
-transformers. Matmuls stay in full float32 (no TF32) for the float32 comparisons: the CUDA default.
+Random-weight models (no weights package needed), so this file runs on a bare GPU machine with torch and
+transformers; the bundled default model (in the repository) joins them for the CUDA-graph capture. Matmuls stay
+in full float32 (no TF32) for the float32 comparisons: the CUDA default.
 """
 from __future__ import annotations
 
 import copy
+import os
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ from transformers import BertConfig, BertForQuestionAnswering
 import dtb_ext
 from dtb_ext import ops
 from dtb_ext.config import LengthConfig, MixedLengthConfig
+from dtb_ext.data_paths import DEFAULT_MODEL_DIR
+from dtb_ext.qa.model import load_qa_model
 from tiny_qa import alone, padded_qa_batch
 
 pytestmark = pytest.mark.cuda
@@ -158,3 +164,115 @@ def test_gradients_flow_through_a_reduced_config_on_cuda():
     gradients = [parameter.grad for parameter in model.parameters() if parameter.requires_grad]
     assert all(gradient is not None and torch.isfinite(gradient).all() for gradient in gradients[:10])
     assert model.bert.encoder.layer[-1].output.dense.weight.grad.abs().sum() > 0
+
+
+# --- the whole patched model captured in a CUDA graph (the static-shape path, docs/design.md §2) -----------------
+
+# Three batches of one shape, [6, 40]: the graph is captured on the first and replayed on the others.
+GRAPH_LENGTHS = [[37, 40, 23, 11, 40, 29], [40, 12, 33, 1, 25, 39], [5, 17, 40, 40, 2, 31]]
+GRAPH_CASES = {
+    "ratios": ("attention", LengthConfig.ratios([0.8, 0.6, 0.4, 0.2])),
+    "absolute": ("attention", LengthConfig.absolute([30, 20, 12, 5])),
+    "scorer": ("scorer", LengthConfig.ratios([0.8, 0.6, 0.4, 0.2])),
+    "attention+scorer-mixed": ("attention+scorer", MixedLengthConfig(
+        [None, *CONFIGS, LengthConfig.absolute([2, 1, 1, 1])])),
+}
+
+
+def _graph_model(source: str) -> BertForQuestionAnswering:
+    """The patched QA model on the GPU; for the scorer sources with a scorer of random weights."""
+    model = dtb_ext.patch(_qa_model(seed=2))
+    if source != "attention":
+        scorer = dtb_ext.add_relevance_scorer(model, source)
+        with torch.no_grad():
+            for parameter in scorer.parameters():
+                parameter.normal_(0, 1)
+    return model.to(DEVICE)
+
+
+def _capture(model: BertForQuestionAnswering, inputs: dict[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """(graph, its output) of one forward pass on `inputs`, after the usual warm-up on a side stream, run under
+    static_shapes() so that it builds the keep-count tables the capture reads. The capture itself runs outside
+    static_shapes(): a capturing stream takes the static path by itself."""
+    with dtb_ext.static_shapes():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                model(**inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = model(**inputs)
+    return graph, output
+
+
+def _replay(graph: torch.cuda.CUDAGraph, static_inputs: dict[str, torch.Tensor],
+            inputs: dict[str, torch.Tensor]) -> None:
+    for name, tensor in static_inputs.items():
+        tensor.copy_(inputs[name])
+    graph.replay()
+    torch.cuda.synchronize()
+
+
+def _assert_replay_equals_eager(model, captured, inputs: dict[str, torch.Tensor], atol: float) -> None:
+    """The replayed logits equal an eager run of the default path at every real position."""
+    real = inputs["attention_mask"].bool()
+    expected = model(**inputs)
+    for name in ("start_logits", "end_logits"):
+        torch.testing.assert_close(getattr(captured, name)[real], getattr(expected, name)[real],
+                                   atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_the_whole_patched_model_is_captured_in_a_cuda_graph_and_replays_new_inputs(case):
+    source, config = GRAPH_CASES[case]
+    model = _graph_model(source)
+    batches = [_on(padded_qa_batch(lengths, VOCAB, seed=seed), DEVICE) for seed, lengths in enumerate(GRAPH_LENGTHS)]
+    static_inputs = {name: tensor.clone() for name, tensor in batches[0].items()}
+    with torch.no_grad(), dtb_ext.length_config(model, config):
+        graph, captured = _capture(model, static_inputs)
+        for inputs in [*batches[1:], batches[0]]:
+            _replay(graph, static_inputs, inputs)
+            _assert_replay_equals_eager(model, captured, inputs, atol=1e-4)
+    with torch.no_grad():
+        full = model(**batches[0])
+    real = batches[0]["attention_mask"].bool()
+    assert not torch.allclose(captured.start_logits[real], full.start_logits[real], atol=1e-3)  # it really drops
+
+
+def test_a_replayed_example_without_a_real_token_is_nan_and_the_others_are_unchanged():
+    model = _graph_model("attention")
+    batches = [_on(padded_qa_batch(lengths, VOCAB, seed=seed), DEVICE) for seed, lengths in enumerate(GRAPH_LENGTHS)]
+    static_inputs = {name: tensor.clone() for name, tensor in batches[0].items()}
+    inputs = {name: tensor.clone() for name, tensor in batches[1].items()}
+    inputs["attention_mask"][3] = 0
+    others = [row for row in range(len(GRAPH_LENGTHS[1])) if row != 3]
+    with torch.no_grad(), dtb_ext.length_config(model, GRAPH_CASES["ratios"][1]):
+        graph, captured = _capture(model, static_inputs)
+        _replay(graph, static_inputs, inputs)
+        assert captured.start_logits[3].isnan().all() and captured.end_logits[3].isnan().all()
+        subset = {name: tensor[others] for name, tensor in inputs.items()}
+        expected = model(**subset)
+    real = subset["attention_mask"].bool()
+    torch.testing.assert_close(captured.start_logits[others][real], expected.start_logits[real], atol=1e-4,
+                               rtol=1e-4)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "model.safetensors")),
+                    reason="the bundled default model is not in this checkout")
+@pytest.mark.parametrize("config", [LengthConfig.ratios([0.9, 0.8, 0.6, 0.5, 0.35, 0.2]),
+                                    LengthConfig.absolute([300, 250, 200, 150, 120, 91])], ids=["ratios", "absolute"])
+def test_the_default_model_with_its_scorer_is_captured_in_a_cuda_graph(config):
+    """The shipped model (6 layers, its trained relevance scorer selecting), at SQuAD's 384 tokens."""
+    model, _ = load_qa_model(DEFAULT_MODEL_DIR, DEVICE)
+    model = dtb_ext.patch(model).eval()
+    lengths = [[384, 200, 97, 311], [150, 384, 384, 12], [384, 64, 250, 384]]
+    batches = [_on(padded_qa_batch(each, model.config.vocab_size, seed=seed), DEVICE)
+               for seed, each in enumerate(lengths)]
+    static_inputs = {name: tensor.clone() for name, tensor in batches[0].items()}
+    with torch.no_grad(), dtb_ext.length_config(model, config):
+        graph, captured = _capture(model, static_inputs)
+        for inputs in [*batches[1:], batches[0]]:
+            _replay(graph, static_inputs, inputs)
+            _assert_replay_equals_eager(model, captured, inputs, atol=1e-3)
