@@ -2,7 +2,8 @@
 
 A configuration is one value per layer, non-increasing, either absolute token counts or fractions of each
 example's real input length. Keep counts depend only on an example's real input length, so they are computed
-once per forward, on the host, for every layer and example: no device synchronisation between layers.
+once per forward, on the host, for every layer and example: no device synchronisation between layers. (The
+static-shape path looks the same counts up on the device instead: dtb_ext/models/static_counts.py.)
 A MixedLengthConfig gives each example of a batch its own configuration (docs/design.md §2.8).
 """
 from __future__ import annotations

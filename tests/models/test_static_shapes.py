@@ -266,3 +266,30 @@ def test_default_path_reads_tensor_values_on_the_host(without_onednn_packing):
         model(**inputs)
         with pytest.raises(DataDependentOutputException):
             _fake_forward(model, inputs)
+
+
+class _NoValueReads(TorchDispatchMode):
+    """Raises on aten._local_scalar_dense, the op behind `.item()` and `bool()` of a tensor (on CUDA a
+    device-to-host copy and a synchronisation)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("a tensor value was read on the host")
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_4d_attention_mask_skips_hugging_faces_host_read_on_an_eager_static_run():
+    """docs/design.md §2, "Static shapes": outside capture and tracing, transformers' sdpa mask builder calls
+    `padding_mask.all()` on a [B, L] mask; it passes a [B, 1, 1, L] mask through untouched, and so does the static
+    path (the dtb ops' own value checks, inside their kernels, are not seen here)."""
+    model = _model("attention")
+    inputs = padded_qa_batch(LENGTHS, VOCAB)
+    with torch.no_grad(), dtb_ext.length_config(model, MODEL_CONFIGS["ratios"]), static_shapes():
+        expected = model(**inputs).start_logits
+        with pytest.raises(AssertionError, match="read on the host"), _NoValueReads():
+            model(**inputs)
+        four_d = {**inputs, "attention_mask": inputs["attention_mask"].bool()[:, None, None, :]}
+        with _NoValueReads():
+            actual = model(**four_d).start_logits
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(actual[real], expected[real])
