@@ -52,8 +52,10 @@ _STATIC_SHAPES: ContextVar[bool] = ContextVar("dtb_static_shapes", default=False
 def static_shapes() -> Iterator[None]:
     """Within the block, every patched model runs its static-shape path (docs/design.md §2, "Static shapes"):
     keep counts computed on the device, every layer's gathered width fixed by the length configuration and the
-    padded input length, no host synchronisation, so the forward pass can be captured whole in a CUDA graph and
-    replayed on new inputs of the same shape. Real tokens' outputs equal the default path's (to float tolerance);
+    padded input length, no tensor value read on the host, so the forward pass can be captured whole in a CUDA
+    graph and replayed on new inputs of the same shape. (Outside capture the CUDA ops still check their inputs'
+    values, and transformers' sdpa mask builder reads a [B, L] mask once: an eager run is capturable, not free of
+    synchronisations.) Real tokens' outputs equal the default path's (to float tolerance);
     an example without a real token gives NaN instead of ValueError. A stream being captured takes this path
     even outside the block; warm up under the block first (it builds the keep-count tables the capture reads).
     """
@@ -148,8 +150,8 @@ class DynamicEncoder(nn.Module):
             mask: [B, L0] bool, True for real tokens.
             length_config: per-layer keep rule (one per example for a MixedLengthConfig), or None for full length.
             static: take the static-shape path (`static_shapes`): keep counts on the device, every width from
-                the configuration and L0 alone, no host synchronisation; an example without a real token comes
-                out as NaN instead of raising.
+                the configuration and L0 alone, no tensor value read on the host; an example without a real token
+                comes out as NaN instead of raising.
 
         Returns:
             [B, L0, D] sequence output, dropped tokens restored.
@@ -213,7 +215,7 @@ class DynamicEncoder(nn.Module):
         Args:
             keep: [B] tokens each example keeps, or None when nothing is gathered (width stays n).
             width: K, the largest keep count (n when `keep` is None).
-            padded: some example has fewer than n real tokens.
+            padded: some example may have fewer than n real tokens (always True on the static path).
             drops_real: some example keeps fewer tokens than its real ones (otherwise only padding can go).
             positions: [B, n] original positions of the entering slots, or None while none was dropped.
 
