@@ -86,9 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   "full model's span distributions")
     length_drop.add_argument("--num-sandwich", type=int, default=defaults.num_sandwich,
                              help="random sub-models per batch")
-    length_drop.add_argument("--length-drop-ratio-bound", type=float, default=defaults.length_drop_ratio_bound,
-                             help="largest fraction of the tokens a sub-model's layer may drop: r_i ~ U[(1 - bound) "
-                                  "r_(i-1), r_(i-1)]")
+    length_drop.add_argument("--length-drop-ratio-bound", type=_ratio_bounds, default=defaults.length_drop_ratio_bound,
+                             metavar="B or B1,...,Bn",
+                             help="largest fraction of its entering tokens a sub-model's layer may drop: r_i ~ "
+                                  "U[(1 - B_i) r_(i-1), r_(i-1)]; one value for every layer, or one per layer (e.g. "
+                                  "0.2,0.2,0.2,0.5,0.5,0.5 for deeper drops late)")
     length_drop.add_argument("--layer-drop", type=float, nargs="?", const=0.2, default=defaults.layer_drop, metavar="P",
                              help="LayerDrop: skip each layer of a sub-model with probability P (0.2 when given "
                                   "without a value)")
@@ -160,3 +162,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(metrics.get("eval", {k: v for k, v in metrics.items() if k != "train"}), default=str))
     return 0
+
+
+def _ratio_bounds(text: str) -> float | tuple[float, ...]:
+    """`--length-drop-ratio-bound`: one number, or comma-separated numbers (one per layer); ranges are checked by
+    LengthDropSettings."""
+    try:
+        values = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers such as 0.2,0.2,0.2,0.5,0.5,0.5, got {text!r}") from None
+    return values[0] if len(values) == 1 else values

@@ -20,6 +20,7 @@ with `RelevanceSettings.weight`. The selection itself is discrete, so the scorer
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,9 @@ class LengthDropSettings:
     """How many random sub-models per batch, how fast their lengths may shrink per layer, and LayerDrop."""
 
     num_sandwich: int = 2
-    ratio_bound: float = 0.2
+    # largest fraction of its entering tokens a layer may drop: one for every layer, or one per layer (a wider
+    # bound in the later layers trains the late, deep drops that searched fronts pick)
+    ratio_bound: float | tuple[float, ...] = 0.2
     layer_drop: float = 0.0
     # weight of the full model's own loss against the sum of the sub-models' (LAT: 1); larger holds the full
     # model's F1 when the sub-models' gradients pull the shared encoder toward working without dropped tokens
@@ -68,9 +71,11 @@ class LengthDropSettings:
         if isinstance(self.num_sandwich, bool) or not isinstance(self.num_sandwich, int) or self.num_sandwich < 0:
             raise ValueError("num_sandwich (random sub-models per batch) must be an integer >= 0, got "
                              f"{self.num_sandwich!r}")
-        if not (isinstance(self.ratio_bound, (int, float)) and 0.0 < self.ratio_bound < 1.0):
-            raise ValueError("length_drop_ratio_bound (largest per-layer shrink) must lie in (0, 1), got "
-                             f"{self.ratio_bound!r}")
+        bounds = self.ratio_bound if isinstance(self.ratio_bound, tuple) else (self.ratio_bound,)
+        if not bounds or not all(isinstance(bound, (int, float)) and not isinstance(bound, bool)
+                                 and 0.0 < bound < 1.0 for bound in bounds):
+            raise ValueError("length_drop_ratio_bound (largest per-layer shrink) must lie in (0, 1), one value or one "
+                             f"per layer, got {self.ratio_bound!r}")
         if not (isinstance(self.layer_drop, (int, float)) and 0.0 <= self.layer_drop < 1.0):
             raise ValueError("layer_drop (probability of skipping a layer) must lie in [0, 1), got "
                              f"{self.layer_drop!r}")
@@ -78,6 +83,15 @@ class LengthDropSettings:
                                                        and 0.0 < self.full_weight < float("inf")):
             raise ValueError(f"full_loss_weight (weight of the full model's loss) must be a finite number > 0, got "
                              f"{self.full_weight!r}")
+
+    def bounds(self, num_layers: int) -> tuple[float, ...]:
+        """The ratio bound of each of `num_layers` layers; ValueError when per-layer bounds number otherwise."""
+        if not isinstance(self.ratio_bound, tuple):
+            return (float(self.ratio_bound),) * num_layers
+        if len(self.ratio_bound) != num_layers:
+            raise ValueError(f"length_drop_ratio_bound gives one bound per layer: expected {num_layers} for this "
+                             f"model, got {len(self.ratio_bound)} ({list(self.ratio_bound)})")
+        return tuple(float(bound) for bound in self.ratio_bound)
 
 
 @dataclass(frozen=True)
@@ -153,16 +167,22 @@ def step_generator(seed: int, step: int, micro_batch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def smallest_ratios(num_layers: int, bound: float) -> tuple[float, ...]:
-    """The smallest sub-model: layer i (1-based) keeps (1 - bound)^i of the input length."""
-    return tuple((1.0 - bound) ** layer for layer in range(1, num_layers + 1))
-
-
-def sample_ratios(num_layers: int, bound: float, generator: torch.Generator) -> tuple[float, ...]:
-    """r_i ~ U[(1 - bound) r_{i-1}, r_{i-1}] with r_0 = 1: non-increasing, each in [(1 - bound)^i, 1]."""
-    shrink = torch.rand(num_layers, generator=generator, dtype=torch.float64).tolist()
+def smallest_ratios(bounds: Sequence[float]) -> tuple[float, ...]:
+    """The smallest sub-model for per-layer ratio bounds b_1..b_n: layer i keeps (1 - b_1) ... (1 - b_i) of the
+    input length ((1 - b)^i for one bound b everywhere)."""
     ratios, ratio = [], 1.0
-    for draw in shrink:
+    for bound in bounds:
+        ratio *= 1.0 - bound
+        ratios.append(ratio)
+    return tuple(ratios)
+
+
+def sample_ratios(bounds: Sequence[float], generator: torch.Generator) -> tuple[float, ...]:
+    """r_i ~ U[(1 - b_i) r_{i-1}, r_{i-1}] with r_0 = 1, for per-layer ratio bounds b_1..b_n: non-increasing, each
+    at least the smallest sub-model's."""
+    shrink = torch.rand(len(bounds), generator=generator, dtype=torch.float64).tolist()
+    ratios, ratio = [], 1.0
+    for bound, draw in zip(bounds, shrink):
         # a factor in (1 - bound, 1]; `1 - draw` so that the factor 1 (no drop) can be drawn, (1 - bound) not
         ratio *= 1.0 - bound * draw
         ratios.append(ratio)
@@ -183,8 +203,9 @@ def sample_skipped_layers(num_layers: int, probability: float, generator: torch.
 def sample_sandwich(num_layers: int, settings: LengthDropSettings, generator: torch.Generator) -> list[SubModel]:
     """The sub-models of one batch: the smallest first, then `num_sandwich` random ones (the full model is not
     listed: it always runs first, at full length, with every layer)."""
-    draws = [smallest_ratios(num_layers, settings.ratio_bound)]
-    draws += [sample_ratios(num_layers, settings.ratio_bound, generator) for _ in range(settings.num_sandwich)]
+    bounds = settings.bounds(num_layers)
+    draws = [smallest_ratios(bounds)]
+    draws += [sample_ratios(bounds, generator) for _ in range(settings.num_sandwich)]
     return [SubModel(ratios, sample_skipped_layers(num_layers, settings.layer_drop, generator)) for ratios in draws]
 
 
@@ -217,8 +238,10 @@ class LengthDropTrainer(DistillationTrainer):
             # DataParallel runs replicas in threads, which see neither the length configuration nor LayerDrop
             raise ValueError(f"LengthDrop needs one process per GPU (launch with torchrun or accelerate); "
                              f"got {self.args.n_gpu} GPUs in one process (DataParallel)")
-        dynamic_encoder(unwrap_model(self.model))  # ValueError now, not at the first step, for an unpatched model
+        # ValueError now, not at the first step, for an unpatched model or per-layer bounds of another length
+        encoder = dynamic_encoder(unwrap_model(self.model))
         self.length_drop = length_drop or LengthDropSettings()
+        self.length_drop.bounds(encoder.num_layers)
         self.relevance = relevance
         if relevance is not None:
             prepare_relevance_scorer(unwrap_model(self.model), relevance)

@@ -43,7 +43,7 @@ class TrainOptions:
     # LengthDrop (lengthdrop.py)
     length_drop: bool = False
     num_sandwich: int = 2
-    length_drop_ratio_bound: float = 0.2
+    length_drop_ratio_bound: float | tuple[float, ...] = 0.2  # one for every layer, or one per layer
     layer_drop: float = 0.0
     full_loss_weight: float = 1.0
     # learned relevance scorer, trained inside LengthDrop (dtb_ext/models/relevance.py)

@@ -45,17 +45,33 @@ def _batch(lengths=(14, 11, 6), width=14):
             "start_positions": torch.tensor([1, 2, 3]), "end_positions": torch.tensor([2, 4, 3])}
 
 
-@pytest.mark.parametrize("bound", [0.2, 0.5])
-def test_sampled_ratios_are_non_increasing_and_within_their_bounds(bound):
+@pytest.mark.parametrize("bounds", [(0.2,) * 6, (0.5,) * 6, (0.1, 0.1, 0.2, 0.5, 0.6, 0.6)])
+def test_sampled_ratios_are_non_increasing_and_within_their_bounds(bounds):
+    smallest = smallest_ratios(bounds)
     for seed in range(200):
-        ratios = sample_ratios(6, bound, step_generator(seed, 0, 0))
+        ratios = sample_ratios(bounds, step_generator(seed, 0, 0))
         previous = 1.0
-        for layer, ratio in enumerate(ratios, start=1):
+        for layer, (bound, ratio) in enumerate(zip(bounds, ratios)):
             assert (1 - bound) * previous <= ratio <= previous
-            assert ratio >= (1 - bound) ** layer - 1e-12
+            assert ratio >= smallest[layer] - 1e-12
             previous = ratio
         LengthConfig.ratios(ratios)  # valid as a configuration
-    assert smallest_ratios(3, 0.2) == pytest.approx((0.8, 0.64, 0.512))
+    assert smallest_ratios((0.2,) * 3) == pytest.approx((0.8, 0.64, 0.512))
+    assert smallest_ratios((0.2, 0.5, 0.5)) == pytest.approx((0.8, 0.4, 0.2))
+
+
+def test_per_layer_bounds_shrink_only_the_layers_they_widen():
+    """A wider bound in the later layers draws deeper late drops, and the early layers keep their narrow bound."""
+    settings = LengthDropSettings(num_sandwich=1, ratio_bound=(0.1, 0.1, 0.1, 0.7, 0.7, 0.7))
+    draws = [sample_sandwich(6, settings, step_generator(seed, 0, 0))[1].ratios for seed in range(300)]
+    assert min(ratios[2] for ratios in draws) >= 0.9 ** 3 - 1e-12
+    assert min(ratios[5] / ratios[2] for ratios in draws) < 0.3 ** 3 * 4  # some draw shrinks layers 4-6 hard
+    assert sample_sandwich(6, settings, step_generator(0, 0, 0))[0].ratios == pytest.approx(
+        (0.9, 0.81, 0.729, 0.2187, 0.06561, 0.019683))
+    uniform = LengthDropSettings(ratio_bound=0.2)
+    assert uniform.bounds(4) == (0.2,) * 4
+    with pytest.raises(ValueError, match="expected 6 for this model, got 3"):
+        LengthDropSettings(ratio_bound=(0.2, 0.2, 0.5)).bounds(6)
 
 
 def test_sampling_depends_on_seed_step_and_micro_batch_only():
@@ -71,7 +87,7 @@ def test_the_sandwich_is_the_smallest_then_the_random_sub_models():
     settings = LengthDropSettings(num_sandwich=3, ratio_bound=0.2)
     sandwich = sample_sandwich(4, settings, step_generator(0, 0, 0))
     assert len(sandwich) == 4
-    assert sandwich[0] == SubModel(smallest_ratios(4, 0.2))
+    assert sandwich[0] == SubModel(smallest_ratios((0.2,) * 4))
     assert len({sub.ratios for sub in sandwich[1:]}) == 3
     assert all(not sub.skipped for sub in sandwich)
 
@@ -116,7 +132,7 @@ def test_a_step_is_the_full_loss_plus_the_sub_models_inplace_distillation(tmp_pa
     batch = _batch()
     loss = trainer.compute_loss(model, batch)
     (step, micro, sandwich), = trainer.sampled
-    assert (step, micro) == (0, 0) and len(sandwich) == 3 and sandwich[0].ratios == smallest_ratios(3, 0.2)
+    assert (step, micro) == (0, 0) and len(sandwich) == 3 and sandwich[0].ratios == smallest_ratios((0.2,) * 3)
     features = {name: value for name, value in batch.items() if "positions" not in name}
     mask = batch["attention_mask"].bool()
     with torch.no_grad():
@@ -175,6 +191,8 @@ def test_evaluation_runs_the_full_model_only(tmp_path):
         ({"num_sandwich": -1}, "num_sandwich"),
         ({"ratio_bound": 1.0}, "length_drop_ratio_bound"),
         ({"ratio_bound": 0.0}, "length_drop_ratio_bound"),
+        ({"ratio_bound": (0.2, 1.0, 0.2)}, "length_drop_ratio_bound"),
+        ({"ratio_bound": ()}, "length_drop_ratio_bound"),
         ({"layer_drop": 1.0}, "layer_drop"),
         ({"full_weight": 0.0}, "full_loss_weight"),
         ({"full_weight": float("nan")}, "full_loss_weight"),
@@ -260,6 +278,8 @@ def test_command_line_length_drop_from_a_fine_tuned_model(tmp_path, model_dir, c
         (["--layer-drop"], "--layer-drop apply only with --length-drop"),
         (["--length-drop", "--layer-drop", "1.5"], "layer_drop .* must lie in \\[0, 1\\)"),
         (["--length-drop", "--length-drop-ratio-bound", "0"], "length_drop_ratio_bound"),
+        (["--length-drop", "--length-drop-ratio-bound", "0.2,0.5,0.5"],
+         "one bound per layer: expected 2 for this model, got 3"),
         (["--init-from", "{model}"], "--init-from expects a fine-tuned question-answering model"),
         (["--init-from", "{model}", "--model", "{model}"], "not both"),
         (["--init-from", "/nonexistent"], "with a config.json"),
@@ -277,3 +297,12 @@ def test_command_line_refuses_bad_length_drop_options(tmp_path, model_dir, capsy
             "--no-progress", *extra]
     assert main(args) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_command_line_names_a_ratio_bound_that_is_not_numbers(capsys):
+    from dtb_ext.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--output", "unused", "--length-drop", "--length-drop-ratio-bound", "0.2,x"])
+    assert stopped.value.code == 2
+    assert "comma-separated numbers such as 0.2,0.2,0.2,0.5,0.5,0.5, got '0.2,x'" in capsys.readouterr().err
