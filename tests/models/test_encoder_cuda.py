@@ -224,17 +224,24 @@ def _assert_replay_equals_eager(model, captured, inputs: dict[str, torch.Tensor]
                                    atol=atol, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", GRAPH_CASES)
-def test_the_whole_patched_model_is_captured_in_a_cuda_graph_and_replays_new_inputs(case):
-    source, config = GRAPH_CASES[case]
-    model = _graph_model(source)
-    batches = [_on(padded_qa_batch(lengths, VOCAB, seed=seed), DEVICE) for seed, lengths in enumerate(GRAPH_LENGTHS)]
+def _captured_replays_equal_eager(model, config, batches: list[dict], atol: float):
+    """Capture `model` under `config` on a copy of batches[0], replay it on each later batch and then batches[0]
+    again, and check every replay against an eager run; returns the captured outputs (batches[0]'s replay)."""
     static_inputs = {name: tensor.clone() for name, tensor in batches[0].items()}
     with torch.no_grad(), dtb_ext.length_config(model, config):
         graph, captured = _capture(model, static_inputs)
         for inputs in [*batches[1:], batches[0]]:
             _replay(graph, static_inputs, inputs)
-            _assert_replay_equals_eager(model, captured, inputs, atol=1e-4)
+            _assert_replay_equals_eager(model, captured, inputs, atol=atol)
+    return captured
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_the_whole_patched_model_is_captured_in_a_cuda_graph_and_replays_new_inputs(case):
+    source, config = GRAPH_CASES[case]
+    model = _graph_model(source)
+    batches = [_on(padded_qa_batch(lengths, VOCAB, seed=seed), DEVICE) for seed, lengths in enumerate(GRAPH_LENGTHS)]
+    captured = _captured_replays_equal_eager(model, config, batches, atol=1e-4)
     with torch.no_grad():
         full = model(**batches[0])
     real = batches[0]["attention_mask"].bool()
@@ -270,9 +277,4 @@ def test_the_default_model_with_its_scorer_is_captured_in_a_cuda_graph(config):
     lengths = [[384, 200, 97, 311], [150, 384, 384, 12], [384, 64, 250, 384]]
     batches = [_on(padded_qa_batch(each, model.config.vocab_size, seed=seed), DEVICE)
                for seed, each in enumerate(lengths)]
-    static_inputs = {name: tensor.clone() for name, tensor in batches[0].items()}
-    with torch.no_grad(), dtb_ext.length_config(model, config):
-        graph, captured = _capture(model, static_inputs)
-        for inputs in [*batches[1:], batches[0]]:
-            _replay(graph, static_inputs, inputs)
-            _assert_replay_equals_eager(model, captured, inputs, atol=1e-3)
+    _captured_replays_equal_eager(model, config, batches, atol=1e-3)

@@ -182,21 +182,21 @@ def test_static_path_equals_the_default_path_with_skipped_layers(skipped):
     """LayerDrop: a layer after a skipped one drops what the skipped one would have (40 -> 20 at layer 2 when
     layer 1 is skipped), although its own rule keeps as many tokens as layer 1's."""
     model = _model("attention")
-    inputs = padded_qa_batch(LENGTHS, VOCAB)
-    real = inputs["attention_mask"].bool()
     with dtb_ext.length_config(model, LengthConfig.absolute([40, 20, 20, 5])), skip_layers(model, skipped):
-        expected = _logits(model, inputs, static=False)
-        actual = _logits(model, inputs, static=True)
-    torch.testing.assert_close(actual[:, real], expected[:, real], atol=1e-5, rtol=1e-4)
+        _assert_static_equals_default(model, padded_qa_batch(LENGTHS, VOCAB))
 
 
 def test_static_path_equals_the_default_path_on_the_reference_ops():
     model = _model("attention+scorer")
-    inputs = padded_qa_batch(LENGTHS, VOCAB)
-    real = inputs["attention_mask"].bool()
     with ops.reference_ops(), dtb_ext.length_config(model, MODEL_CONFIGS["ratios"]):
-        expected = _logits(model, inputs, static=False)
-        actual = _logits(model, inputs, static=True)
+        _assert_static_equals_default(model, padded_qa_batch(LENGTHS, VOCAB))
+
+
+def _assert_static_equals_default(model, inputs: dict) -> None:
+    """The static path's logits equal the default path's at the real positions, in the caller's context."""
+    real = inputs["attention_mask"].bool()
+    expected = _logits(model, inputs, static=False)
+    actual = _logits(model, inputs, static=True)
     torch.testing.assert_close(actual[:, real], expected[:, real], atol=1e-5, rtol=1e-4)
 
 
