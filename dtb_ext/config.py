@@ -141,6 +141,14 @@ class MixedLengthConfig:
             raise ValueError(f"a saved mixed length configuration is {{'per_example': [...]}}, got {data!r}")
         return cls(data["per_example"])
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """ValueError unless the batch has one example per configuration."""
+        if batch_size != len(self.configs):
+            raise ValueError(
+                f"a mixed length configuration has one configuration per example: got {len(self.configs)} "
+                f"configurations for a batch of {batch_size} examples"
+            )
+
     def keep_counts(self, input_lengths: Sequence[int]) -> list[list[int]]:
         """Tokens each example keeps at each layer, each under its own configuration.
 
@@ -150,11 +158,7 @@ class MixedLengthConfig:
         Returns:
             [num_layers][B] keep counts, column b being what `configs[b]` keeps for example b alone.
         """
-        if len(input_lengths) != len(self.configs):
-            raise ValueError(
-                f"a mixed length configuration has one configuration per example: got {len(self.configs)} "
-                f"configurations for a batch of {len(input_lengths)} examples"
-            )
+        self.check_batch_size(len(input_lengths))
         if self.num_layers is None:
             raise ValueError(
                 "every entry of this mixed length configuration is full length, so its layer count is unknown: "

@@ -57,9 +57,7 @@ def keep_rule_arrays(spec: Any, batch_size: int, num_layers: int) -> tuple[np.nd
         spec = length_config_from_json(spec)
     config = as_length_config(spec, num_layers)
     if isinstance(config, MixedLengthConfig):
-        if len(config) != batch_size:
-            raise ValueError(f"a mixed length configuration has one configuration per example: got "
-                             f"{len(config)} configurations for a batch of {batch_size} examples")
+        config.check_batch_size(batch_size)
         rows = [_row(entry, num_layers) for entry in config.configs]
     else:
         rows = [_row(config, num_layers)] * batch_size

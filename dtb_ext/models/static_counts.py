@@ -118,11 +118,7 @@ class KeepTables:
                num_layers: int) -> StaticKeepCounts:
         """The keep counts of the batch with [B, L] bool `mask` under `length_config`."""
         if isinstance(length_config, MixedLengthConfig):
-            if len(length_config) != mask.shape[0]:
-                raise ValueError(
-                    f"a mixed length configuration has one configuration per example: got {len(length_config)} "
-                    f"configurations for a batch of {mask.shape[0]} examples"
-                )
+            length_config.check_batch_size(mask.shape[0])
             configs: Sequence[LengthConfig | None] = length_config.configs
         else:
             configs = (length_config,)

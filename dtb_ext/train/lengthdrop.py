@@ -20,9 +20,11 @@ with `RelevanceSettings.weight`. The selection itself is discrete, so the scorer
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -170,23 +172,15 @@ def step_generator(seed: int, step: int, micro_batch: int) -> torch.Generator:
 def smallest_ratios(bounds: Sequence[float]) -> tuple[float, ...]:
     """The smallest sub-model for per-layer ratio bounds b_1..b_n: layer i keeps (1 - b_1) ... (1 - b_i) of the
     input length ((1 - b)^i for one bound b everywhere)."""
-    ratios, ratio = [], 1.0
-    for bound in bounds:
-        ratio *= 1.0 - bound
-        ratios.append(ratio)
-    return tuple(ratios)
+    return tuple(accumulate((1.0 - bound for bound in bounds), operator.mul))
 
 
 def sample_ratios(bounds: Sequence[float], generator: torch.Generator) -> tuple[float, ...]:
     """r_i ~ U[(1 - b_i) r_{i-1}, r_{i-1}] with r_0 = 1, for per-layer ratio bounds b_1..b_n: non-increasing, each
     at least the smallest sub-model's."""
     shrink = torch.rand(len(bounds), generator=generator, dtype=torch.float64).tolist()
-    ratios, ratio = [], 1.0
-    for bound, draw in zip(bounds, shrink):
-        # a factor in (1 - bound, 1]; `1 - draw` so that the factor 1 (no drop) can be drawn, (1 - bound) not
-        ratio *= 1.0 - bound * draw
-        ratios.append(ratio)
-    return tuple(ratios)
+    # factors in (1 - bound, 1]; `1 - draw` so that the factor 1 (no drop) can be drawn, (1 - bound) not
+    return tuple(accumulate((1.0 - bound * draw for bound, draw in zip(bounds, shrink)), operator.mul))
 
 
 def sample_skipped_layers(num_layers: int, probability: float, generator: torch.Generator) -> frozenset[int]:
